@@ -1,0 +1,53 @@
+r"""The classic Keras MNIST tutorial recipe, reproduced exactly.
+
+Flatten(28x28) -> Dense(128, relu) -> Dense(10, softmax); sparse categorical cross-entropy; Adam with
+Keras' defaults (lr 1e-3, beta1 0.9, beta2 0.999, epsilon 1e-7); batch 32; 5 epochs; pixels / 255;
+training data reshuffled every epoch; evaluation on all 10,000 test images.
+
+    python scripts/train.py --config configs/default.py --config.data.local_dir=/path/to/mnist_idx
+
+Any value can be overridden, e.g. `--config.optimizer.learning_rate=3e-4
+--config.model.hidden_sizes='(256,256)'`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 32
+  config.num_epochs = 5
+  config.eval_batch_size = 1000
+
+  config.model = ml_collections.ConfigDict()
+  config.model.hidden_sizes = (128,)
+  config.model.activation = 'relu'
+  config.model.dropout_rate = 0.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-7
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.grad_clip_norm = 0.0
+  config.optimizer.schedule = 'constant'
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.end_learning_rate_factor = 0.0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'mnist'
+  config.data.version = '3.0.1'
+  config.data.data_dir = ''
+  config.data.local_dir = ''
+  config.data.cache_dir = ''
+  config.data.use_cache = True
+  config.data.download = True
+
+  config.logging = ml_collections.ConfigDict()
+  config.logging.log_every_epochs = 1
+  return config

@@ -1,0 +1,1 @@
+"""mlp_mnist: multilayer perceptrons on MNIST with JAX, Flax and optax."""

@@ -1,0 +1,46 @@
+"""What the scripts share: turning known failures into one clear line and an exit status."""
+
+import contextlib
+import re
+import sys
+
+from mlp_mnist import config_checks
+from mlp_mnist import input_pipeline
+
+USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError)
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+  """Prints a user-facing error as one line on stderr and exits with status 2, no traceback."""
+  try:
+    yield
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with unknown config keys and bad values reported in one line (exit 2)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    text = str(e).replace('\\', '')
+    key = re.search(r"'(\w+)'", text)
+    key = key.group(1) if key else text
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    flag = next((a.split('=')[0] for a in argv[1:]
+                 if a.startswith('--config.') and key in a.split('=')[0].split('.')), '--config')
+    hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+    print(f'error: {flag}: unknown config key {key!r}{hint}; the known keys are those of the '
+          'config file (configs/default.py).', file=sys.stderr)
+  except flags.Error as e:
+    print(f'error: {e}', file=sys.stderr)
+  sys.exit(2)
+
+
+def run_training(config, workdir: str) -> None:
+  from mlp_mnist import train  # pylint: disable=g-import-not-at-top
+  with exit_on_user_error():
+    train.train_and_evaluate(config, workdir)

@@ -1,0 +1,90 @@
+"""Checks a config completely before any work starts: every key known, typed and in range."""
+
+from typing import Any, Callable
+
+import ml_collections
+
+from mlp_mnist import models
+from mlp_mnist import optimizers
+
+
+class ConfigError(ValueError):
+  """A config key is unknown, missing, of the wrong type or out of range."""
+
+
+def _positive(v):
+  return v > 0
+
+
+def _non_negative(v):
+  return v >= 0
+
+
+# dotted key -> (accepted types, check, what a valid value is)
+SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
+    'seed': ((int,), _non_negative, 'a non-negative integer'),
+    'batch_size': ((int,), _positive, 'a positive integer'),
+    'num_epochs': ((int,), _positive, 'a positive integer'),
+    'eval_batch_size': ((int,), _positive, 'a positive integer'),
+    'model.hidden_sizes': ((tuple, list), lambda v: all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in v),
+                           "a tuple of positive integers, e.g. '(256,256)'"),
+    'model.activation': ((str,), lambda v: v in models.ACTIVATIONS,
+                         f'one of {sorted(models.ACTIVATIONS)}'),
+    'model.dropout_rate': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'optimizer.name': ((str,), lambda v: v in optimizers.OPTIMIZERS,
+                       f'one of {list(optimizers.OPTIMIZERS)}'),
+    'optimizer.learning_rate': ((float, int), _positive, 'a positive number'),
+    'optimizer.b1': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'optimizer.b2': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'optimizer.eps': ((float, int), _non_negative, 'a non-negative number'),
+    'optimizer.momentum': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'optimizer.nesterov': ((bool,), lambda v: True, 'True or False'),
+    'optimizer.weight_decay': ((float, int), _non_negative, 'a non-negative number'),
+    'optimizer.grad_clip_norm': ((float, int), _non_negative, 'a non-negative number (0: off)'),
+    'optimizer.schedule': ((str,), lambda v: v in optimizers.SCHEDULES,
+                           f'one of {list(optimizers.SCHEDULES)}'),
+    'optimizer.warmup_epochs': ((float, int), _non_negative, 'a non-negative number'),
+    'optimizer.end_learning_rate_factor': ((float, int), _non_negative,
+                                           'a non-negative number'),
+    'data.name': ((str,), bool, 'a TFDS dataset name'),
+    'data.version': ((str,), bool, "a TFDS version such as '3.0.1'"),
+    'data.data_dir': ((str,), lambda v: True, "a directory, or '' for TFDS' default"),
+    'data.local_dir': ((str,), lambda v: True, "a directory of IDX files, or ''"),
+    'data.cache_dir': ((str,), lambda v: True, "a directory, or '' for ~/.cache/mlp_mnist"),
+    'data.use_cache': ((bool,), lambda v: True, 'True or False'),
+    'data.download': ((bool,), lambda v: True, 'True or False'),
+    'logging.log_every_epochs': ((int,), _positive, 'a positive integer'),
+}
+
+
+def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError, naming the key and what it must be, for the first problem found."""
+  flat = _flatten(config)
+  for key in flat:
+    if key not in SCHEMA:
+      raise ConfigError(f'unknown config key {key!r}; the keys are those of configs/default.py '
+                        '(add new ones to mlp_mnist/config_checks.SCHEMA).')
+  for key, (types, check, requirement) in SCHEMA.items():
+    if key not in flat:
+      raise ConfigError(f'config is missing {key!r}; start from configs/default.py.')
+    value = flat[key]
+    type_ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    if not type_ok or not check(value):
+      raise ConfigError(f'config.{key}={value!r} is invalid: it must be {requirement}.')
+  if config.optimizer.name != 'adamw' and config.optimizer.weight_decay:
+    raise ConfigError(f'config.optimizer.weight_decay={config.optimizer.weight_decay} only '
+                      "applies to optimizer.name='adamw'; set it to 0 or switch optimizer.")
+  if num_devices is not None and config.batch_size % num_devices:
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
+                      f'{num_devices} devices; use a multiple of {num_devices}.')

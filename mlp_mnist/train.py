@@ -1,0 +1,240 @@
+"""Training and evaluation: pure steps, an epoch as `lax.scan`, and `train_and_evaluate`."""
+
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+
+from mlp_mnist import config_checks
+from mlp_mnist import input_pipeline
+from mlp_mnist import models
+from mlp_mnist import optimizers
+from mlp_mnist import parallel
+from mlp_mnist import reporting
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and the per-run values a step needs (a pytree; vmappable)."""
+  dropout_rng: jax.Array
+  dropout_rate: jax.Array
+  lr_multiplier: Callable[[jax.Array], jax.Array] = struct.field(pytree_node=False)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       steps_per_epoch: int) -> TrainState:
+  """Initializes the model and optimizer described by `config`."""
+  model = models.create_model(config.model)
+  init_rng, dropout_rng = jax.random.split(rng)
+  params = model.init(init_rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE))['params']
+  tx, lr_multiplier = optimizers.create_optimizer(config.optimizer, steps_per_epoch,
+                                                  config.num_epochs)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_rng=dropout_rng,
+                           dropout_rate=jnp.asarray(config.model.dropout_rate, jnp.float32),
+                           lr_multiplier=lr_multiplier)
+
+
+def stack_trials(states: list[TrainState]) -> TrainState:
+  """Stacks the states of trials that share one program along a new leading trial axis.
+
+  The trials must differ only in values (parameters, seeds, injected hyperparameters, dropout
+  rate), not in shapes or structure; the first state's model, optimizer and schedule serve all.
+  """
+  leaves = zip(*(jax.tree.leaves(s) for s in states))
+  return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(x) for x in leaves])
+
+
+def _sum_over_devices(tree, axis_name: str | None):
+  return jax.lax.psum(tree, axis_name) if axis_name else tree
+
+
+def _loss_and_correct_sums(logits, labels, weights):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return jnp.sum(losses * weights), jnp.sum(correct * weights)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+  """One optimizer step on the global batch (this device's slice of it when `axis_name` is set).
+
+  `batch` holds uint8 `image`, int `label`, bool `mask` (False for padding) and `index` (the
+  example's dataset index: with `rng` it keys that example's dropout, so results do not depend on
+  how the batch is split over devices). Returns summed metrics over the global batch.
+  """
+  images = batch['image'].astype(jnp.float32) / 255.0
+  weights = batch['mask'].astype(jnp.float32)
+  count = _sum_over_devices(jnp.sum(weights), axis_name)
+  example_rngs = jax.vmap(jax.random.fold_in, (None, 0))(rng, batch['index'])
+
+  def loss_fn(params):
+    apply_one = lambda image, example_rng: state.apply_fn(
+        {'params': params}, image, state.dropout_rate, train=True, rngs={'dropout': example_rng})
+    logits = jax.vmap(apply_one)(images, example_rngs)
+    loss_sum, correct = _loss_and_correct_sums(logits, batch['label'], weights)
+    # Normalized by the global count: the summed per-device gradients are exactly the gradient
+    # of the global batch mean, also for a last batch whose padding leaves devices uneven.
+    return loss_sum / jnp.maximum(count, 1.0), (loss_sum, correct)
+
+  grads, (loss_sum, correct) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, loss_sum, correct = _sum_over_devices((grads, loss_sum, correct), axis_name)
+  learning_rate = state.opt_state.hyperparams['learning_rate'] * state.lr_multiplier(state.step)
+  new_state = state.apply_gradients(grads=grads)
+  metrics = {
+      'loss_sum': loss_sum, 'correct': correct, 'count': count,
+      'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(new_state.params),
+      'learning_rate': learning_rate,
+  }
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> Metrics:
+  """Summed loss, correct predictions and example count; no gradients, no dropout."""
+  images = batch['image'].astype(jnp.float32) / 255.0
+  logits = state.apply_fn({'params': state.params}, images)
+  loss_sum, correct = _loss_and_correct_sums(logits, batch['label'],
+                                             batch['mask'].astype(jnp.float32))
+  return _sum_over_devices(
+      {'loss_sum': loss_sum, 'correct': correct, 'count': jnp.sum(batch['mask'], dtype=jnp.float32)},
+      axis_name)
+
+
+def gather_batch(images: jax.Array, labels: jax.Array, indices: jax.Array) -> Batch:
+  """The batch at `indices` (-1 marks padding) from the on-device dataset arrays."""
+  mask = indices >= 0
+  safe = jnp.where(mask, indices, 0)
+  return {'image': images[safe], 'label': labels[safe], 'mask': mask, 'index': safe}
+
+
+def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
+                batch_indices: jax.Array, axis_name: str | None = None):
+  """Runs `train_step` over the rows of `batch_indices` [steps, batch] as one `lax.scan`.
+
+  Dropout keys derive from the run's seed and the global step. Returns the state and the per-step
+  metrics stacked along the first axis.
+  """
+
+  def body(state, indices):
+    rng = jax.random.fold_in(state.dropout_rng, state.step)
+    return train_step(state, gather_batch(images, labels, indices), rng, axis_name)
+
+  return jax.lax.scan(body, state, batch_indices)
+
+
+def evaluate(state: TrainState, images: jax.Array, labels: jax.Array, batch_indices: jax.Array,
+             axis_name: str | None = None) -> Metrics:
+  """Summed `eval_step` metrics over the rows of `batch_indices` [steps, batch]."""
+
+  def body(totals, indices):
+    metrics = eval_step(state, gather_batch(images, labels, indices), axis_name)
+    return jax.tree.map(jnp.add, totals, metrics), None
+
+  zeros = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  return jax.lax.scan(body, jax.tree.map(jnp.float32, zeros), batch_indices)[0]
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The training order of `epoch`: a fresh shuffle each epoch, a function of (seed, epoch) only."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
+
+
+def summarize_train_metrics(step_metrics: Metrics) -> dict[str, float]:
+  """Epoch averages from stacked per-step metrics."""
+  m = jax.tree.map(np.asarray, jax.device_get(step_metrics))
+  return {
+      'train_loss': float(m['loss_sum'].sum() / m['count'].sum()),
+      'train_accuracy': float(m['correct'].sum() / m['count'].sum()),
+      'grad_norm': float(m['grad_norm'].mean()),
+      'param_norm': float(m['param_norm'][-1]),
+      'learning_rate': float(m['learning_rate'][-1]),
+  }
+
+
+def summarize_eval_metrics(totals: Metrics, prefix: str = 'test') -> dict[str, float]:
+  m = jax.device_get(totals)
+  return {f'{prefix}_loss': float(m['loss_sum'] / m['count']),
+          f'{prefix}_accuracy': float(m['correct'] / m['count'])}
+
+
+class Trainer:
+  """The pmapped epoch and evaluation functions for one config and set of devices."""
+
+  def __init__(self, config: ml_collections.ConfigDict, devices):
+    self.config = config
+    self.devices = devices
+    self.num_devices = len(devices)
+    axis = parallel.AXIS
+    self.train_epoch = parallel.pmap(
+        functools.partial(train_epoch, axis_name=axis), devices,
+        in_axes=(None, None, None, 0), out_axes=(None, None), donate_argnums=(0,))
+    self.evaluate = parallel.pmap(functools.partial(evaluate, axis_name=axis), devices,
+                                  in_axes=(None, None, None, 0), out_axes=None)
+
+  def epoch_indices(self, epoch: int, num_examples: int) -> np.ndarray:
+    order = epoch_permutation(self.config.seed, epoch, num_examples)
+    return parallel.shard_batch_indices(order, self.config.batch_size, self.num_devices)
+
+  def eval_indices(self, num_examples: int) -> np.ndarray:
+    return parallel.eval_batch_indices(num_examples, self.config.eval_batch_size,
+                                       self.num_devices)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
+                       devices=None, dataset: input_pipeline.Dataset | None = None,
+                       log: Callable[[str], Any] = print) -> dict[str, Any]:
+  """Trains `config` on the local devices, evaluating on the whole test set after each epoch.
+
+  Writes `config.json` and `metrics.jsonl` into `workdir` (when given). Returns the final state and
+  the list of per-epoch records.
+  """
+  start = time.time()
+  devices = parallel.local_devices(devices)
+  config_checks.validate_config(config, num_devices=len(devices))
+  if workdir:
+    reporting.write_config(workdir, config)
+  if dataset is None:
+    dataset = input_pipeline.load_dataset(config.data)
+  (train_images, train_labels), (test_images, test_labels) = dataset['train'], dataset['test']
+  data_sec = time.time() - start
+  num_train = len(train_labels)
+  trainer = Trainer(config, devices)
+  steps_per_epoch = -(-num_train // config.batch_size)
+
+  state = create_train_state(config, jax.random.PRNGKey(config.seed), steps_per_epoch)
+  state, train_data, test_data = parallel.replicate(
+      (state, (train_images, train_labels), (test_images, test_labels)), devices)
+  test_indices = trainer.eval_indices(len(test_labels))
+  log(f'{num_train} training examples, {len(test_labels)} test examples, '
+      f'{len(devices)} {devices[0].platform} device(s), {steps_per_epoch} steps per epoch; '
+      f'data ready in {data_sec:.1f}s.')
+
+  history = []
+  train_sec = 0.0
+  for epoch in range(1, config.num_epochs + 1):
+    epoch_start = time.time()
+    state, step_metrics = trainer.train_epoch(state, *train_data,
+                                              trainer.epoch_indices(epoch, num_train))
+    step_metrics = jax.device_get(step_metrics)
+    epoch_sec = time.time() - epoch_start
+    train_sec += epoch_sec
+    if epoch % config.logging.log_every_epochs and epoch != config.num_epochs:
+      continue
+    record = {'epoch': epoch, **summarize_train_metrics(step_metrics),
+              **summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices)),
+              'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
+    history.append(record)
+    log(reporting.format_epoch(record))
+    if workdir:
+      reporting.append_metrics(workdir, record)
+  log(f'Final test accuracy: {history[-1]["test_accuracy"]:.2%} '
+      f'(training {train_sec:.1f}s, total {time.time() - start:.1f}s).')
+  return {'state': state, 'history': history}

@@ -1,0 +1,31 @@
+r"""Trains and evaluates an MLP on MNIST.
+
+    python scripts/train.py --config configs/default.py --config.data.local_dir=/path/to/mnist_idx \
+        [--config.optimizer.learning_rate=3e-4] [--workdir runs/x]
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mlp_mnist import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Output folder; default: a new timestamped folder under runs/.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  workdir = _WORKDIR.value or os.path.join('runs', time.strftime('%Y%m%d-%H%M%S'))
+  cli.run_training(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,145 @@
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mlp_mnist import input_pipeline
+
+from conftest import synthetic_dataset
+
+
+def _write_idx_dir(path, dataset, compress=('train',)):
+  """Writes the four IDX files; the splits in `compress` gzip-compressed."""
+  os.makedirs(path, exist_ok=True)
+  for split, (images_name, labels_name) in input_pipeline.IDX_FILES.items():
+    images, labels = dataset[split]
+    for name, magic, array in ((images_name, input_pipeline.IMAGES_MAGIC, images),
+                               (labels_name, input_pipeline.LABELS_MAGIC, labels)):
+      content = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+      content += np.asarray(array, np.uint8).tobytes()
+      if split in compress:
+        with gzip.open(os.path.join(path, f'{name}.gz'), 'wb') as f:
+          f.write(content)
+      else:
+        with open(os.path.join(path, name), 'wb') as f:
+          f.write(content)
+
+
+def _data_config(config, tmp_path, **overrides):
+  data = config.data
+  data.data_dir = str(tmp_path / 'tfds')
+  data.cache_dir = str(tmp_path / 'cache')
+  for key, value in overrides.items():
+    data[key] = value
+  return data
+
+
+def _sorted(images, labels):
+  order = np.lexsort((labels, images.reshape(len(images), -1).sum(1)))
+  return images[order], labels[order]
+
+
+def test_offline_preparation_writes_a_real_tfds_dataset(config, tmp_path):
+  expected = synthetic_dataset(num_train=40, num_test=12, seed=3)
+  _write_idx_dir(tmp_path / 'idx', expected)
+  data = _data_config(config, tmp_path, local_dir=str(tmp_path / 'idx'))
+  dataset = input_pipeline.load_dataset(data)
+  for split in ('train', 'test'):
+    images, labels = dataset[split]
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    for got, want in zip(_sorted(images, labels), _sorted(*expected[split])):
+      np.testing.assert_array_equal(got, want)
+  # The registered TFDS builder now reads it with download=False, as tfds.load would.
+  tfds = input_pipeline.import_tfds()
+  test = tfds.as_numpy(tfds.load('mnist', split='test', data_dir=data.data_dir, download=False,
+                                 batch_size=-1))
+  assert test['image'].shape == (12, 28, 28, 1)
+  # The decoded cache was written and serves the next load.
+  assert os.path.exists(tmp_path / 'cache' / 'mnist-3.0.1.npz')
+  cached = input_pipeline.load_dataset(data)
+  np.testing.assert_array_equal(cached['train'][0], dataset['train'][0])
+
+
+def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):
+  expected = synthetic_dataset(num_train=20, num_test=10)
+  os.makedirs(tmp_path / 'cache')
+  np.savez(tmp_path / 'cache' / 'mnist-3.0.1.npz',
+           **{f'{s}_{k}': a for s, (im, lb) in expected.items()
+              for k, a in (('images', im), ('labels', lb))})
+  code = ('import sys, ml_collections; from mlp_mnist import input_pipeline as ip; '
+          f'd = ip.load_dataset(ml_collections.ConfigDict(dict(name="mnist", version="3.0.1", '
+          f'data_dir="", local_dir="", cache_dir="{tmp_path / "cache"}", use_cache=True, '
+          'download=False))); assert d["train"][0].shape == (20, 28, 28); '
+          'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize('corruption,message', [
+    ('missing', 'has neither t10k-labels-idx1-ubyte nor t10k-labels-idx1-ubyte.gz'),
+    ('truncated', 'is truncated or corrupt'),
+    ('magic', 'has IDX magic number 2049, expected 2051'),
+    ('count', 'holds 12 images but'),
+    ('not_gzip', 'cannot be read'),
+])
+def test_bad_idx_files_fail_clearly_before_tfds_writes(config, tmp_path, corruption, message):
+  idx = tmp_path / 'idx'
+  _write_idx_dir(idx, synthetic_dataset(num_train=40, num_test=12), compress=('train',))
+  if corruption == 'missing':
+    os.remove(idx / 't10k-labels-idx1-ubyte')
+  elif corruption == 'truncated':
+    content = (idx / 't10k-images-idx3-ubyte').read_bytes()
+    (idx / 't10k-images-idx3-ubyte').write_bytes(content[:-100])
+  elif corruption == 'magic':
+    os.replace(idx / 't10k-labels-idx1-ubyte', idx / 't10k-images-idx3-ubyte')
+    _write_idx_dir(tmp_path / 'other', synthetic_dataset(num_train=40, num_test=12),
+                   compress=())
+    os.replace(tmp_path / 'other' / 't10k-labels-idx1-ubyte', idx / 't10k-labels-idx1-ubyte')
+  elif corruption == 'count':
+    labels = synthetic_dataset(num_train=40, num_test=11)['test'][1]
+    content = (2049).to_bytes(4, 'big') + (11).to_bytes(4, 'big') + labels.astype('u1').tobytes()
+    (idx / 't10k-labels-idx1-ubyte').write_bytes(content)
+  elif corruption == 'not_gzip':
+    (idx / 'train-labels-idx1-ubyte.gz').write_bytes(b'not a gzip file at all')
+  data = _data_config(config, tmp_path, local_dir=str(idx))
+  with pytest.raises(input_pipeline.DataError) as e:
+    input_pipeline.load_dataset(data)
+  assert message in str(e.value)
+  assert not (tmp_path / 'tfds').exists()
+
+
+def test_no_network_and_no_local_files_fails_within_seconds(config, tmp_path, monkeypatch):
+  def unreachable(*args, **kwargs):
+    raise socket.gaierror(-2, 'Name or service not known')
+
+  monkeypatch.setattr(input_pipeline.socket, 'create_connection', unreachable)
+  data = _data_config(config, tmp_path)
+  input_pipeline.import_tfds()  # Its import time is not what this test measures.
+  start = time.time()
+  with pytest.raises(input_pipeline.DataError) as e:
+    input_pipeline.load_dataset(data)
+  assert time.time() - start < 10
+  assert 'download host storage.googleapis.com is unreachable' in str(e.value)
+  assert '--config.data.local_dir=DIR' in str(e.value)
+
+
+def test_downloads_off_and_nothing_prepared_says_how_to_provide_data(config, tmp_path):
+  with pytest.raises(input_pipeline.DataError, match='downloads are off;.*local_dir'):
+    input_pipeline.load_dataset(_data_config(config, tmp_path, download=False))
+
+
+def test_tfds_pipeline_under_mock_data(config, tmp_path, monkeypatch):
+  tfds = input_pipeline.import_tfds()
+  monkeypatch.setattr(input_pipeline, '_check_reachable', lambda *args: None)
+  with tfds.testing.mock_data(num_examples=24):
+    dataset = input_pipeline.load_dataset(_data_config(config, tmp_path, use_cache=False))
+  for split in ('train', 'test'):
+    images, labels = dataset[split]
+    assert images.shape == (24, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (24,) and labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() < 10
+  assert not (tmp_path / 'cache').exists()

@@ -1,0 +1,57 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlp_mnist import models
+from mlp_mnist import train
+
+
+def _num_params(params):
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_seed_model_has_keras_parameter_count(config):
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  assert _num_params(state.params) == 101_770
+  assert state.params['Dense_0']['kernel'].shape == (784, 128)
+  assert state.params['Dense_1']['kernel'].shape == (128, 10)
+  assert not state.params['Dense_0']['bias'].any()
+
+
+@pytest.mark.parametrize('hidden_sizes,expected', [((), 7_850), ((256, 256), 269_322)])
+def test_parameter_count_follows_hidden_sizes(config, hidden_sizes, expected):
+  config.model.hidden_sizes = hidden_sizes
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  assert _num_params(state.params) == expected
+
+
+def test_glorot_uniform_bound():
+  model = models.MLP(hidden_sizes=(128,))
+  params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28)))['params']
+  bound = np.sqrt(6 / (784 + 128))
+  kernel = np.asarray(params['Dense_0']['kernel'])
+  assert kernel.max() <= bound and kernel.min() >= -bound
+  assert kernel.max() > 0.95 * bound
+
+
+@pytest.mark.parametrize('activation', sorted(models.ACTIVATIONS))
+def test_every_activation_runs(activation):
+  model = models.MLP(hidden_sizes=(8,), activation=activation)
+  x = jnp.linspace(0, 1, 2 * 784).reshape(2, 28, 28)
+  params = model.init(jax.random.PRNGKey(0), x)
+  assert model.apply(params, x).shape == (2, 10)
+
+
+def test_dropout_rate_is_a_traced_argument():
+  model = models.MLP(hidden_sizes=(64,), use_dropout=True)
+  x = jnp.ones((4, 28, 28))
+  params = model.init(jax.random.PRNGKey(0), x)
+  apply = jax.jit(lambda rate, rng: model.apply(params, x, rate, train=True,
+                                                rngs={'dropout': rng}))
+  rng = jax.random.PRNGKey(3)
+  np.testing.assert_allclose(apply(0.0, rng), model.apply(params, x), atol=1e-5)
+  assert not np.allclose(apply(0.5, rng), model.apply(params, x))
+  np.testing.assert_array_equal(apply(0.5, rng), apply(0.5, rng))
+  # Evaluation ignores dropout.
+  np.testing.assert_array_equal(model.apply(params, x, 0.5), model.apply(params, x))

@@ -1,0 +1,141 @@
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlp_mnist import parallel
+from mlp_mnist import reporting
+from mlp_mnist import train
+
+from conftest import synthetic_dataset
+
+
+def _batch(dataset, n, split='train'):
+  images, labels = dataset[split]
+  return {'image': jnp.asarray(images[:n]), 'label': jnp.asarray(labels[:n]),
+          'mask': jnp.ones(n, bool), 'index': jnp.arange(n)}
+
+
+def test_train_step_lowers_the_loss(config, dataset):
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  batch = _batch(dataset, 32)
+  step = jax.jit(train.train_step)
+  losses = []
+  for i in range(15):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    losses.append(float(metrics['loss_sum'] / metrics['count']))
+  assert int(state.step) == 15
+  assert losses[-1] < 0.2 * losses[0]
+  assert metrics['count'] == 32
+  np.testing.assert_allclose(metrics['learning_rate'], 1e-3, rtol=1e-6)
+
+
+def test_eval_step_matches_numpy_exactly(config, dataset):
+  state = train.create_train_state(config, jax.random.PRNGKey(7), steps_per_epoch=10)
+  images, labels = dataset['test']
+  mask = np.arange(len(labels)) % 7 != 3  # Padding entries must not count.
+  batch = {'image': images, 'label': labels, 'mask': mask, 'index': np.arange(len(labels))}
+  metrics = jax.device_get(jax.jit(train.eval_step)(state, batch))
+
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), state.params)
+  x = images.reshape(len(images), -1) / 255.0
+  hidden = np.maximum(x @ p['Dense_0']['kernel'] + p['Dense_0']['bias'], 0)
+  logits = hidden @ p['Dense_1']['kernel'] + p['Dense_1']['bias']
+  log_probs = logits - logits.max(1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+  losses = -log_probs[np.arange(len(labels)), labels]
+  assert metrics['count'] == mask.sum()
+  assert metrics['correct'] == ((logits.argmax(1) == labels) & mask).sum()
+  np.testing.assert_allclose(metrics['loss_sum'], losses[mask].sum(), rtol=1e-5)
+
+
+def _run(config, dataset, num_devices, workdir=None):
+  return train.train_and_evaluate(config, workdir, devices=jax.devices()[:num_devices],
+                                  dataset=dataset, log=lambda _: None)
+
+
+def test_one_two_and_four_devices_agree(config):
+  # 250 examples in batches of 32: the last batch is partial and leaves devices uneven.
+  dataset = synthetic_dataset(num_train=250, num_test=101)
+  config.num_epochs = 2
+  config.eval_batch_size = 24
+  config.model.dropout_rate = 0.2
+  runs = {n: _run(config, dataset, n) for n in (1, 2, 4)}
+  reference = runs[1]
+  for n in (2, 4):
+    for got, want in zip(runs[n]['history'], reference['history']):
+      for key in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_norm'):
+        np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    # Adam's normalization amplifies summation-order differences in near-zero gradients.
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=2e-5),
+                 runs[n]['state'].params, reference['state'].params)
+  assert reference['history'][-1]['train_accuracy'] > 0.5
+
+
+def test_evaluation_counts_every_example_once_on_any_device_count(config):
+  dataset = synthetic_dataset(num_train=64, num_test=101)
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=2)
+  expected = jax.device_get(jax.jit(train.eval_step)(state, _batch(dataset, 101, 'test')))
+  for n in (1, 3, 4):
+    devices = jax.devices()[:n]
+    evaluate = parallel.pmap(functools.partial(train.evaluate, axis_name=parallel.AXIS), devices,
+                             in_axes=(None, None, None, 0))
+    indices = parallel.eval_batch_indices(101, 8, n)
+    totals = jax.device_get(evaluate(*parallel.replicate((state, *dataset['test']), devices),
+                                     indices))
+    assert totals['count'] == 101
+    assert totals['correct'] == expected['correct']
+    np.testing.assert_allclose(totals['loss_sum'], expected['loss_sum'], rtol=1e-5)
+
+
+def test_vmapped_train_step_equals_single_trials(config, dataset):
+  """Hyperparameters live in the state, so one train_step serves a vectorized sweep."""
+  states = []
+  for seed, lr, dropout in ((0, 1e-3, 0.1), (1, 3e-2, 0.4)):
+    config.seed, config.optimizer.learning_rate, config.model.dropout_rate = seed, lr, dropout
+    states.append(train.create_train_state(config, jax.random.PRNGKey(seed), 10))
+  batch = _batch(dataset, 32)
+  rngs = jnp.stack([jax.random.PRNGKey(5), jax.random.PRNGKey(6)])
+  stacked = train.stack_trials(states)
+  vmapped_state, vmapped_metrics = jax.jit(jax.vmap(train.train_step, in_axes=(0, None, 0)))(
+      stacked, batch, rngs)
+  for i, state in enumerate(states):
+    single_state, single_metrics = jax.jit(train.train_step)(state, batch, rngs[i])
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+                 jax.tree.map(lambda x: x[i], vmapped_state.params), single_state.params)
+    np.testing.assert_allclose(vmapped_metrics['loss_sum'][i], single_metrics['loss_sum'],
+                               rtol=1e-5)
+
+
+def test_runs_are_reproducible_and_write_their_outputs(config, dataset, tmp_path):
+  config.num_epochs = 3
+  first = _run(config, dataset, 1, workdir=str(tmp_path))
+  second = _run(config, dataset, 1)
+  for a, b in zip(first['history'], second['history']):
+    assert {k: v for k, v in a.items() if 'sec' not in k} == {
+        k: v for k, v in b.items() if 'sec' not in k}
+  records = reporting.read_metrics(str(tmp_path))
+  assert [r['epoch'] for r in records] == [1, 2, 3]
+  assert set(reporting.METRIC_KEYS) <= set(records[0])
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['num_epochs'] == 3
+
+
+def test_real_mnist_default_recipe_reaches_keras_accuracy(config, tmp_path):
+  idx_dir = os.environ.get('MLP_MNIST_IDX_DIR')
+  if not idx_dir:
+    pytest.skip('set MLP_MNIST_IDX_DIR to a directory with the four MNIST IDX files '
+                '(.ci/run sets it to ../shared/mnist)')
+  config.data.local_dir = idx_dir
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.cache_dir = str(tmp_path / 'cache')
+  lines = []
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1],
+                                    log=lines.append)
+  print('\n'.join(lines))
+  assert len(result['history']) == 5
+  assert result['history'][-1]['test_accuracy'] >= 0.970
