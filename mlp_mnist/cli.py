@@ -1,6 +1,7 @@
 """What the scripts share: turning known failures into one clear line and an exit status."""
 
 import contextlib
+import os
 import re
 import sys
 
@@ -8,6 +9,16 @@ from mlp_mnist import config_checks
 from mlp_mnist import input_pipeline
 
 USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError)
+DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'mlp_mnist', 'jax')
+
+
+def enable_compilation_cache(cache_dir: str) -> None:
+  """Keeps compiled programs on disk, so a second run of the same config skips compilation."""
+  if not cache_dir:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(cache_dir))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 @contextlib.contextmanager

@@ -17,12 +17,16 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder; default: a new timestamped folder under runs/.')
+_JAX_CACHE_DIR = flags.DEFINE_string(
+    'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
+    "JAX's persistent compilation cache; '' turns it off.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   workdir = _WORKDIR.value or os.path.join('runs', time.strftime('%Y%m%d-%H%M%S'))
+  cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
   cli.run_training(_CONFIG.value, workdir)
 
 
