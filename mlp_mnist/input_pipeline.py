@@ -85,8 +85,11 @@ def import_tfds():
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # TensorFlow is only the input library's engine: it must never take GPU or TPU memory.
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except RuntimeError:  # TensorFlow was already initialized by its caller (Keras benchmarks).
+    pass
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
   return tfds

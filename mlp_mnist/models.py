@@ -21,9 +21,10 @@ NUM_CLASSES = 10
 class MLP(nn.Module):
   """Flatten -> [Dense -> activation -> dropout] * len(hidden_sizes) -> Dense(10) logits.
 
-  Dense layers use Keras' initializers (Glorot-uniform kernels, zero biases). The dropout rate is a
-  call argument, not an attribute, so trials that differ only in it share one compiled program;
-  `use_dropout=False` leaves the dropout ops out of the program altogether.
+  Dense layers use Keras' initializers (Glorot-uniform kernels, zero biases). Dropout takes its
+  rate and one PRNG key per example as call arguments: trials that differ only in the rate share
+  one compiled program, and an example's mask does not depend on which device or batch slice it
+  lands in. `use_dropout=False` leaves the dropout ops out of the program altogether.
   """
 
   hidden_sizes: Sequence[int] = (128,)
@@ -32,13 +33,15 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, dropout_rate: jax.Array | float = 0.0,
-               train: bool = False) -> jax.Array:
+               dropout_rngs: jax.Array | None = None) -> jax.Array:
+    """Logits for `images` [..., 28, 28]; dropout only when `dropout_rngs` [batch] are given."""
     x = images.reshape(images.shape[:-2] + (-1,))
-    for width in self.hidden_sizes:
+    for layer, width in enumerate(self.hidden_sizes):
       x = nn.Dense(width, kernel_init=nn.initializers.glorot_uniform())(x)
       x = ACTIVATIONS[self.activation](x)
-      if self.use_dropout and train:
-        x = dropout(x, dropout_rate, self.make_rng('dropout'))
+      if self.use_dropout and dropout_rngs is not None:
+        layer_rngs = jax.vmap(jax.random.fold_in, (0, None))(dropout_rngs, layer)
+        x = jax.vmap(dropout, (0, None, 0))(x, dropout_rate, layer_rngs)
     return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.glorot_uniform())(x)
 
 

@@ -22,6 +22,13 @@ def append_metrics(workdir: str, record: dict) -> None:
     f.write(json.dumps(record, sort_keys=False) + '\n')
 
 
+def write_summary(workdir: str, summary: dict) -> None:
+  """Writes `summary.json`: the final epoch's record and where the time went."""
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+    f.write('\n')
+
+
 def read_metrics(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f if line.strip()]

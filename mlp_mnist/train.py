@@ -34,13 +34,19 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
                        steps_per_epoch: int) -> TrainState:
   """Initializes the model and optimizer described by `config`."""
   model = models.create_model(config.model)
-  init_rng, dropout_rng = jax.random.split(rng)
-  params = model.init(init_rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE))['params']
   tx, lr_multiplier = optimizers.create_optimizer(config.optimizer, steps_per_epoch,
                                                   config.num_epochs)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_rng=dropout_rng,
+  init_rng, dropout_rng = jax.random.split(rng)
+  return TrainState.create(apply_fn=model.apply, params=_init_params(model, init_rng), tx=tx,
+                           dropout_rng=dropout_rng,
                            dropout_rate=jnp.asarray(config.model.dropout_rate, jnp.float32),
                            lr_multiplier=lr_multiplier)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(model: models.MLP, rng: jax.Array):
+  # Jitted once per architecture: eager initialization compiles dozens of small programs.
+  return model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE))['params']
 
 
 def stack_trials(states: list[TrainState]) -> TrainState:
@@ -77,9 +83,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array,
   example_rngs = jax.vmap(jax.random.fold_in, (None, 0))(rng, batch['index'])
 
   def loss_fn(params):
-    apply_one = lambda image, example_rng: state.apply_fn(
-        {'params': params}, image, state.dropout_rate, train=True, rngs={'dropout': example_rng})
-    logits = jax.vmap(apply_one)(images, example_rngs)
+    logits = state.apply_fn({'params': params}, images, state.dropout_rate, example_rngs)
     loss_sum, correct = _loss_and_correct_sums(logits, batch['label'], weights)
     # Normalized by the global count: the summed per-device gradients are exactly the gradient
     # of the global batch mean, also for a last batch whose padding leaves devices uneven.
@@ -199,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        log: Callable[[str], Any] = print) -> dict[str, Any]:
   """Trains `config` on the local devices, evaluating on the whole test set after each epoch.
 
-  Writes `config.json` and `metrics.jsonl` into `workdir` (when given). Returns the final `state`,
-  the per-epoch records (`history`) and where the time went (`timings`).
+  Writes `config.json`, `metrics.jsonl` and `summary.json` into `workdir` (when given). Returns
+  the final `state`, the per-epoch records (`history`) and where the time went (`timings`).
   """
   start = time.time()
   devices = parallel.local_devices(devices)
@@ -247,6 +251,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     if workdir:
       reporting.append_metrics(workdir, record)
   timings['total_sec'] = time.time() - start
+  if workdir:
+    reporting.write_summary(workdir, {**history[-1], 'num_train_examples': num_train,
+                                      'timings': timings})
   log(f'Final test accuracy: {history[-1]["test_accuracy"]:.2%} (training '
       f'{timings["train_sec"]:.1f}s, evaluation {timings["eval_sec"]:.1f}s, '
       f'total {timings["total_sec"]:.1f}s).')

@@ -47,11 +47,28 @@ def test_dropout_rate_is_a_traced_argument():
   model = models.MLP(hidden_sizes=(64,), use_dropout=True)
   x = jnp.ones((4, 28, 28))
   params = model.init(jax.random.PRNGKey(0), x)
-  apply = jax.jit(lambda rate, rng: model.apply(params, x, rate, train=True,
-                                                rngs={'dropout': rng}))
-  rng = jax.random.PRNGKey(3)
-  np.testing.assert_allclose(apply(0.0, rng), model.apply(params, x), atol=1e-5)
-  assert not np.allclose(apply(0.5, rng), model.apply(params, x))
-  np.testing.assert_array_equal(apply(0.5, rng), apply(0.5, rng))
-  # Evaluation ignores dropout.
+  rngs = jax.random.split(jax.random.PRNGKey(3), 4)
+  apply = jax.jit(lambda rate, rngs: model.apply(params, x, rate, rngs))
+  np.testing.assert_allclose(apply(0.0, rngs), model.apply(params, x), atol=1e-5)
+  assert not np.allclose(apply(0.5, rngs), model.apply(params, x))
+  np.testing.assert_array_equal(apply(0.5, rngs), apply(0.5, rngs))
+  # Evaluation (no keys) ignores dropout.
   np.testing.assert_array_equal(model.apply(params, x, 0.5), model.apply(params, x))
+
+
+def test_dropout_mask_of_an_example_does_not_depend_on_its_batch():
+  model = models.MLP(hidden_sizes=(64,), use_dropout=True)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (6, 28, 28))
+  params = model.init(jax.random.PRNGKey(0), x)
+  rngs = jax.random.split(jax.random.PRNGKey(3), 6)
+  whole = model.apply(params, x, 0.3, rngs)
+  halves = [model.apply(params, x[i:i + 3], 0.3, rngs[i:i + 3]) for i in (0, 3)]
+  np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_dropout_drops_the_expected_fraction():
+  x = jnp.ones((200, 100))
+  rngs = jax.random.split(jax.random.PRNGKey(0), 200)
+  out = jax.vmap(models.dropout, (0, None, 0))(x, 0.25, rngs)
+  assert abs(float((out == 0).mean()) - 0.25) < 0.01
+  np.testing.assert_allclose(np.unique(out), [0.0, 1 / 0.75], rtol=1e-6)

@@ -1,0 +1,266 @@
+"""Side by side: this codebase, the Keras tutorial program, a naive JAX loop, and the roofline.
+
+Each contender runs in its own process (`python -m mlp_mnist.benchmark --contender ...`), so its
+end-to-end time includes Python start-up, imports, data loading and compilation, exactly as a user
+would see it. Inside, each reports where its time went: `import_sec`, `data_sec`, `compile_sec`
+(None where it cannot be separated from training), `train_sec` (the training epochs alone),
+`eval_sec`.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+CONTENDERS = ('mlp_mnist', 'keras', 'naive_jax')
+NAMES = {'mlp_mnist': 'mlp_mnist (scripts/train.py)', 'keras': 'Keras tutorial program',
+         'naive_jax': 'naive JAX loop (jit per step)', 'roofline': 'roofline (matmul peak)'}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def training_flops_per_example(hidden_sizes, input_size: int = 784, classes: int = 10) -> int:
+  """Matmul FLOPs of one training example: forward, weight gradients, and input gradients of
+  every layer but the first (nothing needs the gradient with respect to the pixels)."""
+  sizes = [input_size, *hidden_sizes, classes]
+  layers = list(zip(sizes[:-1], sizes[1:]))
+  return sum(2 * fan_in * fan_out * (3 if i else 2) for i, (fan_in, fan_out) in enumerate(layers))
+
+
+def measure_matmul_gflops(sizes=(512, 1024, 2048), seconds_per_size: float = 1.0) -> float:
+  """This machine's best float32 dense matmul rate through XLA, in GFLOP/s."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  matmul = jax.jit(jnp.matmul)
+  best = 0.0
+  for n in sizes:
+    a = jnp.ones((n, n), jnp.float32)
+    matmul(a, a).block_until_ready()
+    repeats, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds_per_size:
+      matmul(a, a).block_until_ready()
+      repeats += 1
+    best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+  return best
+
+
+def _data_config(args):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(dict(
+      name='mnist', version='3.0.1', data_dir=args.data_dir, local_dir=args.local_dir,
+      cache_dir=args.cache_dir, use_cache=True, download=True))
+
+
+def run_keras(args) -> dict[str, Any]:
+  """The Keras MNIST tutorial program, fed the same uint8 arrays."""
+  start = time.perf_counter()
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
+  import_sec = time.perf_counter() - start
+
+  start = time.perf_counter()
+  dataset = input_pipeline.load_dataset(_data_config(args))
+  (x_train, y_train), (x_test, y_test) = dataset['train'], dataset['test']
+  x_train, x_test = x_train / 255.0, x_test / 255.0
+  data_sec = time.perf_counter() - start
+
+  keras.utils.set_random_seed(args.seed)
+  model = keras.Sequential([
+      keras.Input((28, 28)),
+      keras.layers.Flatten(),
+      keras.layers.Dense(128, activation='relu'),
+      keras.layers.Dense(10, activation='softmax'),
+  ])
+  model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
+  start = time.perf_counter()
+  model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
+  train_sec = time.perf_counter() - start
+  start = time.perf_counter()
+  _, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
+  eval_sec = time.perf_counter() - start
+  return dict(import_sec=import_sec, data_sec=data_sec, compile_sec=None, train_sec=train_sec,
+              eval_sec=eval_sec, test_accuracy=float(test_accuracy), framework=tf.__version__,
+              num_train=len(y_train))
+
+
+def run_naive_jax(args) -> dict[str, Any]:
+  """What most JAX tutorials and the Flax examples do: host-side batches, one jit call per step."""
+  start = time.perf_counter()
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax.training import train_state  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import models  # pylint: disable=g-import-not-at-top
+  import_sec = time.perf_counter() - start
+
+  start = time.perf_counter()
+  dataset = input_pipeline.load_dataset(_data_config(args))
+  (x_train, y_train), (x_test, y_test) = dataset['train'], dataset['test']
+  x_train = x_train.astype(np.float32) / 255.0
+  x_test = x_test.astype(np.float32) / 255.0
+  data_sec = time.perf_counter() - start
+
+  model = models.MLP(hidden_sizes=(128,))
+  params = model.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 28, 28)))['params']
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                        tx=optax.adam(1e-3, eps=1e-7))
+
+  @jax.jit
+  def train_step(state, images, labels):
+    def loss_fn(params):
+      logits = state.apply_fn({'params': params}, images)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+  @jax.jit
+  def accuracy(params, images, labels):
+    return jnp.mean(jnp.argmax(model.apply({'params': params}, images), -1) == labels)
+
+  start = time.perf_counter()
+  train_step = train_step.lower(state, x_train[:args.batch_size],
+                                y_train[:args.batch_size]).compile()
+  compile_sec = time.perf_counter() - start
+  rng = np.random.default_rng(args.seed)
+  steps = len(y_train) // args.batch_size  # Like the Flax example: the remainder is dropped.
+  start = time.perf_counter()
+  for _ in range(args.epochs):
+    order = rng.permutation(len(y_train))[:steps * args.batch_size].reshape(steps, -1)
+    losses = []
+    for batch in order:
+      state, loss = train_step(state, x_train[batch], y_train[batch])
+      losses.append(loss)
+    np.mean(jax.device_get(losses))
+  train_sec = time.perf_counter() - start
+  start = time.perf_counter()
+  test_accuracy = float(accuracy(state.params, x_test, y_test))
+  eval_sec = time.perf_counter() - start
+  return dict(import_sec=import_sec, data_sec=data_sec, compile_sec=compile_sec,
+              train_sec=train_sec, eval_sec=eval_sec, test_accuracy=test_accuracy,
+              framework=jax.__version__, num_train=steps * args.batch_size)
+
+
+def run_contender(args) -> dict[str, Any]:
+  return {'keras': run_keras, 'naive_jax': run_naive_jax}[args.contender](args)
+
+
+def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: int,
+             data_dir: str, local_dir: str, cache_dir: str) -> list[str]:
+  if contender == 'mlp_mnist':  # The user's own command, nothing special.
+    return [sys.executable, os.path.join(REPO, 'scripts', 'train.py'),
+            f'--config={os.path.join(REPO, "configs", "default.py")}',
+            f'--config.batch_size={batch_size}', f'--config.num_epochs={epochs}',
+            f'--config.seed={seed}', f'--config.data.data_dir={data_dir}',
+            f'--config.data.local_dir={local_dir}', f'--config.data.cache_dir={cache_dir}',
+            f'--workdir={workdir}']
+  return [sys.executable, '-m', 'mlp_mnist.benchmark', f'--contender={contender}',
+          f'--batch_size={batch_size}', f'--epochs={epochs}', f'--seed={seed}',
+          f'--data_dir={data_dir}', f'--local_dir={local_dir}', f'--cache_dir={cache_dir}']
+
+
+def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
+  """Runs one contender in a fresh process; adds its end-to-end wall time as `process_sec`."""
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    result = subprocess.run(_command(contender, workdir, **kwargs), capture_output=True,
+                            text=True, env={**os.environ, 'PYTHONPATH': REPO}, check=False)
+    process_sec = time.perf_counter() - start
+    record = {'contender': contender, 'batch_size': kwargs['batch_size']}
+    if result.returncode:
+      tail = (result.stderr.strip().splitlines() or ['no output'])[-1]
+      return {**record, 'error': f'failed (exit {result.returncode}): {tail}'}
+    if contender == 'mlp_mnist':
+      with open(os.path.join(workdir, 'summary.json')) as f:
+        summary = json.load(f)
+      record.update(summary['timings'], test_accuracy=summary['test_accuracy'],
+                    num_train=summary['num_train_examples'])
+    else:
+      record.update(json.loads(result.stdout.strip().splitlines()[-1]))
+  record['process_sec'] = process_sec
+  return record
+
+
+def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
+                  local_dir: str = '', cache_dir: str = '', contenders=CONTENDERS,
+                  matmul_sizes=(512, 1024, 2048), log=print) -> dict[str, Any]:
+  """Every contender at every batch size, one process each, plus the roofline."""
+  gflops = measure_matmul_gflops(matmul_sizes)
+  log(f'dense float32 matmul peak: {gflops:.1f} GFLOP/s')
+  rows = []
+  for batch_size in batch_sizes:
+    results = []
+    for contender in contenders:  # mlp_mnist first: it also prepares the data and its cache.
+      results.append(run_in_process(contender, batch_size=batch_size, epochs=epochs, seed=seed,
+                                    data_dir=data_dir, local_dir=local_dir,
+                                    cache_dir=cache_dir))
+      log(json.dumps(results[-1]))
+    rows += with_ratios(results, gflops, batch_size, epochs)
+  return {'epochs': epochs, 'matmul_gflops': gflops, 'rows': rows}
+
+
+def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int) -> list[dict]:
+  """Adds examples/s, the roofline row, and every figure as a ratio to mlp_mnist's."""
+  for r in results:
+    if 'train_sec' in r:
+      r['examples_per_sec'] = r['num_train'] * epochs / r['train_sec']
+  flops = training_flops_per_example((128,)) * 60000 * epochs
+  roofline = {'contender': 'roofline', 'batch_size': batch_size, 'train_sec': flops / gflops / 1e9,
+              'examples_per_sec': 60000 * epochs * gflops * 1e9 / flops}
+  rows = results + [roofline]
+  ours = next((r for r in results if r['contender'] == 'mlp_mnist' and 'train_sec' in r), None)
+  for r in rows:
+    for key in ('train_sec', 'examples_per_sec', 'process_sec'):
+      if ours and r.get(key) is not None:
+        r[f'{key}_vs_ours'] = r[key] / ours[key]
+  return rows
+
+
+def _fmt(value, spec):
+  return '-' if value is None else format(value, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """The benchmark as a Markdown table; ratios are the row's figure over mlp_mnist's."""
+  lines = ['| batch | contender | training s | ÷ ours | examples/s | ÷ ours | test acc | '
+           'compile s | data s | end to end s | ÷ ours |',
+           '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    name = NAMES[r['contender']]
+    if 'error' in r:
+      lines.append(f"| {r['batch_size']} | {name} | {r['error']} |" + ' |' * 8)
+      continue
+    compile_sec = 'in fit' if r['contender'] == 'keras' else _fmt(r.get('compile_sec'), '.2f')
+    lines.append(
+        f"| {r['batch_size']} | {name} | {r['train_sec']:.2f} | "
+        f"{_fmt(r.get('train_sec_vs_ours'), '.2f')} | {r['examples_per_sec']:,.0f} | "
+        f"{_fmt(r.get('examples_per_sec_vs_ours'), '.3f')} | "
+        f"{_fmt(r.get('test_accuracy'), '.2%')} | {compile_sec} | "
+        f"{_fmt(r.get('data_sec'), '.2f')} | {_fmt(r.get('process_sec'), '.1f')} | "
+        f"{_fmt(r.get('process_sec_vs_ours'), '.2f')} |")
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  """Entry point of one contender's process: prints its result as one JSON line."""
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--contender', choices=('keras', 'naive_jax'), required=True)
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--epochs', type=int, default=5)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--data_dir', default='')
+  parser.add_argument('--local_dir', default='')
+  parser.add_argument('--cache_dir', default='')
+  args = parser.parse_args(argv)
+  result = run_contender(args)
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,54 @@
+r"""Benchmarks this codebase against the Keras tutorial program, a naive JAX loop and the roofline.
+
+    python scripts/benchmark.py --local_dir /path/to/mnist_idx [--batch_sizes 32,128,1024] \
+        [--epochs 5] [--out docs/benchmark]      # writes docs/benchmark.json and .md
+    python scripts/benchmark.py --quick          # smoke run: 1 epoch, batch 1024
+
+Each contender runs in a fresh process on the same arrays; see mlp_mnist/benchmark.py.
+"""
+
+import json
+import platform
+import time
+
+from absl import app
+from absl import flags
+
+from mlp_mnist import benchmark
+from mlp_mnist import cli
+
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['32', '128', '1024'], 'Batch sizes.')
+_EPOCHS = flags.DEFINE_integer('epochs', 5, 'Epochs per run.')
+_QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: 1 epoch at batch 1024, short matmul probe.')
+_CONTENDERS = flags.DEFINE_list('contenders', list(benchmark.CONTENDERS), 'Contenders to run.')
+_DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data directory ('' for TFDS' default).")
+_LOCAL_DIR = flags.DEFINE_string('local_dir', '', 'Directory of MNIST IDX files (offline).')
+_CACHE_DIR = flags.DEFINE_string('cache_dir', '', "Decoded dataset cache ('' for the default).")
+_OUT = flags.DEFINE_string('out', '', 'Write OUT.json and OUT.md.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = set(_CONTENDERS.value) - set(benchmark.CONTENDERS)
+  if unknown:
+    raise app.UsageError(f'unknown contenders {sorted(unknown)}; use {benchmark.CONTENDERS}')
+  quick = _QUICK.value
+  result = benchmark.run_benchmark(
+      batch_sizes=[1024] if quick else [int(b) for b in _BATCH_SIZES.value],
+      epochs=1 if quick else _EPOCHS.value, data_dir=_DATA_DIR.value,
+      local_dir=_LOCAL_DIR.value, cache_dir=_CACHE_DIR.value, contenders=_CONTENDERS.value,
+      matmul_sizes=(256, 512) if quick else (512, 1024, 2048))
+  result['machine'] = f'{platform.machine()}, {platform.processor() or platform.system()}'
+  result['date'] = time.strftime('%Y-%m-%d')
+  table = benchmark.markdown_table(result['rows'])
+  print(table)
+  if _OUT.value:
+    with open(f'{_OUT.value}.json', 'w') as f:
+      json.dump(result, f, indent=2)
+    with open(f'{_OUT.value}.md', 'w') as f:
+      f.write(table + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
