@@ -152,14 +152,14 @@ def run_contender(args) -> dict[str, Any]:
 
 
 def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: int,
-             data_dir: str, local_dir: str, cache_dir: str) -> list[str]:
+             data_dir: str, local_dir: str, cache_dir: str, jax_cache_dir: str) -> list[str]:
   if contender == 'mlp_mnist':  # The user's own command, nothing special.
     return [sys.executable, os.path.join(REPO, 'scripts', 'train.py'),
             f'--config={os.path.join(REPO, "configs", "default.py")}',
             f'--config.batch_size={batch_size}', f'--config.num_epochs={epochs}',
             f'--config.seed={seed}', f'--config.data.data_dir={data_dir}',
             f'--config.data.local_dir={local_dir}', f'--config.data.cache_dir={cache_dir}',
-            f'--workdir={workdir}']
+            f'--workdir={workdir}', f'--jax_cache_dir={jax_cache_dir}']
   return [sys.executable, '-m', 'mlp_mnist.benchmark', f'--contender={contender}',
           f'--batch_size={batch_size}', f'--epochs={epochs}', f'--seed={seed}',
           f'--data_dir={data_dir}', f'--local_dir={local_dir}', f'--cache_dir={cache_dir}']
@@ -188,8 +188,9 @@ def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
 
 
 def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
-                  local_dir: str = '', cache_dir: str = '', contenders=CONTENDERS,
-                  matmul_sizes=(512, 1024, 2048), log=print) -> dict[str, Any]:
+                  local_dir: str = '', cache_dir: str = '', jax_cache_dir: str = '',
+                  contenders=CONTENDERS, matmul_sizes=(512, 1024, 2048),
+                  log=print) -> dict[str, Any]:
   """Every contender at every batch size, one process each, plus the roofline."""
   gflops = measure_matmul_gflops(matmul_sizes)
   log(f'dense float32 matmul peak: {gflops:.1f} GFLOP/s')
@@ -199,7 +200,7 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
     for contender in contenders:  # mlp_mnist first: it also prepares the data and its cache.
       results.append(run_in_process(contender, batch_size=batch_size, epochs=epochs, seed=seed,
                                     data_dir=data_dir, local_dir=local_dir,
-                                    cache_dir=cache_dir))
+                                    cache_dir=cache_dir, jax_cache_dir=jax_cache_dir))
       log(json.dumps(results[-1]))
     rows += with_ratios(results, gflops, batch_size, epochs)
   return {'epochs': epochs, 'matmul_gflops': gflops, 'rows': rows}

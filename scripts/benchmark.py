@@ -24,6 +24,9 @@ _CONTENDERS = flags.DEFINE_list('contenders', list(benchmark.CONTENDERS), 'Conte
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data directory ('' for TFDS' default).")
 _LOCAL_DIR = flags.DEFINE_string('local_dir', '', 'Directory of MNIST IDX files (offline).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', '', "Decoded dataset cache ('' for the default).")
+_JAX_CACHE_DIR = flags.DEFINE_string(
+    'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
+    "scripts/train.py's persistent compilation cache ('' turns it off).")
 _OUT = flags.DEFINE_string('out', '', 'Write OUT.json and OUT.md.')
 
 
@@ -37,7 +40,8 @@ def main(argv):
   result = benchmark.run_benchmark(
       batch_sizes=[1024] if quick else [int(b) for b in _BATCH_SIZES.value],
       epochs=1 if quick else _EPOCHS.value, data_dir=_DATA_DIR.value,
-      local_dir=_LOCAL_DIR.value, cache_dir=_CACHE_DIR.value, contenders=_CONTENDERS.value,
+      local_dir=_LOCAL_DIR.value, cache_dir=_CACHE_DIR.value,
+      jax_cache_dir=_JAX_CACHE_DIR.value, contenders=_CONTENDERS.value,
       matmul_sizes=(256, 512) if quick else (512, 1024, 2048))
   result['machine'] = f'{platform.machine()}, {platform.processor() or platform.system()}'
   result['date'] = time.strftime('%Y-%m-%d')
