@@ -1,8 +1,9 @@
 r"""The classic Keras MNIST tutorial recipe, reproduced exactly.
 
-Flatten(28x28) -> Dense(128, relu) -> Dense(10, softmax); sparse categorical cross-entropy; Adam with
-Keras' defaults (lr 1e-3, beta1 0.9, beta2 0.999, epsilon 1e-7); batch 32; 5 epochs; pixels / 255;
-training data reshuffled every epoch; evaluation on all 10,000 test images.
+Flatten(28x28) -> Dense(128, relu) -> Dense(10, softmax) with Keras' Glorot-uniform initialization;
+sparse categorical cross-entropy; Adam with Keras' defaults (lr 1e-3, beta1 0.9, beta2 0.999,
+epsilon 1e-7, added to sqrt(v) before bias correction as Keras does); batch 32; 5 epochs; pixels
+/ 255; training data reshuffled every epoch; evaluation on all 10,000 test images.
 
     python scripts/train.py --config configs/default.py --config.data.local_dir=/path/to/mnist_idx
 
@@ -31,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-7
+  config.optimizer.keras_epsilon = True  # Adam/AdamW: epsilon added before bias correction.
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.weight_decay = 0.0

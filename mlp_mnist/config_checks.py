@@ -40,6 +40,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'optimizer.eps': ((float, int), _non_negative, 'a non-negative number'),
     'optimizer.momentum': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
     'optimizer.nesterov': ((bool,), lambda v: True, 'True or False'),
+    'optimizer.keras_epsilon': ((bool,), lambda v: True, 'True or False'),
     'optimizer.weight_decay': ((float, int), _non_negative, 'a non-negative number'),
     'optimizer.grad_clip_norm': ((float, int), _non_negative, 'a non-negative number (0: off)'),
     'optimizer.schedule': ((str,), lambda v: v in optimizers.SCHEDULES,

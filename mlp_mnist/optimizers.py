@@ -8,6 +8,7 @@ decay horizon) is a multiplier on the injected learning rate and is part of the 
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -42,13 +43,19 @@ def create_optimizer(opt_config, steps_per_epoch: int, num_epochs: int):
   def clipped(core):
     return optax.chain(optax.clip_by_global_norm(clip), core) if clip > 0 else core
 
+  def adam_moments(b1, b2, eps):
+    if opt_config.keras_epsilon:
+      return scale_by_keras_adam(b1, b2, eps)
+    return optax.scale_by_adam(b1, b2, eps)
+
   # inject_hyperparams reads each factory's signature: the names must match injected_hyperparams.
   def adam(learning_rate, b1, b2, eps):
-    return clipped(optax.adam(scheduled(learning_rate), b1=b1, b2=b2, eps=eps))
+    return clipped(optax.chain(adam_moments(b1, b2, eps),
+                               optax.scale_by_learning_rate(scheduled(learning_rate))))
 
   def adamw(learning_rate, b1, b2, eps, weight_decay):
-    return clipped(optax.adamw(scheduled(learning_rate), b1=b1, b2=b2, eps=eps,
-                               weight_decay=weight_decay))
+    return clipped(optax.chain(adam_moments(b1, b2, eps), optax.add_decayed_weights(weight_decay),
+                               optax.scale_by_learning_rate(scheduled(learning_rate))))
 
   def sgd(learning_rate, momentum):
     return clipped(optax.sgd(scheduled(learning_rate), momentum=momentum,
@@ -82,3 +89,25 @@ def learning_rate_multiplier(opt_config, steps_per_epoch: int,
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1),
                                               end_value=end)
   raise ValueError(f'unknown schedule {schedule!r}; choose one of {SCHEDULES}')
+
+
+def scale_by_keras_adam(b1, b2, eps) -> optax.GradientTransformation:
+  """Adam's scaling as Keras and TensorFlow compute it: epsilon is added to sqrt(v) *before* the
+  bias correction (Kingma & Ba's epsilon-hat), which equals optax's Adam with an epsilon of
+  eps / sqrt(1 - b2**t). Same state as `optax.scale_by_adam`."""
+
+  def init_fn(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+    count = state.count + 1
+    t = count.astype(jnp.float32)
+    step_size = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    updates = jax.tree.map(lambda m, v: step_size * m / (jnp.sqrt(v) + eps), mu, nu)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -55,3 +55,32 @@ def test_scheduled_learning_rate_scales_the_update(config):
     updates, state = tx.update({'w': jnp.ones(1)}, state, params)
     seen.append(float(updates['w'][0]))
   np.testing.assert_allclose(seen, [-1e-3, -0.9e-3, -0.8e-3], rtol=1e-5)
+
+
+def _keras_adam_reference(grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-7):
+  """keras.optimizers.Adam.update_step, transcribed to numpy (float64)."""
+  var, m, v, trajectory = np.zeros_like(grads[0]), 0.0, 0.0, []
+  for t, g in enumerate(grads, start=1):
+    alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    m = m + (g - m) * (1 - b1)
+    v = v + (g * g - v) * (1 - b2)
+    var = var - m * alpha / (np.sqrt(v) + eps)
+    trajectory.append(var.copy())
+  return trajectory
+
+
+@pytest.mark.parametrize('keras_epsilon', [True, False])
+def test_adam_matches_keras_update_rule(config, keras_epsilon):
+  config.optimizer.keras_epsilon = keras_epsilon
+  tx, _ = optimizers.create_optimizer(config.optimizer, steps_per_epoch=10, num_epochs=1)
+  grads = [np.array([1e-6, 3e-5, -2e-4, 0.5], np.float32) * (k + 1) for k in range(4)]
+  params = {'w': jnp.zeros(4)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for g, want in zip(grads, _keras_adam_reference([g.astype(np.float64) for g in grads])):
+    updates, state = update({'w': jnp.asarray(g)}, state, params)
+    params = {'w': params['w'] + updates['w']}
+    if keras_epsilon:
+      np.testing.assert_allclose(params['w'], want, rtol=2e-5, atol=1e-10)
+  if not keras_epsilon:  # optax's placement differs where |g| is near epsilon.
+    assert abs(float(params['w'][0]) - want[0]) > 1e-5
