@@ -50,6 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.use_cache = True
   config.data.download = True
 
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_epochs = 1  # 0: no checkpoints. The last epoch is always saved.
+  config.checkpoint.keep = 3
+
   config.logging = ml_collections.ConfigDict()
   config.logging.log_every_epochs = 1
+  config.logging.progress_bar = 'auto'  # 'auto': a bar when stdout is a terminal; 'on'; 'off'.
+  config.logging.bar_updates_per_epoch = 20
   return config

@@ -5,10 +5,13 @@ import os
 import re
 import sys
 
+from mlp_mnist import checkpointing
 from mlp_mnist import config_checks
 from mlp_mnist import input_pipeline
+from mlp_mnist import run_records
 
-USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError)
+USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError, run_records.WorkdirError,
+               checkpointing.CheckpointError)
 DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'mlp_mnist', 'jax')
 
 
@@ -32,10 +35,13 @@ def exit_on_user_error():
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with unknown config keys and bad values reported in one line (exit 2)."""
+  """absl's flag parsing, with unknown config keys and bad values reported in one line (exit 2).
+
+  absl logs at WARNING unless `--verbosity` is given.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     text = str(e).replace('\\', '')
     key = re.search(r"'(\w+)'", text)
@@ -46,12 +52,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
     print(f'error: {flag}: unknown config key {key!r}{hint}; the known keys are those of the '
           'config file (configs/default.py).', file=sys.stderr)
+    sys.exit(2)
   except flags.Error as e:
     print(f'error: {e}', file=sys.stderr)
-  sys.exit(2)
+    sys.exit(2)
+  # absl would raise the default to INFO after parsing; orbax logs every checkpoint at INFO.
+  if flags.FLAGS['verbosity'].using_default_value:
+    flags.FLAGS.verbosity = -1  # WARNING; --verbosity=0 shows INFO.
+  return argv
 
 
-def run_training(config, workdir: str) -> None:
+def run_training(config, workdir: str, restart: bool = False) -> None:
   from mlp_mnist import train  # pylint: disable=g-import-not-at-top
   with exit_on_user_error():
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, restart=restart)

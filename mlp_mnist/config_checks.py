@@ -20,6 +20,15 @@ def _non_negative(v):
   return v >= 0
 
 
+PROGRESS_BAR_MODES = ('auto', 'on', 'off')
+
+# Keys that change where data comes from or how a run reports, never its results: a run may be
+# resumed with different values for them.
+RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'data.use_cache',
+                       'data.download', 'checkpoint.every_epochs', 'checkpoint.keep',
+                       'logging.log_every_epochs', 'logging.progress_bar',
+                       'logging.bar_updates_per_epoch')
+
 # dotted key -> (accepted types, check, what a valid value is)
 SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'seed': ((int,), _non_negative, 'a non-negative integer'),
@@ -55,7 +64,12 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'data.cache_dir': ((str,), lambda v: True, "a directory, or '' for ~/.cache/mlp_mnist"),
     'data.use_cache': ((bool,), lambda v: True, 'True or False'),
     'data.download': ((bool,), lambda v: True, 'True or False'),
+    'checkpoint.every_epochs': ((int,), _non_negative, 'a non-negative integer (0: off)'),
+    'checkpoint.keep': ((int,), _positive, 'a positive integer'),
     'logging.log_every_epochs': ((int,), _positive, 'a positive integer'),
+    'logging.progress_bar': ((str,), lambda v: v in PROGRESS_BAR_MODES,
+                             f'one of {list(PROGRESS_BAR_MODES)}'),
+    'logging.bar_updates_per_epoch': ((int,), _positive, 'a positive integer'),
 }
 
 

@@ -1,37 +1,60 @@
-"""What a run leaves behind: the resolved config, one JSON line per epoch, the console line."""
+"""What a run leaves behind: the resolved config, one JSON line per epoch, the console line.
+
+Paths go through `etils.epath`, so a workdir may be local or on a cloud bucket (`gs://...`).
+"""
 
 import json
-import os
 
-METRIC_KEYS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+from etils import epath
+
+METRIC_KEYS = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
                'examples_per_sec', 'elapsed_sec')
+# The fields of a record that measure time; every other field is a deterministic result.
+TIMING_KEYS = ('examples_per_sec', 'elapsed_sec')
+METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = 'summary.json'
 
 
 def write_config(workdir: str, config) -> str:
   """Writes the resolved config as `config.json`; returns its path."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  with open(path, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  return path
+  path = epath.Path(workdir) / 'config.json'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  return str(path)
+
+
+def read_config(workdir: str) -> dict | None:
+  """The saved `config.json` as a dict, or None when there is none."""
+  path = epath.Path(workdir) / 'config.json'
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def append_metrics(workdir: str, record: dict) -> None:
   """Appends one epoch's record to `metrics.jsonl`."""
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
-    f.write(json.dumps(record, sort_keys=False) + '\n')
+  with (epath.Path(workdir) / METRICS_FILE).open('a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def write_metrics(workdir: str, records: list[dict]) -> None:
+  """Replaces `metrics.jsonl` with `records` (on resume: the history up to the checkpoint)."""
+  path = epath.Path(workdir) / METRICS_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 
 def write_summary(workdir: str, summary: dict) -> None:
   """Writes `summary.json`: the final epoch's record and where the time went."""
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-    f.write('\n')
+  (epath.Path(workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / METRICS_FILE).read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def without_timing(record: dict) -> dict:
+  """The deterministic part of a record: everything but `TIMING_KEYS`."""
+  return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
 def format_epoch(record: dict) -> str:

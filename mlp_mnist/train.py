@@ -1,8 +1,9 @@
 """Training and evaluation: pure steps, an epoch as `lax.scan`, and `train_and_evaluate`."""
 
 import functools
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +13,15 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from mlp_mnist import checkpointing
 from mlp_mnist import config_checks
 from mlp_mnist import input_pipeline
 from mlp_mnist import models
 from mlp_mnist import optimizers
 from mlp_mnist import parallel
+from mlp_mnist import progress
 from mlp_mnist import reporting
+from mlp_mnist import run_records
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -78,6 +82,16 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, axis_name: str |
   how the batch is split over devices). Returns summed metrics over the global batch, with the
   gradient and parameter norms when `norms` (they cost a third of a small step on CPU).
   """
+  new_state, metrics, grads = _step_and_gradients(state, batch, rng, axis_name)
+  if norms:
+    metrics.update(grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(new_state.params))
+  return new_state, metrics
+
+
+def _step_and_gradients(state: TrainState, batch: Batch, rng: jax.Array,
+                        axis_name: str | None) -> tuple[TrainState, Metrics, Any]:
+  """`train_step` without norms, also returning the gradients summed over devices."""
   images = batch['image'].astype(jnp.float32) / 255.0
   weights = batch['mask'].astype(jnp.float32)
   count = _sum_over_devices(jnp.sum(weights), axis_name)
@@ -96,10 +110,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, axis_name: str |
   new_state = state.apply_gradients(grads=grads)
   metrics = {'loss_sum': loss_sum, 'correct': correct, 'count': count,
              'learning_rate': learning_rate}
-  if norms:
-    metrics.update(grad_norm=optax.tree.norm(grads),
-                   param_norm=optax.tree.norm(new_state.params))
-  return new_state, metrics
+  return new_state, metrics, grads
 
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> Metrics:
@@ -126,16 +137,21 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
 
   Dropout keys derive from the run's seed and the global step. Returns the state and the per-step
   metrics stacked along the first axis, with the gradient and parameter norms of the last step.
+  Every step runs the same scanned program, so an epoch split over several calls gives the same
+  numbers bit for bit.
   """
 
-  def step(state, indices, norms):
+  def body(carry, indices):
+    state, _ = carry
     rng = jax.random.fold_in(state.dropout_rng, state.step)
-    return train_step(state, gather_batch(images, labels, indices), rng, axis_name, norms)
+    state, metrics, grads = _step_and_gradients(
+        state, gather_batch(images, labels, indices), rng, axis_name)
+    return (state, grads), metrics
 
-  state, metrics = jax.lax.scan(functools.partial(step, norms=False), state, batch_indices[:-1])
-  state, last = step(state, batch_indices[-1], norms=True)
-  metrics = {k: jnp.append(v, last[k]) for k, v in metrics.items()}
-  return state, {**metrics, 'grad_norm': last['grad_norm'], 'param_norm': last['param_norm']}
+  no_grads = jax.tree.map(jnp.zeros_like, state.params)
+  (state, last_grads), metrics = jax.lax.scan(body, (state, no_grads), batch_indices)
+  return state, {**metrics, 'grad_norm': optax.tree.norm(last_grads),
+                 'param_norm': optax.tree.norm(state.params)}
 
 
 def evaluate(state: TrainState, images: jax.Array, labels: jax.Array, batch_indices: jax.Array,
@@ -174,7 +190,11 @@ def summarize_eval_metrics(totals: Metrics, prefix: str = 'test') -> dict[str, f
 
 
 class Trainer:
-  """The pmapped epoch and evaluation functions for one config and set of devices."""
+  """The pmapped training and evaluation functions for one config and set of devices.
+
+  `train_steps` runs any number of steps in one call; an epoch may be split into several calls
+  (for a progress bar) with identical results, each call shape compiled once.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, devices):
     self.config = config
@@ -186,12 +206,22 @@ class Trainer:
         in_axes=(None, None, None, 0), out_axes=(None, None), donate_argnums=(0,))
     self.evaluate = parallel.pmap(functools.partial(evaluate, axis_name=axis), devices,
                                   in_axes=(None, None, None, 0), out_axes=None)
+    self._train_programs = {}
 
-  def compile(self, state: TrainState, train_data, test_data, test_indices) -> None:
-    """Compiles both programs ahead of time, so epochs time the training alone."""
+  def compile(self, state: TrainState, train_data, test_data, test_indices,
+              steps_per_call: int | None = None) -> None:
+    """Compiles ahead of time evaluation and training for every call shape of an epoch."""
     epoch_indices = self.epoch_indices(1, len(train_data[1]))
-    self.train_epoch = self.train_epoch.lower(state, *train_data, epoch_indices).compile()
+    for chunk in split_steps(epoch_indices, steps_per_call):
+      if chunk.shape[1] not in self._train_programs:
+        self._train_programs[chunk.shape[1]] = self.train_epoch.lower(
+            state, *train_data, chunk).compile()
     self.evaluate = self.evaluate.lower(state, *test_data, test_indices).compile()
+
+  def train_steps(self, state: TrainState, images, labels, batch_indices: np.ndarray):
+    """`train_epoch` over `batch_indices` [devices, steps, batch], compiled ahead when it can."""
+    program = self._train_programs.get(batch_indices.shape[1], self.train_epoch)
+    return program(state, images, labels, batch_indices)
 
   def epoch_indices(self, epoch: int, num_examples: int) -> np.ndarray:
     order = epoch_permutation(self.config.seed, epoch, num_examples)
@@ -202,19 +232,57 @@ class Trainer:
                                        self.num_devices)
 
 
+def split_steps(batch_indices: np.ndarray, steps_per_call: int | None) -> list[np.ndarray]:
+  """Splits [devices, steps, batch] indices into calls of `steps_per_call` steps (None: one call)."""
+  num_steps = batch_indices.shape[1]
+  size = steps_per_call or num_steps
+  return [batch_indices[:, i:i + size] for i in range(0, num_steps, size)]
+
+
+def run_epoch(trainer: Trainer, state: TrainState, train_data, batch_indices: np.ndarray,
+              steps_per_call: int | None = None, bar: progress.EpochBar | None = None):
+  """Trains one epoch in calls of `steps_per_call` steps; returns the state and per-step metrics.
+
+  Each call is dispatched before the previous call's metrics are fetched, so the device never
+  waits for the host.
+  """
+  fetched, pending = [], None
+  for chunk in split_steps(batch_indices, steps_per_call):
+    state, metrics = trainer.train_steps(state, *train_data, chunk)
+    if pending is not None:
+      fetched.append(jax.device_get(pending))
+      if bar:
+        bar.update(fetched[-1])
+    pending = metrics
+  fetched.append(jax.device_get(pending))
+  if bar:
+    bar.update(fetched[-1])
+    bar.close()
+  # Per-step metrics are joined; per-call ones (the norms of a call's last step) taken from the last.
+  join = lambda *calls: np.concatenate(calls) if np.ndim(calls[0]) else calls[-1]
+  return state, jax.tree.map(join, *fetched)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        devices=None, dataset: input_pipeline.Dataset | None = None,
-                       log: Callable[[str], Any] = print) -> dict[str, Any]:
+                       log: Callable[[str], Any] = print, restart: bool = False,
+                       stream: TextIO | None = None) -> dict[str, Any]:
   """Trains `config` on the local devices, evaluating on the whole test set after each epoch.
 
-  Writes `config.json`, `metrics.jsonl` and `summary.json` into `workdir` (when given). Returns
+  With a `workdir`, resumes from its latest checkpoint when it holds this same run (a different
+  config is an error unless `restart`, which starts over), checkpoints every
+  `config.checkpoint.every_epochs` and writes the run's records there (`run_records`). A progress
+  bar goes to `stream` (default stdout) when `config.logging.progress_bar` asks for one. Returns
   the final `state`, the per-epoch records (`history`) and where the time went (`timings`).
   """
   start = time.time()
   devices = parallel.local_devices(devices)
   config_checks.validate_config(config, num_devices=len(devices))
+  lead = run_records.is_lead_process()
+  log = log if lead else (lambda _: None)
+  stream = stream or sys.stdout
   if workdir:
-    reporting.write_config(workdir, config)
+    run_records.prepare(workdir, config, restart)
   if dataset is None:
     dataset = input_pipeline.load_dataset(config.data)
   (train_images, train_labels), (test_images, test_labels) = dataset['train'], dataset['test']
@@ -222,42 +290,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   num_train = len(train_labels)
   trainer = Trainer(config, devices)
   steps_per_epoch = -(-num_train // config.batch_size)
+  show_bar = lead and progress.shows_bar(config.logging.progress_bar, stream)
+  steps_per_call = (progress.steps_per_call(steps_per_epoch, config.logging.bar_updates_per_epoch)
+                    if show_bar else None)
 
   state = create_train_state(config, jax.random.PRNGKey(config.seed), steps_per_epoch)
   state, train_data, test_data = parallel.replicate(
       (state, (train_images, train_labels), (test_images, test_labels)), devices)
+  checkpoints, history, first_epoch, resumed_step = None, [], 1, None
+  if workdir:
+    checkpoints = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
+    restored = checkpoints.restore_latest(state, warn=log)
+    if restored:
+      state, resumed_step, run = restored
+      history, first_epoch = run['history'], run['epoch'] + 1
+  recorder = run_records.RunRecorder(workdir, config, devices, history, resumed_step)
   test_indices = trainer.eval_indices(len(test_labels))
   compile_start = time.time()
-  trainer.compile(state, train_data, test_data, test_indices)
+  if first_epoch <= config.num_epochs:
+    trainer.compile(state, train_data, test_data, test_indices, steps_per_call)
   timings = {'data_sec': data_sec, 'compile_sec': time.time() - compile_start,
              'train_sec': 0.0, 'eval_sec': 0.0}
   log(f'{num_train} training examples, {len(test_labels)} test examples, '
       f'{len(devices)} {devices[0].platform} device(s), {steps_per_epoch} steps per epoch; '
       f'data ready in {data_sec:.1f}s, compiled in {timings["compile_sec"]:.1f}s.')
+  if resumed_step is not None:
+    log(f'Resumed from the checkpoint at step {resumed_step} (epoch {first_epoch - 1}) in '
+        f'{checkpoints.directory}.')
 
-  history = []
-  for epoch in range(1, config.num_epochs + 1):
+  for epoch in range(first_epoch, config.num_epochs + 1):
     epoch_start = time.time()
-    state, step_metrics = trainer.train_epoch(state, *train_data,
-                                              trainer.epoch_indices(epoch, num_train))
-    step_metrics = jax.device_get(step_metrics)
+    bar = (progress.EpochBar(stream, epoch, config.num_epochs, steps_per_epoch)
+           if show_bar else None)
+    state, step_metrics = run_epoch(trainer, state, train_data,
+                                    trainer.epoch_indices(epoch, num_train), steps_per_call, bar)
     epoch_sec = time.time() - epoch_start
     timings['train_sec'] += epoch_sec
-    if epoch % config.logging.log_every_epochs and epoch != config.num_epochs:
-      continue
-    eval_start = time.time()
-    eval_metrics = summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
-    timings['eval_sec'] += time.time() - eval_start
-    record = {'epoch': epoch, **summarize_train_metrics(step_metrics), **eval_metrics,
-              'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
-    history.append(record)
-    log(reporting.format_epoch(record))
-    if workdir:
-      reporting.append_metrics(workdir, record)
+    if epoch % config.logging.log_every_epochs == 0 or epoch == config.num_epochs:
+      eval_start = time.time()
+      eval_metrics = summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
+      timings['eval_sec'] += time.time() - eval_start
+      record = {'epoch': epoch, 'step': epoch * steps_per_epoch,
+                **summarize_train_metrics(step_metrics), **eval_metrics,
+                'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
+      history.append(record)
+      recorder.write_epoch(record)
+      log(reporting.format_epoch(record))
+    every = config.checkpoint.every_epochs
+    if checkpoints and every and (epoch % every == 0 or epoch == config.num_epochs):
+      checkpoints.save(epoch * steps_per_epoch, state, epoch, history)
+  if checkpoints:
+    checkpoints.wait()
+    checkpoints.close()
+  recorder.plot_curves()
   timings['total_sec'] = time.time() - start
-  if workdir:
-    reporting.write_summary(workdir, {**history[-1], 'num_train_examples': num_train,
-                                      'timings': timings})
+  recorder.finish({**history[-1], 'num_train_examples': num_train, 'timings': timings})
+  if first_epoch > config.num_epochs:
+    log(f'{workdir} already holds the final checkpoint of this run; nothing to train.')
   log(f'Final test accuracy: {history[-1]["test_accuracy"]:.2%} (training '
       f'{timings["train_sec"]:.1f}s, evaluation {timings["eval_sec"]:.1f}s, '
       f'total {timings["total_sec"]:.1f}s).')

@@ -1,7 +1,9 @@
 r"""Trains and evaluates an MLP on MNIST.
 
     python scripts/train.py --config configs/default.py --config.data.local_dir=/path/to/mnist_idx \
-        [--config.optimizer.learning_rate=3e-4] [--workdir runs/x]
+        [--config.optimizer.learning_rate=3e-4] [--workdir runs/x] [--restart]
+
+Rerunning the same command with the same --workdir resumes from the latest checkpoint there.
 """
 
 import os
@@ -17,6 +19,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder; default: a new timestamped folder under runs/.')
+_RESTART = flags.DEFINE_bool(
+    'restart', False, 'Discard the run already in --workdir (checkpoints, metrics, events, plots) '
+    'and start over, instead of resuming it.')
 _JAX_CACHE_DIR = flags.DEFINE_string(
     'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
     "JAX's persistent compilation cache; '' turns it off.")
@@ -27,7 +32,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   workdir = _WORKDIR.value or os.path.join('runs', time.strftime('%Y%m%d-%H%M%S'))
   cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
-  cli.run_training(_CONFIG.value, workdir)
+  cli.run_training(_CONFIG.value, workdir, restart=_RESTART.value)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,126 @@
+"""Checkpoints of the whole train state with orbax: asynchronous saves, restore with fallback.
+
+A checkpoint is numbered by the optimizer step at the end of its epoch and holds the train state
+(parameters, optimizer state, step, dropout key and rate) and a small JSON record of the run so far
+(`epoch` and the per-epoch `history`), so a resumed run can rewrite `metrics.jsonl` exactly. orbax
+writes each checkpoint into a temporary directory and renames it when complete, so a process killed
+mid-save leaves no partial checkpoint behind; a checkpoint that is damaged later is set aside with a
+warning and the previous one is used. Paths may be local or `gs://`.
+"""
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+from etils import epath
+
+CHECKPOINTS_DIR = 'checkpoints'
+CORRUPT_DIR = 'corrupt_checkpoints'
+
+
+class CheckpointError(RuntimeError):
+  """A requested checkpoint does not exist or cannot be read; the message says what to do."""
+
+
+def _absolute(path: str) -> str:
+  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return epath.Path(_absolute(workdir)) / CHECKPOINTS_DIR
+
+
+def abstract_like(state: Any) -> Any:
+  """Shapes, dtypes and shardings of `state`: where `restore` places the restored arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+class Checkpointer:
+  """Saves and restores the train state of the run in `workdir` (orbax is imported lazily)."""
+
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
+    self.workdir = workdir
+    self.directory = checkpoint_dir(workdir)
+    if read_only:  # Not orbax's read_only option, which warns on every use.
+      options = ocp.CheckpointManagerOptions(save_interval_steps=0, max_to_keep=None,
+                                             create=False, save_root_metadata=False)
+    else:
+      # Leftover temporary directories are saves that a killed process never finished.
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             cleanup_tmp_directories=True,
+                                             enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, epoch: int, history: list[dict]) -> None:
+    """Starts saving in the background; the state may be donated right after this returns."""
+    ocp = self._ocp
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        run=ocp.args.JsonSave({'epoch': epoch, 'history': history})))
+
+  def restore(self, target: Any, step: int | None = None) -> tuple[Any, int, dict]:
+    """Returns (state, step, run record) of checkpoint `step` (default: the latest).
+
+    `target` is a train state of the same structure (its static fields and placement are kept).
+    """
+    steps = self.steps()
+    if not steps:
+      raise CheckpointError(f'{self.workdir} has no checkpoint in {self.directory}; train first '
+                            '(scripts/train.py --workdir) or check the path.')
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise CheckpointError(f'{self.workdir} has no checkpoint at step {step}; it has steps '
+                            f'{", ".join(map(str, steps))}.')
+    ocp = self._ocp
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_like(target)), run=ocp.args.JsonRestore()))
+    return restored.state, step, restored.run
+
+  def restore_latest(self, target: Any,
+                     warn: Callable[[str], Any]) -> tuple[Any, int, dict] | None:
+    """The newest checkpoint that can be read, or None when there is none.
+
+    A checkpoint that fails to restore is reported through `warn`, moved out of the way (into
+    `corrupt_checkpoints/` beside `checkpoints/`, or deleted on remote storage) and the next older
+    one is tried.
+    """
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(target, step)
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax and tensorstore raise many types for damaged files; any of them means unusable.
+        where = self._set_aside(step)
+        warn(f'warning: checkpoint {step} in {self.directory} cannot be restored '
+             f'({type(e).__name__}: {_first_line(e)}); {where}, trying the previous one.')
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    source = self.directory / str(step)
+    if '://' in str(self.directory):
+      self._manager.delete(step)
+      self._manager.reload()
+      return 'deleted it'
+    target = self.directory.parent / CORRUPT_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    self._manager.reload()
+    return f'moved it to {target}'
+
+  def wait(self) -> None:
+    """Blocks until background saves are complete."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:300] if text else 'no message'

@@ -1,0 +1,141 @@
+"""A run's workdir: whether it may be resumed, and everything the run writes into it.
+
+Only JAX process 0 writes (`is_lead_process`), so multi-host runs do not collide; checkpoints are the
+exception, being orbax's collective saves. The workdir holds `config.json`, `provenance.json`,
+`metrics.jsonl`, `summary.json`, TensorBoard event files, `plots/` and `checkpoints/`.
+"""
+
+import json
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+from etils import epath
+
+from mlp_mnist import checkpointing
+from mlp_mnist import config_checks
+from mlp_mnist import metric_writers
+from mlp_mnist import provenance
+from mlp_mnist import reporting
+
+PLOTS_DIR = 'plots'
+# What `restart` removes: the outputs of an earlier run, nothing else the user may keep there.
+RUN_OUTPUTS = ('config.json', provenance.PROVENANCE_FILE, reporting.METRICS_FILE,
+               reporting.SUMMARY_FILE, PLOTS_DIR,
+               checkpointing.CHECKPOINTS_DIR, checkpointing.CORRUPT_DIR, 'events.out.tfevents.*')
+
+
+class WorkdirError(RuntimeError):
+  """The workdir holds a different run; the message says how to proceed."""
+
+
+def is_lead_process() -> bool:
+  """Whether this process writes the run's outputs (JAX process 0)."""
+  return jax.process_index() == 0
+
+
+def _flat_json(config) -> dict[str, Any]:
+  """A config (ConfigDict or its saved JSON) as dotted keys with JSON values (tuples as lists)."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = json.loads(config.to_json_best_effort())
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update({f'{key}.{k}': v for k, v in _flat_json(value).items()})
+    else:
+      flat[key] = value
+  return flat
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Keys that affect results and differ between a saved config and `config`, as 'key: a -> b'."""
+  saved, requested = _flat_json(saved), _flat_json(config)
+  missing = '(absent)'
+  return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
+          for key in sorted(set(saved) | set(requested))
+          if key not in config_checks.RESULT_NEUTRAL_KEYS
+          and saved.get(key, missing) != requested.get(key, missing)]
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> None:
+  """Checks that `workdir` is new or holds this same run; with `restart`, clears it instead."""
+  if restart:
+    if is_lead_process():
+      clear(workdir)
+    return
+  saved = reporting.read_config(workdir)
+  if saved is None:
+    return
+  differences = config_differences(saved, config)
+  if differences:
+    shown = '; '.join(differences[:5]) + ('; ...' if len(differences) > 5 else '')
+    raise WorkdirError(
+        f'workdir {workdir} holds a run with a different config ({shown}). Rerun with its config '
+        'to resume it, pass --restart to discard it and start over, or choose another --workdir.')
+
+
+def clear(workdir: str) -> None:
+  """Removes an earlier run's outputs (`RUN_OUTPUTS`) from `workdir`."""
+  root = epath.Path(workdir)
+  if not root.exists():
+    return
+  for pattern in RUN_OUTPUTS:
+    for path in root.glob(pattern):
+      if path.is_dir():
+        path.rmtree()
+      else:
+        path.unlink()
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's run was trained with (its `config.json`), checked."""
+  saved = reporting.read_config(workdir)
+  if saved is None:
+    raise WorkdirError(f'{workdir} has no config.json; is it the --workdir of a training run?')
+  config = ml_collections.ConfigDict(saved)
+  config.model.hidden_sizes = tuple(config.model.hidden_sizes)
+  config_checks.validate_config(config)
+  return config
+
+
+class RunRecorder:
+  """Writes the run's records into `workdir`; does nothing without one or off process 0.
+
+  Starting writes `config.json`, adds to `provenance.json`, rewrites `metrics.jsonl` to the
+  restored `history` (dropping epochs of an interrupted run after its checkpoint) and opens the
+  TensorBoard writer, which hides the interrupted run's later events.
+  """
+
+  def __init__(self, workdir: str | None, config: ml_collections.ConfigDict,
+               devices: Sequence[jax.Device], history: list[dict], resumed_step: int | None):
+    self.workdir = workdir if workdir and is_lead_process() else None
+    self._history = list(history)
+    if not self.workdir:
+      return
+    reporting.write_config(self.workdir, config)
+    provenance.append(self.workdir, provenance.collect(devices, resumed_step))
+    reporting.write_metrics(self.workdir, self._history)
+    self._tensorboard = metric_writers.TensorBoardWriter(self.workdir,
+                                                         purge_step=(resumed_step or 0) + 1)
+    self._tensorboard.write_hparams(_flat_json(config))
+
+  def write_epoch(self, record: dict) -> None:
+    self._history.append(record)
+    if self.workdir:
+      reporting.write_metrics(self.workdir, self._history)
+      self._tensorboard.write_scalars(record['step'], record)
+
+  def plot_curves(self) -> None:
+    """Draws `plots/curves.png` from the history."""
+    if not self.workdir:
+      return
+    from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+    plots.save_curves(self._history, str(epath.Path(self.workdir) / PLOTS_DIR / 'curves.png'),
+                      title=str(self.workdir))
+
+  def finish(self, summary: dict) -> None:
+    """Writes `summary.json` and closes the event file."""
+    if not self.workdir:
+      return
+    reporting.write_summary(self.workdir, summary)
+    self._tensorboard.close()

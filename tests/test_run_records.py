@@ -1,0 +1,119 @@
+"""What a run leaves in its workdir: metrics, TensorBoard events, provenance, plots; process 0 only."""
+
+import glob
+import os
+import struct
+import subprocess
+
+import jax
+import pytest
+
+from mlp_mnist import metric_writers
+from mlp_mnist import provenance
+from mlp_mnist import reporting
+from mlp_mnist import run_records
+from mlp_mnist import train
+
+from conftest import REPO, assert_png, synthetic_dataset
+
+
+def _run(config, workdir, **kwargs):
+  return train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1],
+                                  dataset=synthetic_dataset(), log=lambda _: None, **kwargs)
+
+
+def read_events(workdir):
+  """Every event of the workdir's TensorBoard files, in file order (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    with open(path, 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      offset += 12  # length and its CRC
+      events.append(event_pb2.Event.FromString(data[offset:offset + length]))
+      offset += length + 4  # data and its CRC
+  return events
+
+
+def test_two_runs_write_identical_metrics_apart_from_timing(config, tmp_path):
+  config.num_epochs = 3
+  config.model.dropout_rate = 0.1
+  _run(config, tmp_path / 'a')
+  _run(config, tmp_path / 'b')
+  first, second = (reporting.read_metrics(str(tmp_path / d)) for d in 'ab')
+  assert [r['epoch'] for r in first] == [1, 2, 3]
+  assert set(first[0]) - set(reporting.TIMING_KEYS) >= {'train_loss', 'test_loss', 'step'}
+  assert [reporting.without_timing(r) for r in first] == [
+      reporting.without_timing(r) for r in second]
+  # Only the timing fields may differ, and the file is nothing but these records.
+  assert set(reporting.TIMING_KEYS) == {'examples_per_sec', 'elapsed_sec'}
+  with open(tmp_path / 'a' / 'metrics.jsonl') as f:
+    assert len(f.read().splitlines()) == 3
+
+
+def test_tensorboard_events_hold_the_metrics_and_the_config(config, tmp_path):
+  config.num_epochs = 2
+  result = _run(config, tmp_path)
+  events = read_events(str(tmp_path))
+  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value
+             if v.HasField('simple_value')}
+  for record in result['history']:
+    for key, tag in metric_writers.SCALAR_TAGS.items():
+      assert scalars[(tag, record['step'])] == pytest.approx(record[key], rel=1e-6), tag
+  hparams = {v.tag: v.metadata.plugin_data.content for e in events for v in e.summary.value
+             if v.metadata.plugin_data.plugin_name == 'hparams'}
+  assert set(hparams) == {'_hparams_/experiment', '_hparams_/session_start_info',
+                          '_hparams_/session_end_info'}
+  for key in (b'optimizer.learning_rate', b'model.hidden_sizes', b'batch_size'):
+    assert key in hparams['_hparams_/experiment']
+    assert key in hparams['_hparams_/session_start_info']
+  for tag in metric_writers.HPARAM_METRICS:
+    assert tag.encode() in hparams['_hparams_/experiment']
+
+
+def test_resumed_run_hides_later_events_of_the_interrupted_one(config, tmp_path):
+  config.num_epochs = 2
+  _run(config, tmp_path)
+  config.num_epochs = 2
+  _run(config, tmp_path)  # Nothing to train, but a new session of the same run.
+  starts = [e.step for e in read_events(str(tmp_path)) if e.HasField('session_log')]
+  assert starts == [1, 2 * 8 + 1]
+
+
+def test_provenance_records_versions_devices_and_commit(config, tmp_path):
+  config.num_epochs = 1
+  _run(config, tmp_path)
+  (record,) = provenance.read(str(tmp_path))
+  assert record['packages']['jax'] == jax.__version__
+  assert record['packages']['flax'] and record['packages']['optax']
+  assert record['packages']['tensorflow-datasets']
+  assert (record['platform'], record['device_kind'], record['device_count']) == ('cpu', 'cpu', 1)
+  assert record['resumed_from_step'] is None and record['python']
+  try:
+    head = subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'], capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    head = None
+  assert (record['git'] or {}).get('commit') == head
+
+
+def test_curves_plot_is_written(config, tmp_path):
+  config.num_epochs = 3
+  _run(config, tmp_path)
+  assert_png(tmp_path / 'plots' / 'curves.png', min_size=(600, 300))
+
+
+def test_only_the_lead_process_writes(config, tmp_path, monkeypatch):
+  monkeypatch.setattr(run_records, 'is_lead_process', lambda: False)
+  config.num_epochs = 1
+  config.checkpoint.every_epochs = 0  # Checkpoints are orbax's collective saves.
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1],
+                           dataset=synthetic_dataset(), log=lines.append)
+  assert lines == []
+  written = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path)
+             for f in files]
+  assert written == []
