@@ -1,0 +1,140 @@
+"""A trained run, loaded back from its workdir: test metrics exactly as training computed them, per
+class accuracy, the confusion matrix and the most confident mistakes."""
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from mlp_mnist import checkpointing
+from mlp_mnist import input_pipeline
+from mlp_mnist import models
+from mlp_mnist import parallel
+from mlp_mnist import reporting
+from mlp_mnist import run_records
+from mlp_mnist import train
+
+PREDICT_BATCH = 1000
+
+
+def load_run(workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None
+             ) -> tuple[ml_collections.ConfigDict, train.TrainState, int, dict[str, Any]]:
+  """Returns (config, train state replicated on `devices`, step, run record) of a checkpoint.
+
+  `step` defaults to the latest checkpoint. The checkpoint is opened read-only, so a training run
+  still writing into `workdir` is not disturbed.
+  """
+  config = run_records.load_config(workdir)
+  devices = parallel.local_devices(devices)
+  # The schedule's horizon does not change the state's structure, which is all a restore needs.
+  target = parallel.replicate(train.create_train_state(config, jax.random.PRNGKey(0), 1), devices)
+  checkpoints = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    state, step, run = checkpoints.restore(target, step)
+  finally:
+    checkpoints.close()
+  return config, state, step, run
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _probabilities(model: models.MLP, params, images: jax.Array) -> jax.Array:
+  return jax.nn.softmax(model.apply({'params': params}, images))
+
+
+def predict_probabilities(config: ml_collections.ConfigDict, params,
+                          images: np.ndarray) -> np.ndarray:
+  """Class probabilities [N, 10] for uint8 or [0, 255] float images [N, 28, 28]."""
+  model = models.create_model(config.model)
+  params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
+  outputs = []
+  for start in range(0, len(images), PREDICT_BATCH):
+    batch = np.asarray(images[start:start + PREDICT_BATCH], np.float32) / 255.0
+    padded = np.zeros((PREDICT_BATCH,) + batch.shape[1:], np.float32)
+    padded[:len(batch)] = batch  # One batch shape: one compiled program.
+    outputs.append(np.asarray(_probabilities(model, params, jnp.asarray(padded)))[:len(batch)])
+  return np.concatenate(outputs) if outputs else np.zeros((0, models.NUM_CLASSES), np.float32)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int = models.NUM_CLASSES) -> np.ndarray:
+  """Counts [true, predicted]."""
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, predictions), 1)
+  return matrix
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray,
+                            count: int) -> np.ndarray:
+  """Indices of the wrong predictions with the highest predicted probability, highest first."""
+  predictions = probabilities.argmax(1)
+  wrong = np.flatnonzero(predictions != labels)
+  confidence = probabilities[wrong, predictions[wrong]]
+  return wrong[np.argsort(-confidence, kind='stable')[:count]]
+
+
+def evaluate_run(workdir: str, step: int | None = None, devices=None,
+                 dataset: input_pipeline.Dataset | None = None, num_mistakes: int = 24,
+                 plots_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates checkpoint `step` (default: latest) of the run in `workdir` on its test set.
+
+  Test loss and accuracy come from the same pmapped `train.evaluate` that training ran, so they
+  equal what training reported for that step on the same devices. Writes `confusion_matrix.png`
+  and `misclassified.png` into `plots_dir` (default: the workdir's `plots/`).
+  """
+  from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+  config, state, step, run = load_run(workdir, step, devices)
+  devices = parallel.local_devices(devices)
+  if dataset is None:
+    dataset = input_pipeline.load_dataset(config.data)
+  images, labels = dataset['test']
+  trainer = train.Trainer(config, devices)
+  test_data = parallel.replicate((images, labels), devices)
+  metrics = train.summarize_eval_metrics(
+      trainer.evaluate(state, *test_data, trainer.eval_indices(len(labels))))
+
+  probabilities = predict_probabilities(config, state.params, images)
+  predictions = probabilities.argmax(1)
+  matrix = confusion_matrix(labels, predictions)
+  mistakes = most_confident_mistakes(labels, probabilities, num_mistakes)
+  epoch = run['epoch']
+  reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
+  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / run_records.PLOTS_DIR)
+  title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
+  paths = {
+      'confusion_matrix': plots.save_confusion_matrix(
+          matrix, str(plots_dir / 'confusion_matrix.png'), title),
+      'misclassified': plots.save_misclassified(
+          images[mistakes], labels[mistakes], predictions[mistakes],
+          probabilities[mistakes, predictions[mistakes]], str(plots_dir / 'misclassified.png'),
+          f'{title}\nmost confident of {len(np.flatnonzero(predictions != labels))} mistakes'),
+  }
+  return {
+      'workdir': str(workdir),
+      'step': step,
+      'epoch': epoch,
+      'num_examples': int(len(labels)),
+      **metrics,
+      'per_class_accuracy': (np.diag(matrix) / np.maximum(matrix.sum(1), 1)).tolist(),
+      'confusion_matrix': matrix.tolist(),
+      'training_reported': reporting.without_timing(reported) if reported else None,
+      'plots': paths,
+  }
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The evaluation as a few lines of text."""
+  lines = [f"{report['workdir']}: step {report['step']} (epoch {report['epoch']}), "
+           f"{report['num_examples']} test examples",
+           f"test loss {report['test_loss']:.4f}  test accuracy {report['test_accuracy']:.2%}"]
+  reported = report['training_reported']
+  if reported:
+    lines.append(f"training reported test loss {reported['test_loss']:.4f}  "
+                 f"test accuracy {reported['test_accuracy']:.2%}")
+  lines.append('per-class accuracy: ' + '  '.join(
+      f'{c}: {a:.2%}' for c, a in enumerate(report['per_class_accuracy'])))
+  lines.extend(f'wrote {path}' for path in report['plots'].values())
+  return '\n'.join(lines)
