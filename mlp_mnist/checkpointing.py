@@ -9,6 +9,7 @@ warning and the previous one is used. Paths may be local or `gs://`.
 """
 
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -96,6 +97,7 @@ class Checkpointer:
         return self.restore(target, step)
       except Exception as e:  # pylint: disable=broad-except
         # orbax and tensorstore raise many types for damaged files; any of them means unusable.
+        _ignore_reads_finishing_after_a_failed_restore()
         where = self._set_aside(step)
         warn(f'warning: checkpoint {step} in {self.directory} cannot be restored '
              f'({type(e).__name__}: {_first_line(e)}); {where}, trying the previous one.')
@@ -121,6 +123,25 @@ class Checkpointer:
     self._manager.close()
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0][:300] if text else 'no message'
+def _ignore_reads_finishing_after_a_failed_restore() -> None:
+  """Silences tensorstore reads of a failed restore that finish after orbax closed its event loop.
+
+  Each would otherwise print a 'RuntimeError: Event loop is closed' traceback, dozens per damaged
+  checkpoint, although nothing is wrong beyond the warning already given.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'ignores_closed_event_loop', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.ignores_closed_event_loop = True
+  sys.unraisablehook = hook
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+  line = (str(error).strip().splitlines() or ['no message'])[0]
+  return line if len(line) <= limit else line[:limit] + '...'

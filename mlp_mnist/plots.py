@@ -3,11 +3,23 @@
 matplotlib is imported lazily and used through its object API (no pyplot, no display needed).
 """
 
+import importlib
 import io
+import threading
 from typing import Sequence
 
 import numpy as np
 from etils import epath
+
+
+def import_in_background() -> None:
+  """Imports matplotlib (a third of a second or more) on a thread, e.g. while an epoch trains."""
+
+  def load():
+    for module in ('matplotlib.figure', 'matplotlib.backends.backend_agg'):
+      importlib.import_module(module)
+
+  threading.Thread(target=load, name='import-matplotlib', daemon=True).start()
 
 
 def _save(figure, path: str) -> str:

@@ -125,6 +125,12 @@ class RunRecorder:
       reporting.write_metrics(self.workdir, self._history)
       self._tensorboard.write_scalars(record['step'], record)
 
+  def prepare_plots(self) -> None:
+    """Loads the plotting library on a thread; call it while the last epoch trains."""
+    if self.workdir:
+      from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+      plots.import_in_background()
+
   def plot_curves(self) -> None:
     """Draws `plots/curves.png` from the history."""
     if not self.workdir:

@@ -320,6 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
   for epoch in range(first_epoch, config.num_epochs + 1):
     epoch_start = time.time()
+    if epoch == config.num_epochs:
+      recorder.prepare_plots()  # The host is idle while the device trains.
     bar = (progress.EpochBar(stream, epoch, config.num_epochs, steps_per_epoch)
            if show_bar else None)
     state, step_metrics = run_epoch(trainer, state, train_data,

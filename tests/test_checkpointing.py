@@ -146,9 +146,13 @@ def test_no_checkpoints_when_turned_off(config, tmp_path):
   assert _steps(tmp_path) == []
 
 
-def test_completed_run_is_not_trained_again(config, tmp_path):
+def test_completed_run_is_not_trained_again_even_with_other_neutral_settings(config, tmp_path):
   _config(config, num_epochs=2)
   first = _run(config, tmp_path)
+  # Data location, logging and checkpoint cadence do not change results.
+  config.data.cache_dir = '/elsewhere'
+  config.logging.log_every_epochs = 2
+  config.checkpoint.keep = 5
   lines = []
   again = _run(config, tmp_path, log=lines.append)
   assert any('nothing to train' in line for line in lines)
@@ -156,6 +160,11 @@ def test_completed_run_is_not_trained_again(config, tmp_path):
   _assert_same_params(again['state'], first['state'])
 
 
+# Reads still in flight when a restore fails must not report to orbax's closed event loop.
+QUIET = pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
+
+
+@QUIET
 @pytest.mark.parametrize('damage', ['missing_files', 'garbage', 'unfinished_save'])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(config, tmp_path, damage):
   _config(config, num_epochs=3)
@@ -184,6 +193,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(config, tmp_pa
   assert _steps(tmp_path) == [8, 16, 24]
 
 
+@QUIET
 def test_every_checkpoint_damaged_starts_over_with_warnings(config, tmp_path):
   _config(config, num_epochs=2)
   reference = _run(config, tmp_path)
@@ -215,17 +225,6 @@ def test_different_config_is_an_error_unless_restart(config, tmp_path):
       'test_loss']
   assert len(provenance.read(str(tmp_path))) == 1
   assert reporting.read_config(str(tmp_path))['seed'] == 4
-
-
-def test_settings_that_do_not_change_results_may_differ_on_resume(config, tmp_path):
-  _config(config, num_epochs=2)
-  _run(config, tmp_path)
-  config.data.cache_dir = '/elsewhere'
-  config.logging.log_every_epochs = 2
-  config.checkpoint.keep = 5
-  lines = []
-  _run(config, tmp_path, log=lines.append)
-  assert any('nothing to train' in line for line in lines)
 
 
 def test_train_script_resumes_and_rejects_a_different_config(tmp_path):
