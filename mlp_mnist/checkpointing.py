@@ -14,7 +14,11 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mlp_mnist import parallel
 
 CHECKPOINTS_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -33,9 +37,25 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 
 
 def abstract_like(state: Any) -> Any:
-  """Shapes, dtypes and shardings of `state`: where `restore` places the restored arrays."""
+  """Shapes, dtypes and shardings of `state`: where `restore` places the restored arrays.
+
+  In a multi-process run: replicated over every device of every process, as orbax restores
+  collectively (pmap takes such global arrays as they are).
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  if not parallel.is_multiprocess():
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  everywhere = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
+                      state)
+
+
+def _global(state: Any) -> Any:
+  """A pmap-replicated state as arrays orbax can save collectively from several processes."""
+  if not parallel.is_multiprocess():
+    return state
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
 
 
 class Checkpointer:
@@ -63,7 +83,7 @@ class Checkpointer:
     """Starts saving in the background; the state may be donated right after this returns."""
     ocp = self._ocp
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(_global(state)),
         run=ocp.args.JsonSave({'epoch': epoch, 'history': history})))
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, int, dict]:
@@ -104,16 +124,19 @@ class Checkpointer:
     return None
 
   def _set_aside(self, step: int) -> str:
+    """Process 0 moves (or, on remote storage, deletes) the checkpoint; all processes then agree."""
     source = self.directory / str(step)
-    if '://' in str(self.directory):
-      self._manager.delete(step)
-      self._manager.reload()
-      return 'deleted it'
+    remote = '://' in str(self.directory)
     target = self.directory.parent / CORRUPT_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source.rename(target)
+    if jax.process_index() == 0:
+      if remote:
+        source.rmtree()
+      else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+    parallel.sync(f'set_aside_checkpoint_{step}')
     self._manager.reload()
-    return f'moved it to {target}'
+    return 'deleted it' if remote else f'moved it to {target}'
 
   def wait(self) -> None:
     """Blocks until background saves are complete."""

@@ -7,11 +7,12 @@ import sys
 
 from mlp_mnist import checkpointing
 from mlp_mnist import config_checks
+from mlp_mnist import distributed
 from mlp_mnist import input_pipeline
 from mlp_mnist import run_records
 
 USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError, run_records.WorkdirError,
-               checkpointing.CheckpointError)
+               checkpointing.CheckpointError, distributed.DistributedError)
 DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'mlp_mnist', 'jax')
 
 
@@ -22,6 +23,28 @@ def enable_compilation_cache(cache_dir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser(cache_dir))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
+def define_distributed_flags() -> None:
+  """The multi-process flags every entry point takes (see mlp_mnist/distributed.py)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
+                    'Multi-process JAX: auto (when the flags below, their JAX_* environment '
+                    'variables, a TPU pod slice, SLURM or Open MPI say so), on, or off.')
+  flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process runs).')
+  flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-process runs).')
+  flags.DEFINE_integer('process_id', -1, 'This process, in [0, num_processes).')
+  flags.DEFINE_integer('heartbeat_timeout_sec', 60,
+                       'A process that stops answering for this long fails the whole run.')
+
+
+def initialize_distributed() -> bool:
+  """Joins the other processes per the flags of `define_distributed_flags`; True if several."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  with exit_on_user_error():
+    return distributed.initialize(f.distributed, f.coordinator_address, f.num_processes,
+                                  f.process_id, heartbeat_timeout_sec=f.heartbeat_timeout_sec)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from etils import epath
 from mlp_mnist import checkpointing
 from mlp_mnist import config_checks
 from mlp_mnist import metric_writers
+from mlp_mnist import parallel
 from mlp_mnist import provenance
 from mlp_mnist import reporting
 
@@ -62,6 +63,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> N
   if restart:
     if is_lead_process():
       clear(workdir)
+    parallel.sync('restart_cleared_workdir')
     return
   saved = reporting.read_config(workdir)
   if saved is None:

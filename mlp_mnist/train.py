@@ -199,7 +199,8 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, devices):
     self.config = config
     self.devices = devices
-    self.num_devices = len(devices)
+    self.num_devices = parallel.axis_size(devices)
+    self.rows = parallel.process_rows(devices)
     axis = parallel.AXIS
     self.train_epoch = parallel.pmap(
         functools.partial(train_epoch, axis_name=axis), devices,
@@ -210,7 +211,13 @@ class Trainer:
 
   def compile(self, state: TrainState, train_data, test_data, test_indices,
               steps_per_call: int | None = None) -> None:
-    """Compiles ahead of time evaluation and training for every call shape of an epoch."""
+    """Compiles ahead of time evaluation and training for every call shape of an epoch.
+
+    Multi-process runs compile on the first call instead: pmap's ahead-of-time programs take
+    global-shaped arguments there, while each process holds only its devices' slices.
+    """
+    if parallel.is_multiprocess():
+      return
     epoch_indices = self.epoch_indices(1, len(train_data[1]))
     for chunk in split_steps(epoch_indices, steps_per_call):
       if chunk.shape[1] not in self._train_programs:
@@ -224,12 +231,13 @@ class Trainer:
     return program(state, images, labels, batch_indices)
 
   def epoch_indices(self, epoch: int, num_examples: int) -> np.ndarray:
+    """This process's slices of epoch `epoch`'s global batches: [local devices, steps, batch]."""
     order = epoch_permutation(self.config.seed, epoch, num_examples)
-    return parallel.shard_batch_indices(order, self.config.batch_size, self.num_devices)
+    return parallel.shard_batch_indices(order, self.config.batch_size, self.num_devices)[self.rows]
 
   def eval_indices(self, num_examples: int) -> np.ndarray:
     return parallel.eval_batch_indices(num_examples, self.config.eval_batch_size,
-                                       self.num_devices)
+                                       self.num_devices)[self.rows]
 
 
 def split_steps(batch_indices: np.ndarray, steps_per_call: int | None) -> list[np.ndarray]:
@@ -277,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   """
   start = time.time()
   devices = parallel.local_devices(devices)
-  config_checks.validate_config(config, num_devices=len(devices))
+  config_checks.validate_config(config, num_devices=parallel.axis_size(devices))
   lead = run_records.is_lead_process()
   log = log if lead else (lambda _: None)
   stream = stream or sys.stdout
@@ -311,8 +319,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     trainer.compile(state, train_data, test_data, test_indices, steps_per_call)
   timings = {'data_sec': data_sec, 'compile_sec': time.time() - compile_start,
              'train_sec': 0.0, 'eval_sec': 0.0}
+  processes = f' in {jax.process_count()} processes' if parallel.is_multiprocess() else ''
   log(f'{num_train} training examples, {len(test_labels)} test examples, '
-      f'{len(devices)} {devices[0].platform} device(s), {steps_per_epoch} steps per epoch; '
+      f'{trainer.num_devices} {devices[0].platform} device(s){processes}, '
+      f'{steps_per_epoch} steps per epoch; '
       f'data ready in {data_sec:.1f}s, compiled in {timings["compile_sec"]:.1f}s.')
   if resumed_step is not None:
     log(f'Resumed from the checkpoint at step {resumed_step} (epoch {first_epoch - 1}) in '

@@ -4,6 +4,8 @@ r"""Trains and evaluates an MLP on MNIST.
         [--config.optimizer.learning_rate=3e-4] [--workdir runs/x] [--restart]
 
 Rerunning the same command with the same --workdir resumes from the latest checkpoint there.
+Several hosts: run the same command on each, with --coordinator_address, --num_processes and
+--process_id where JAX cannot detect them (docs/gpu.md, docs/tpu_vm.md).
 """
 
 import os
@@ -25,11 +27,14 @@ _RESTART = flags.DEFINE_bool(
 _JAX_CACHE_DIR = flags.DEFINE_string(
     'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
     "JAX's persistent compilation cache; '' turns it off.")
+cli.define_distributed_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if cli.initialize_distributed() and not _WORKDIR.value:
+    raise app.UsageError('a multi-process run needs --workdir, the same for every process.')
   workdir = _WORKDIR.value or os.path.join('runs', time.strftime('%Y%m%d-%H%M%S'))
   cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
   cli.run_training(_CONFIG.value, workdir, restart=_RESTART.value)
