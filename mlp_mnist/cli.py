@@ -10,9 +10,11 @@ from mlp_mnist import config_checks
 from mlp_mnist import distributed
 from mlp_mnist import input_pipeline
 from mlp_mnist import run_records
+from mlp_mnist import sweep_spec
 
 USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError, run_records.WorkdirError,
-               checkpointing.CheckpointError, distributed.DistributedError)
+               checkpointing.CheckpointError, distributed.DistributedError,
+               sweep_spec.SweepError)
 DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'mlp_mnist', 'jax')
 
 
@@ -45,6 +47,14 @@ def initialize_distributed() -> bool:
   with exit_on_user_error():
     return distributed.initialize(f.distributed, f.coordinator_address, f.num_processes,
                                   f.process_id, heartbeat_timeout_sec=f.heartbeat_timeout_sec)
+
+
+def split_cpu_into_devices(num_devices: int) -> None:
+  """Makes a CPU-only machine `num_devices` JAX devices (0: one per core), so work spread over the
+  devices, a sweep's trials say, runs on every core. Call before JAX starts; accelerators ignore it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_num_cpu_devices', num_devices or os.cpu_count() or 1)
 
 
 @contextlib.contextmanager

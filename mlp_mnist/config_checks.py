@@ -73,29 +73,35 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
 }
 
 
-def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+def flatten_config(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  """The config's values by dotted key (`optimizer.learning_rate`)."""
   flat = {}
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten_config(value, f'{prefix}{key}.'))
     else:
       flat[f'{prefix}{key}'] = value
   return flat
 
 
+def has_valid_type(key: str, value: Any) -> bool:
+  """Whether `value` is of a type `SCHEMA` accepts for `key` (booleans are not numbers)."""
+  types = SCHEMA[key][0]
+  return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError, naming the key and what it must be, for the first problem found."""
-  flat = _flatten(config)
+  flat = flatten_config(config)
   for key in flat:
     if key not in SCHEMA:
       raise ConfigError(f'unknown config key {key!r}; the keys are those of configs/default.py '
                         '(add new ones to mlp_mnist/config_checks.SCHEMA).')
-  for key, (types, check, requirement) in SCHEMA.items():
+  for key, (_, check, requirement) in SCHEMA.items():
     if key not in flat:
       raise ConfigError(f'config is missing {key!r}; start from configs/default.py.')
     value = flat[key]
-    type_ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
-    if not type_ok or not check(value):
+    if not has_valid_type(key, value) or not check(value):
       raise ConfigError(f'config.{key}={value!r} is invalid: it must be {requirement}.')
   if config.optimizer.name != 'adamw' and config.optimizer.weight_decay:
     raise ConfigError(f'config.optimizer.weight_decay={config.optimizer.weight_decay} only '

@@ -5,6 +5,9 @@ with `out_axes=None`); only index arrays are split, one slice of every global ba
 reduce over `AXIS` with `lax.psum`/`lax.pmean`. In a multi-process run (several hosts, after
 `jax.distributed.initialize`) the axis spans every device of every process; each process feeds its
 own devices' slices (`process_rows`) and the collectives cross hosts.
+
+Sweeps spread trials instead (`pmap_trials`): each device trains its share of the trials, vectorized,
+on its replica of the datasets; each process runs its own trials on its own devices.
 """
 
 from typing import Any, Callable, Sequence
@@ -83,3 +86,51 @@ def eval_batch_indices(num_examples: int, eval_batch_size: int, num_devices: int
   """Every evaluation example exactly once, padded (never dropped) to a whole number of batches."""
   per_device = -(-eval_batch_size // num_devices)
   return shard_batch_indices(np.arange(num_examples), per_device * num_devices, num_devices)
+
+
+def pmap_trials(fn: Callable, devices: Sequence[jax.Device], in_axes: tuple,
+                trials_per_chunk: int = 0, donate_argnums: tuple[int, ...] = ()) -> Callable:
+  """Runs `fn` over the trials on every device at once, each device's trials chunk by chunk.
+
+  `fn` takes a chunk of trials: a leading trial axis on the arguments whose `in_axes` entry is 0,
+  none on those with None (shared by every trial: `replicate` them once); its outputs have the
+  trial axis. Trial arguments and outputs are laid out `[num_devices, trials_per_device, ...]`
+  (`split_trials`); `trials_per_chunk` (0: all) divides trials_per_device. Trials never
+  communicate.
+  """
+
+  def per_device(*args):
+    trial_args = [a if axis == 0 else None for a, axis in zip(args, in_axes)]
+    num_trials = jax.tree.leaves(trial_args)[0].shape[0]
+    chunk = trials_per_chunk or num_trials
+    if chunk == num_trials:
+      return fn(*args)
+
+    def run_chunk(chunk_args):
+      return fn(*(c if axis == 0 else a for a, c, axis in zip(args, chunk_args, in_axes)))
+
+    chunks = jax.tree.map(lambda x: x.reshape((num_trials // chunk, chunk) + x.shape[1:]),
+                          trial_args)
+    outputs = jax.lax.map(run_chunk, chunks)
+    return jax.tree.map(lambda x: x.reshape((num_trials,) + x.shape[2:]), outputs)
+
+  return jax.pmap(per_device, axis_name=AXIS, devices=devices, in_axes=in_axes,
+                  donate_argnums=donate_argnums)
+
+
+def split_trials(tree: Any, num_devices: int, trials_per_chunk: int = 1) -> Any:
+  """`[trials, ...]` -> `[num_devices, trials_per_device, ...]`, padded with copies of trial 0 to
+  whole chunks of `trials_per_chunk` on every device."""
+
+  def split(x):
+    x = np.asarray(x)
+    padding = -len(x) % (num_devices * trials_per_chunk)
+    x = np.concatenate([x, np.repeat(x[:1], padding, axis=0)]) if padding else x
+    return x.reshape((num_devices, -1) + x.shape[1:])
+
+  return jax.tree.map(split, tree)
+
+
+def merge_trials(tree: Any, num_trials: int) -> Any:
+  """The inverse of `split_trials`: `[num_devices, trials_per_device, ...]` -> `[trials, ...]`."""
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:num_trials], tree)

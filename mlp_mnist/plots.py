@@ -6,7 +6,7 @@ matplotlib is imported lazily and used through its object API (no pyplot, no dis
 import importlib
 import io
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from etils import epath
@@ -94,4 +94,26 @@ def save_misclassified(images: np.ndarray, labels: Sequence[int], predictions: S
       axes.imshow(images[i], cmap='gray', vmin=0, vmax=255)
       axes.set_title(f'true {labels[i]}, pred {predictions[i]}\n{confidences[i]:.1%}', fontsize=8)
   figure.suptitle(title or 'most confident mistakes')
+  return _save(figure, path)
+
+
+def save_sweep_plot(key: str, lines: dict[str, list[tuple[Any, float]]], path: str,
+                    log_x: bool = False, categories: Sequence[str] | None = None) -> str:
+  """Final test accuracy of a sweep's trials against one swept `key`: a line per setting of the
+  others (`lines`: label -> [(x, accuracy)]); with `categories`, x indexes them."""
+  figure = _figure(figsize=(7, 4.5))
+  axes = figure.subplots()
+  for label, points in lines.items():
+    points = sorted(points)
+    axes.plot([x for x, _ in points], [y for _, y in points], marker='o', label=label or None)
+  if log_x:
+    axes.set_xscale('log')
+  if categories is not None:
+    axes.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
+  axes.set_xlabel(key)
+  axes.set_ylabel('final test accuracy')
+  axes.yaxis.set_major_formatter(lambda v, _: f'{v:.1%}')
+  axes.grid(alpha=0.3)
+  if any(lines) and len(lines) <= 16:
+    axes.legend(fontsize='small')
   return _save(figure, path)

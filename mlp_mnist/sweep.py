@@ -1,0 +1,203 @@
+"""Running a sweep: trials grouped by program, each group trained at once, one folder per trial.
+
+`run_sweep` expands the sweep file over the base config, takes this worker's share of the trials,
+skips those already finished (status `done` or `diverged`), trains the others one program group
+after another, and rebuilds the sweep's tables, leaderboard and plots from every trial folder.
+"""
+
+import json
+import os
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import ml_collections
+from etils import epath
+
+from mlp_mnist import input_pipeline
+from mlp_mnist import parallel
+from mlp_mnist import reporting
+from mlp_mnist import run_records
+from mlp_mnist import sweep_results
+from mlp_mnist import sweep_spec
+from mlp_mnist import sweep_train
+
+def worker_share(groups: Sequence[Sequence[int]], num_workers: int,
+                 worker_index: int) -> list[list[int]]:
+  """This worker's trials, by group: the trials in group order cut into near-equal contiguous parts.
+
+  Contiguous parts keep all but a few groups whole on one worker (one compilation each) while every
+  worker gets the same number of trials, also when the whole sweep is one group.
+  """
+  if not 1 <= num_workers or not 0 <= worker_index < num_workers:
+    raise sweep_spec.SweepError(f'--worker_index={worker_index} must be in [0, --num_workers='
+                                f'{num_workers}) and --num_workers at least 1.')
+  ordered = [i for g in groups for i in g]
+  start = len(ordered) * worker_index // num_workers
+  mine = set(ordered[start:len(ordered) * (worker_index + 1) // num_workers])
+  return [[i for i in g if i in mine] for g in groups if any(i in mine for i in g)]
+
+
+def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
+              num_workers: int = 1, worker_index: int = 0, max_group_size: int = 0,
+              devices=None, dataset: input_pipeline.Dataset | None = None,
+              report_only: bool = False, log: Callable[[str], Any] = print) -> list[dict]:
+  """Runs this worker's unfinished trials, then writes the results of the whole sweep.
+
+  Returns the results table (one row per trial of the sweep, all workers' trials included).
+  """
+  trials = sweep_spec.sweep_trials(config, sweep_path)
+  keys = sweep_spec.swept_keys([t.overrides for t in trials])
+  groups = sweep_train.group_by_program([t.config for t in trials], max_group_size)
+  if not report_only:
+    share = worker_share(groups, num_workers, worker_index)
+    _check_existing_trials(workdir, [trials[i] for g in share for i in g])
+    _write_sweep_file(workdir, sweep_path, keys, trials, groups)
+    finished = {i for g in share for i in g
+                if sweep_results.read_status(_dir(workdir, trials[i])) in sweep_results.FINISHED}
+    todo = [[i for i in g if i not in finished] for g in share]
+    todo = [g for g in todo if g]
+    devices = parallel.local_devices(devices)
+    worker = f'worker {worker_index} of {num_workers}: ' if num_workers > 1 else ''
+    log(f'{len(trials)} trials in {len(groups)} program group(s); {worker}{sum(map(len, share))} '
+        f'of them here: {len(finished)} already finished, {sum(map(len, todo))} to train on '
+        f'{len(devices)} {devices[0].platform} device(s).')
+    if todo:
+      if dataset is None:
+        dataset = input_pipeline.load_dataset(config.data)
+      progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
+      for group in todo:
+        _run_group(workdir, [trials[i] for i in group], dataset, devices, progress)
+  return write_results(workdir, trials, keys, log)
+
+
+def write_results(workdir: str, trials, keys: Sequence[str],
+                  log: Callable[[str], Any] = print) -> list[dict]:
+  """Rebuilds `results.csv`, `results.jsonl` and the plots from the trial folders; logs the
+  leaderboard. Returns the rows."""
+  rows = sweep_results.result_rows(workdir, trials, keys)
+  paths = sweep_results.write_tables(workdir, rows, keys)
+  paths += sweep_results.write_plots(workdir, rows, keys)
+  log(sweep_results.leaderboard(rows))
+  log(f'Wrote {", ".join(p[len(str(workdir)):].lstrip("/") for p in paths)} in {workdir}.')
+  return rows
+
+
+def _dir(workdir: str, trial: sweep_spec.Trial) -> str:
+  return sweep_results.trial_dir(workdir, trial.name)
+
+
+def _run_group(workdir: str, trials: list[sweep_spec.Trial], dataset, devices,
+               progress: 'Progress') -> None:
+  """Trains one program group; writes each trial's config, metrics and final status."""
+  dirs = [_dir(workdir, t) for t in trials]
+  for trial, directory in zip(trials, dirs):
+    reporting.write_config(directory, trial.config)
+    reporting.write_metrics(directory, [])  # A rerun starts its metrics afresh.
+    sweep_results.write_status(directory, sweep_results.RUNNING)
+  progress.start_group(trials)
+
+  def on_epoch(epoch, records, diverged):
+    for i, record in records.items():
+      reporting.append_metrics(dirs[i], record)
+    progress.epoch(epoch, records, diverged)
+
+  try:
+    result = sweep_train.train_trials([t.config for t in trials], dataset, devices, on_epoch)
+  except Exception as e:  # pylint: disable=broad-except
+    # One group's failure (out of memory, say) must not stop the others; a re-run retries it.
+    detail = traceback.format_exc()
+    for directory in dirs:
+      sweep_results.write_status(directory, sweep_results.FAILED, detail)
+    progress.end_group([sweep_results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
+    return
+  statuses = []
+  num_train = len(dataset['train'][1])
+  steps_per_epoch = -(-num_train // trials[0].config.batch_size)
+  for directory, history, diverged, step in zip(dirs, result['history'], result['diverged'],
+                                                result['diverged_step']):
+    if history and not diverged:
+      reporting.write_summary(directory, {**history[-1], 'num_train_examples': num_train,
+                                          'timings': result['timings']})
+    if diverged:
+      sweep_results.write_status(
+          directory, sweep_results.DIVERGED,
+          f'loss or weights not finite at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); '
+          'training stopped there.')
+    else:
+      sweep_results.write_status(directory, sweep_results.DONE)
+    statuses.append(sweep_results.DIVERGED if diverged else sweep_results.DONE)
+  progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
+                     f'trained in {result["timings"]["train_sec"]:.1f}s')
+
+
+def _check_existing_trials(workdir: str, trials: Sequence[sweep_spec.Trial]) -> None:
+  """Refuses to resume into trial folders that were run with a different config."""
+  for trial in trials:
+    try:
+      saved = reporting.read_config(_dir(workdir, trial))
+    except json.JSONDecodeError:
+      continue  # Written by a run that died mid-write: it is rerun.
+    differences = run_records.config_differences(saved, trial.config) if saved else []
+    if differences:
+      raise sweep_spec.SweepError(
+          f'{_dir(workdir, trial)} was run with a different config ({differences[0]}'
+          f'{"; ..." if len(differences) > 1 else ""}); use another --workdir, or delete that '
+          'folder to rerun the trial.')
+
+
+def _write_sweep_file(workdir: str, sweep_path: str, keys, trials, groups) -> None:
+  """`sweep.json`: the sweep file, the swept keys and every trial with its program group."""
+  program = {i: g for g, group in enumerate(groups) for i in group}
+  content = {'sweep_file': os.path.abspath(sweep_path), 'swept_keys': list(keys),
+             'trials': [{'name': t.name, 'overrides': t.overrides, 'program_group': program[i]}
+                        for i, t in enumerate(trials)]}
+  root = epath.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  (root / 'sweep.json').write_text(json.dumps(content, indent=2) + '\n')
+
+
+class Progress:
+  """The progress display: this worker's trials done, running and left, one line per epoch."""
+
+  def __init__(self, total: int, finished: int, num_groups: int, log: Callable[[str], Any]):
+    self.counts = {'done': 0, 'diverged': 0, 'failed': 0}
+    self.total, self.previously, self.log = total, finished, log
+    self.num_groups, self.group_index, self.start = num_groups, 0, time.time()
+    self.running = []
+
+  def start_group(self, trials: list[sweep_spec.Trial]) -> None:
+    self.group_index += 1
+    self.running = trials
+    self.log(f'group {self.group_index}/{self.num_groups}: {len(trials)} trial(s) of one program '
+             f'({", ".join(t.name for t in trials[:3])}{", ..." if len(trials) > 3 else ""})')
+
+  def epoch(self, epoch: int, records: dict[int, dict], diverged: list[bool]) -> None:
+    best = ''
+    if records:
+      i, record = max(records.items(), key=lambda item: item[1]['test_accuracy'])
+      best = (f'; best test accuracy {record["test_accuracy"]:.2%} '
+              f'({self.running[i].name})')
+    num_epochs = self.running[0].config.num_epochs
+    self.log(f'{self._counts(len(self.running))} | group {self.group_index}/{self.num_groups} '
+             f'epoch {epoch}/{num_epochs}, {sum(diverged)} diverged{best}')
+
+  def end_group(self, statuses: list[str], detail: str) -> None:
+    for status in statuses:
+      self.counts[status] += 1
+    self.running = []
+    summary = ', '.join(f'{statuses.count(s)} {s}' for s in dict.fromkeys(statuses))
+    self.log(f'{self._counts(0)} | group {self.group_index}/{self.num_groups} finished: '
+             f'{summary} ({detail})')
+
+  def _counts(self, running: int) -> str:
+    finished = self.previously + sum(self.counts.values())
+    left = self.total - finished - running
+    return (f'[trials: {finished}/{self.total} finished ({self.counts["diverged"]} diverged, '
+            f'{self.counts["failed"]} failed), {running} running, {left} left, '
+            f'{time.time() - self.start:.0f}s]')
+
+
+def failed_trials(rows: Sequence[dict]) -> list[str]:
+  return [r['trial'] for r in rows if r['status'] == sweep_results.FAILED]
+

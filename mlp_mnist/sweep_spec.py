@@ -1,0 +1,243 @@
+"""Sweep files: trials declared as products, zips and chains of values for dotted config keys.
+
+A sweep file is plain Python with a `get_sweep(hyper)` function returning a list of trials, each a
+dict of dotted config keys to values, built with `hyper` (this module's `HYPER`):
+
+    def get_sweep(hyper):
+      return hyper.product([
+          hyper.sweep('optimizer.learning_rate', [1e-4, 1e-3, 1e-2]),
+          hyper.sweep('seed', range(4)),
+      ])
+
+`sweep_trials(base_config, path)` loads it and checks every trial completely (known keys, types,
+valid values of the resolved config) before anything runs.
+"""
+
+import builtins
+import copy
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import os
+import re
+import types
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+from mlp_mnist import config_checks
+
+Overrides = dict[str, Any]
+
+
+class SweepError(ValueError):
+  """A sweep file is missing, broken, or declares an unknown key, a wrong type or an invalid value."""
+
+
+def sweep(key: str, values: Iterable[Any]) -> list[Overrides]:
+  """One trial per value of `key`."""
+  values = list(values)
+  if not values:
+    raise SweepError(f'hyper.sweep({key!r}, ...) has no values; give at least one.')
+  return [{key: v} for v in values]
+
+
+def fixed(key: str, value: Any) -> list[Overrides]:
+  """One trial setting `key` to `value` (to combine with `product`)."""
+  return [{key: value}]
+
+
+def product(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
+  """Every combination of one trial from each sweep (the last varies fastest)."""
+  trials = [{}]
+  for s in _checked(sweeps, 'product'):
+    trials = [_merged(a, b, 'product') for a in trials for b in s]
+  return trials
+
+
+def zip(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:  # pylint: disable=redefined-builtin
+  """The i-th trials of every sweep together; the sweeps must have equal lengths."""
+  sweeps = _checked(sweeps, 'zip')
+  lengths = [len(s) for s in sweeps]
+  if len(set(lengths)) > 1:
+    raise SweepError(f'hyper.zip needs sweeps of equal lengths, got lengths {lengths}.')
+  return [_merged_all(parts, 'zip') for parts in builtins.zip(*sweeps)]
+
+
+def chain(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
+  """The trials of each sweep, one sweep after another."""
+  return [dict(t) for s in _checked(sweeps, 'chain') for t in s]
+
+
+HYPER = types.SimpleNamespace(sweep=sweep, fixed=fixed, product=product, zip=zip, chain=chain)
+
+
+def _checked(sweeps, name: str) -> list[list[Overrides]]:
+  single = isinstance(sweeps, list) and sweeps and all(isinstance(t, dict) for t in sweeps)
+  if single or not isinstance(sweeps, (list, tuple)):
+    got = 'one sweep' if single else type(sweeps).__name__
+    raise SweepError(f'hyper.{name} takes a list of sweeps, e.g. hyper.{name}([hyper.sweep(...), '
+                     f'hyper.sweep(...)]); got {got}.')
+  for s in sweeps:
+    if not isinstance(s, list) or not all(isinstance(t, dict) for t in s):
+      raise SweepError(f'hyper.{name} takes sweeps made by hyper.sweep/fixed/product/zip/chain; '
+                       f'got {s!r:.80}.')
+  return list(sweeps)
+
+
+def _merged(a: Overrides, b: Overrides, name: str) -> Overrides:
+  both = sorted(set(a) & set(b))
+  if both:
+    raise SweepError(f'hyper.{name} combines sweeps that both set {both[0]!r}; set each key in one '
+                     'of them (use hyper.chain for alternatives).')
+  return {**a, **b}
+
+
+def _merged_all(parts, name: str) -> Overrides:
+  merged = {}
+  for part in parts:
+    merged = _merged(merged, part, name)
+  return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  """One trial of a sweep: its folder name, its swept values and its resolved config."""
+  name: str
+  overrides: Overrides
+  config: ml_collections.ConfigDict
+
+
+def load_sweep(path: str) -> list[Overrides]:
+  """Runs the sweep file's `get_sweep(HYPER)`; returns its trials as dicts of overrides."""
+  if not os.path.isfile(path):
+    raise SweepError(f'sweep file {path} does not exist; pass a file such as '
+                     'configs/sweeps/lr_seed.py.')
+  try:
+    spec = importlib.util.spec_from_file_location('_sweep_file', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_sweep = getattr(module, 'get_sweep', None)
+    if not callable(get_sweep):
+      raise SweepError('it defines no get_sweep(hyper) function.')
+    trials = get_sweep(HYPER)
+  except SweepError as e:
+    raise SweepError(f'sweep file {path}: {e}') from None
+  except SyntaxError as e:
+    raise SweepError(f'sweep file {path}, line {e.lineno}: {e.msg}.') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'sweep file {path}: get_sweep failed with {type(e).__name__}: {e}') from None
+  if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+    raise SweepError(f'sweep file {path}: get_sweep must return a list of trials (dicts), as '
+                     f'hyper.product/zip/chain/sweep do; it returned {type(trials).__name__}.')
+  if not trials:
+    raise SweepError(f'sweep file {path}: get_sweep returned no trials.')
+  return trials
+
+
+def sweep_trials(base_config: ml_collections.ConfigDict, path: str) -> list[Trial]:
+  """The trials of the sweep file at `path` over `base_config`, each one checked."""
+  return expand(base_config, load_sweep(path), source=f'sweep file {path}')
+
+
+def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
+           source: str = 'sweep') -> list[Trial]:
+  """Applies each trial's overrides to a copy of `base_config` and checks the result."""
+  if not trials:
+    raise SweepError(f'{source}: the sweep has no trials.')
+  known = config_checks.flatten_config(base_config)
+  normalized = []
+  for overrides in trials:
+    normalized.append({k: _normalized(v) for k, v in overrides.items()})
+    for key, value in normalized[-1].items():
+      _check_key(key, value, known, source)
+  _check_unique(normalized, source)
+  names = trial_names(normalized)
+  result = []
+  for index, (name, overrides) in enumerate(builtins.zip(names, normalized)):
+    config = copy.deepcopy(base_config)
+    for key, value in overrides.items():
+      *sections, leaf = key.split('.')
+      node = config
+      for section in sections:
+        node = node[section]
+      node[leaf] = value
+    try:
+      config_checks.validate_config(config)
+    except config_checks.ConfigError as e:
+      raise SweepError(f'{source}: trial {index} ({name}): {e}') from None
+    result.append(Trial(name=name, overrides=overrides, config=config))
+  return result
+
+
+def _normalized(value: Any) -> Any:
+  if hasattr(value, 'item') and getattr(value, 'shape', None) == ():  # numpy scalars
+    return value.item()
+  if isinstance(value, list):
+    return tuple(value)
+  return value
+
+
+def _check_key(key: str, value: Any, known: dict[str, Any], source: str) -> None:
+  if key not in known:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise SweepError(f'{source}: unknown config key {key!r}{hint}; sweep keys are the dotted keys '
+                     'of the config (configs/default.py).')
+  if key.startswith('data.'):
+    raise SweepError(f'{source}: {key!r} cannot be swept: every trial trains on the dataset of the '
+                     'base config; set it with --config.' + key + '.')
+  if key in config_checks.SCHEMA and not config_checks.has_valid_type(key, value):
+    requirement = config_checks.SCHEMA[key][2]
+    raise SweepError(f'{source}: {key}={value!r} has type {type(value).__name__}; it must be '
+                     f'{requirement}.')
+
+
+def _check_unique(trials: list[Overrides], source: str) -> None:
+  seen = {}
+  for index, overrides in enumerate(trials):
+    identity = repr(sorted(overrides.items()))
+    if identity in seen:
+      raise SweepError(f'{source}: trials {seen[identity]} and {index} are identical '
+                       f'({_describe(overrides)}); each trial must differ.')
+    seen[identity] = index
+
+
+def swept_keys(trials: Sequence[Overrides]) -> list[str]:
+  """The keys whose values differ between trials, in order of first appearance."""
+  keys = list(dict.fromkeys(k for t in trials for k in t))
+  missing = object()
+  return [k for k in keys if len({repr(t.get(k, missing)) for t in trials}) > 1]
+
+
+def trial_names(trials: Sequence[Overrides]) -> list[str]:
+  """Readable, unique folder names from the swept values, e.g. `learning_rate=0.001,seed=0`."""
+  keys = swept_keys(trials) or list(dict.fromkeys(k for t in trials for k in t))
+  leaves = [k.rpartition('.')[2] for k in keys]
+  short = {k: (leaf if leaves.count(leaf) == 1 else k) for k, leaf in builtins.zip(keys, leaves)}
+  names = []
+  for overrides in trials:
+    name = ','.join(f'{short[k]}={_format_value(overrides[k])}' for k in keys if k in overrides)
+    name = re.sub(r'[^A-Za-z0-9._,=+-]', '_', name) or 'trial'
+    if len(name) > 120:
+      name = f'{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}'
+    names.append(name)
+  # Different values can read the same ('a b' and 'a_b'): number those names.
+  repeated = {n for n in names if names.count(n) > 1}
+  seen = {}
+  for i, name in enumerate(names):
+    if name in repeated:
+      seen[name] = seen.get(name, 0) + 1
+      names[i] = f'{name}-{seen[name]}'
+  return names
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, tuple):
+    return 'x'.join(_format_value(v) for v in value) if value else 'none'
+  return str(value)
+
+
+def _describe(overrides: Overrides) -> str:
+  return ', '.join(f'{k}={v!r}' for k, v in overrides.items()) or 'no overrides'

@@ -1,0 +1,50 @@
+r"""Times a sweep trained vectorized against the same trials trained one at a time.
+
+    python scripts/benchmark_sweep.py --config configs/default.py \
+        --config.data.local_dir=/path/to/mnist_idx [--sweep configs/sweeps/lr_seed.py] [--quick]
+
+By default: the 32 trials of configs/sweeps/lr_seed.py (8 learning rates x 4 seeds) of the default
+recipe. `--quick`: 4 trials, 1 epoch, at most 2,048 training and 1,000 test examples.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mlp_mnist import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file (configs/*.py).',
+                                          lock_config=True)
+_SWEEP = flags.DEFINE_string(
+    'sweep', os.path.join(os.path.dirname(__file__), '..', 'configs', 'sweeps', 'lr_seed.py'),
+    'Sweep file.')
+_NUM_TRIALS = flags.DEFINE_integer('num_trials', 0, 'Only the first N trials (0: all).')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 0, 'Without accelerators: JAX devices to split the CPU into (0: one per core), '
+    'as scripts/sweep.py does.')
+_QUICK = flags.DEFINE_bool('quick', False,
+                           'A check, not a measurement: 4 trials, 1 epoch, few examples.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import sweep_benchmark  # pylint: disable=g-import-not-at-top
+  cli.split_cpu_into_devices(_CPU_DEVICES.value)
+  config, num_trials = _CONFIG.value, _NUM_TRIALS.value
+  with cli.exit_on_user_error():
+    dataset = input_pipeline.load_dataset(config.data)
+    if _QUICK.value:
+      config.num_epochs = 1
+      num_trials = num_trials or 4
+      dataset = {'train': tuple(a[:2048] for a in dataset['train']),
+                 'test': tuple(a[:1000] for a in dataset['test'])}
+    sweep_benchmark.compare(config, _SWEEP.value, dataset, num_trials=num_trials)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,65 @@
+r"""Runs a hyperparameter sweep: every trial of a sweep file over a base config, many at once.
+
+    python scripts/sweep.py --config configs/default.py --sweep configs/sweeps/lr_seed.py \
+        --workdir runs/lr_seed [--config.data.local_dir=/path/to/mnist_idx]
+
+Re-running the same command resumes (finished trials are skipped). On several machines, run it on
+each with `--num_workers N --worker_index i` (on a multi-host TPU slice these default to the JAX
+process count and index); `--report_only` rebuilds the tables and plots from the trial folders.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mlp_mnist import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file (configs/*.py).',
+                                          lock_config=True)
+_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file (configs/sweeps/*.py).')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Output folder; default: runs/<sweep file name>.')
+_NUM_WORKERS = flags.DEFINE_integer('num_workers', None,
+                                    'Machines sharing the sweep; default: jax.process_count().')
+_WORKER_INDEX = flags.DEFINE_integer('worker_index', None,
+                                     "This machine's index; default: jax.process_index().")
+_MAX_TRIALS_PER_PROGRAM = flags.DEFINE_integer(
+    'max_trials_per_program', 0,
+    'Train at most this many trials at once (bounds device memory); 0: a whole group at once.')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False,
+                                 'Only rebuild results, leaderboard and plots; train nothing.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 0, 'Without accelerators: JAX devices to split the CPU into, trials spread over '
+    'them (each holds a copy of the dataset); 0: one per core.')
+_JAX_CACHE_DIR = flags.DEFINE_string(
+    'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
+    "JAX's persistent compilation cache; '' turns it off.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import sweep  # pylint: disable=g-import-not-at-top
+  workdir = _WORKDIR.value or os.path.join(
+      'runs', os.path.splitext(os.path.basename(_SWEEP.value))[0])
+  cli.split_cpu_into_devices(_CPU_DEVICES.value)
+  cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
+  with cli.exit_on_user_error():
+    rows = sweep.run_sweep(
+        _CONFIG.value, _SWEEP.value, workdir,
+        num_workers=(jax.process_count() if _NUM_WORKERS.value is None else _NUM_WORKERS.value),
+        worker_index=(jax.process_index() if _WORKER_INDEX.value is None
+                      else _WORKER_INDEX.value),
+        max_group_size=_MAX_TRIALS_PER_PROGRAM.value, report_only=_REPORT_ONLY.value)
+  failed = sweep.failed_trials(rows)
+  if failed and not _REPORT_ONLY.value:
+    raise SystemExit(f'error: {len(failed)} trial(s) failed ({failed[0]}, ...; see the status '
+                     'file in each trial folder); re-run the same command to retry them.')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'sweep'])
+  app.run(main, flags_parser=cli.parse_flags)

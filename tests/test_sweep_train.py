@@ -1,0 +1,159 @@
+import copy
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from mlp_mnist import sweep_train
+from mlp_mnist import train
+
+from conftest import synthetic_dataset
+
+COMPARED = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_norm', 'param_norm',
+            'learning_rate')
+
+
+def _variant(config, **overrides):
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    *sections, leaf = key.split('__')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('adam', {'learning_rate', 'b1', 'b2', 'eps'}),
+    ('adamw', {'learning_rate', 'b1', 'b2', 'eps', 'weight_decay'}),
+    ('sgd', {'learning_rate', 'momentum'}),
+    ('rmsprop', {'learning_rate', 'b2', 'eps', 'momentum'}),
+])
+def test_injected_config_keys(config, name, expected):
+  config.optimizer.name = name
+  assert sweep_train.injected_config_keys(config.optimizer) == expected
+
+
+@pytest.mark.parametrize('overrides', [
+    {'seed': 3}, {'optimizer__learning_rate': 0.1}, {'optimizer__b1': 0.5},
+    {'optimizer__eps': 1e-3}, {'model__dropout_rate': 0.0},
+])
+def test_value_only_changes_share_a_program(config, overrides):
+  assert sweep_train.program_key(_variant(config, **overrides)) == sweep_train.program_key(config)
+
+
+@pytest.mark.parametrize('overrides', [
+    {'model__hidden_sizes': (64,)}, {'model__activation': 'gelu'}, {'batch_size': 64},
+    {'num_epochs': 2}, {'eval_batch_size': 500}, {'model__dropout_rate': 0.1},
+    {'optimizer__name': 'adamw'}, {'optimizer__schedule': 'cosine'},
+    {'optimizer__grad_clip_norm': 1.0}, {'logging__log_every_epochs': 2},
+])
+def test_shape_or_structure_changes_separate_programs(config, overrides):
+  assert sweep_train.program_key(_variant(config, **overrides)) != sweep_train.program_key(config)
+
+
+def test_program_key_follows_the_optimizer(config):
+  sgd = _variant(config, optimizer__name='sgd')
+  assert sweep_train.program_key(_variant(sgd, optimizer__momentum=0.0)) == (
+      sweep_train.program_key(sgd))
+  assert sweep_train.program_key(_variant(sgd, optimizer__nesterov=True)) != (
+      sweep_train.program_key(sgd))
+  dropout = _variant(config, model__dropout_rate=0.1)
+  assert sweep_train.program_key(_variant(config, model__dropout_rate=0.5)) == (
+      sweep_train.program_key(dropout))
+
+
+def test_group_by_program_keeps_order_and_caps_sizes(config):
+  configs = [_variant(config, seed=s, model__hidden_sizes=(w,)) for w in (8, 16) for s in range(3)]
+  configs.append(_variant(config, seed=7, model__hidden_sizes=(8,)))
+  assert sweep_train.group_by_program(configs) == [[0, 1, 2, 6], [3, 4, 5]]
+  assert sweep_train.group_by_program(configs, max_group_size=3) == [[0, 1, 2], [6], [3, 4, 5]]
+
+
+def _alone(config, dataset):
+  return train.train_and_evaluate(config, None, devices=jax.devices()[:1], dataset=dataset,
+                                  log=lambda line: None)
+
+
+def _assert_same_history(got, want):
+  assert [(r['epoch'], r['step']) for r in got] == [(r['epoch'], r['step']) for r in want]
+  for g, w in zip(got, want):
+    for key in COMPARED:
+      np.testing.assert_allclose(g[key], w[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_vectorized_trials_equal_single_runs(config):
+  """Trials of one group (seeds, learning rates; dropout rates) give what they give alone.
+
+  Two devices, chunks of two trials: both groups leave padding slots (copies, dropped).
+  """
+  dataset = synthetic_dataset(num_train=200, num_test=60)
+  config.num_epochs = 2
+  config.eval_batch_size = 25
+  plain = [_variant(config, seed=0), _variant(config, seed=1),
+           _variant(config, seed=0, optimizer__learning_rate=0.03)]
+  dropout = [_variant(config, seed=2, model__dropout_rate=0.2),
+             _variant(config, seed=3, model__dropout_rate=0.5, optimizer__b1=0.8)]
+  for group in (plain, dropout):
+    result = sweep_train.train_trials(group, dataset, jax.devices()[:2], chunk_size=2)
+    assert result['diverged'] == [False] * len(group)
+    for i, trial_config in enumerate(group):
+      alone = _alone(trial_config, dataset)
+      _assert_same_history(result['history'][i], alone['history'])
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=2e-5),
+                   jax.tree.map(lambda x, i=i: x[i], result['state'].params),
+                   alone['state'].params)
+  # Different seeds and learning rates really are different trials.
+  assert result['history'][0][-1]['train_loss'] != result['history'][1][-1]['train_loss']
+
+
+def test_divergence_is_isolated(config):
+  """A trial whose loss or weights blow up stops, keeping finite weights; the others go on."""
+  dataset = synthetic_dataset(num_train=64, num_test=40)
+  config.num_epochs = 3
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.0
+  config.model.dropout_rate = 0.1  # The epoch rerun step by step keys dropout as train_epoch does.
+  healthy = _variant(config, optimizer__learning_rate=0.05)
+  exploding = _variant(config, optimizer__learning_rate=1e7)  # Finite for 2 steps (1 epoch).
+  epochs = []
+  result = sweep_train.train_trials([healthy, exploding, healthy], dataset, jax.devices()[:2],
+                                    on_epoch=lambda *args: epochs.append(args))
+  assert result['diverged'] == [False, True, False]
+  assert result['diverged_step'] == [None, 3, None]
+  assert [sorted(records) for _, records, _ in epochs] == [[0, 1, 2], [0, 2], [0, 2]]
+  assert [diverged for _, _, diverged in epochs][1] == [False, True, False]
+  assert [r['epoch'] for r in result['history'][1]] == [1]  # The epoch before it diverged.
+  assert int(result['state'].step[1]) == 2
+  assert all(np.isfinite(np.asarray(x[1])).all() for x in jax.tree.leaves(result['state']))
+  alone = _alone(healthy, dataset)
+  for i in (0, 2):
+    _assert_same_history(result['history'][i], alone['history'])
+
+
+def test_all_diverged_stops_early(config):
+  dataset = synthetic_dataset(num_train=64, num_test=40)
+  config.num_epochs = 4
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 1e20
+  epochs = []
+  result = sweep_train.train_trials([config], dataset, jax.devices()[:1],
+                                    on_epoch=lambda *args: epochs.append(args))
+  assert result['diverged'] == [True] and result['diverged_step'] == [1]
+  assert len(epochs) == 1 and result['history'] == [[]]
+
+
+@pytest.mark.parametrize('platform,expected', [('cpu', 2), ('gpu', 16), ('tpu', 16)])
+def test_chunks_fit_the_cpu_cache_and_fill_accelerators(config, platform, expected):
+  state = train.create_train_state(config, jax.random.PRNGKey(0), 10)
+  state_bytes = sweep_train.tree_bytes(state)
+  assert sweep_train.default_chunk_size(16, state_bytes, platform) == expected
+  assert sweep_train.default_chunk_size(1, state_bytes, platform) == 1
+  assert sweep_train.default_chunk_size(16, 100 * state_bytes, 'cpu') == 1
+
+
+def test_trials_of_different_programs_are_refused(config, dataset):
+  with pytest.raises(ValueError, match='one program'):
+    sweep_train.train_trials([config, _variant(config, model__hidden_sizes=(8,))], dataset)
