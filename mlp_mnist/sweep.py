@@ -44,7 +44,9 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
               report_only: bool = False, log: Callable[[str], Any] = print) -> list[dict]:
   """Runs this worker's unfinished trials, then writes the results of the whole sweep.
 
-  Returns the results table (one row per trial of the sweep, all workers' trials included).
+  In a multi-process JAX run every process trains its share on its own devices, and process 0
+  writes the results when all have finished. Returns the results table (one row per trial of the
+  sweep, all workers' trials included).
   """
   trials = sweep_spec.sweep_trials(config, sweep_path)
   keys = sweep_spec.swept_keys([t.overrides for t in trials])
@@ -68,6 +70,10 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       for group in todo:
         _run_group(workdir, [trials[i] for i in group], dataset, devices, progress)
+    # In a multi-process run, process 0 writes the table once every process's trials are done.
+    parallel.sync('mlp_mnist sweep trained')
+  if not run_records.is_lead_process():
+    return sweep_results.result_rows(workdir, trials, keys)
   return write_results(workdir, trials, keys, log)
 
 

@@ -4,8 +4,9 @@ r"""Runs a hyperparameter sweep: every trial of a sweep file over a base config,
         --workdir runs/lr_seed [--config.data.local_dir=/path/to/mnist_idx]
 
 Re-running the same command resumes (finished trials are skipped). On several machines, run it on
-each with `--num_workers N --worker_index i` (on a multi-host TPU slice these default to the JAX
-process count and index); `--report_only` rebuilds the tables and plots from the trial folders.
+each with `--num_workers N --worker_index i`; in a multi-process JAX run (a TPU pod slice, or the
+flags of docs/gpu.md) these default to the process count and index. `--report_only` rebuilds the
+tables and plots from the trial folders.
 """
 
 import os
@@ -36,6 +37,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 _JAX_CACHE_DIR = flags.DEFINE_string(
     'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
     "JAX's persistent compilation cache; '' turns it off.")
+cli.define_distributed_flags()
 
 
 def main(argv):
@@ -46,6 +48,7 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(_SWEEP.value))[0])
   cli.split_cpu_into_devices(_CPU_DEVICES.value)
+  cli.initialize_distributed()  # Several processes (TPU pod slice...): each runs its share.
   cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
   with cli.exit_on_user_error():
     rows = sweep.run_sweep(

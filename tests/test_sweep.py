@@ -2,6 +2,7 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -304,3 +305,47 @@ def test_benchmark_script_quick(tmp_path):
   for label in ('vectorized:', 'one at a time:', 'speed-up:'):
     assert label in result.stdout
   assert 'largest difference in final test accuracy between the two: 0.0000' in result.stdout
+
+
+def test_processes_of_a_multiprocess_run_share_the_sweep(tmp_path):
+  """Two JAX processes (2 CPU devices each) split the trials by process index, train them on
+  their own devices, and give what one process gives."""
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset(num_train=64, num_test=30))
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2, 3])\n")
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+       f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
+       f'--workdir={tmp_path / "run"}', '--config.num_epochs=1', '--jax_cache_dir=',
+       f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.download=False',
+       '--cpu_devices=2', '--distributed=on', f'--coordinator_address=localhost:{port}',
+       '--num_processes=2', f'--process_id={i}', '--heartbeat_timeout_sec=10'],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+           for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=150)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  for i, output in enumerate(outputs):
+    assert f'worker {i} of 2: 2 of them here: 0 already finished, 2 to train on 2 cpu' in output
+  # Process 0 writes the results once both have finished; process 1 writes none.
+  assert '4 trials: 4 done' in outputs[0] and '4 trials: ' not in outputs[1]
+  with open(tmp_path / 'run' / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['status'] for r in rows] == ['done'] * 4
+  config = _config()
+  config.num_epochs = 1
+  alone = sweep.run_sweep(config, str(sweep_path), str(tmp_path / 'alone'),
+                          devices=jax.devices()[:1],
+                          dataset=synthetic_dataset(num_train=64, num_test=30),
+                          log=lambda line: None)
+  for row, want in zip(rows, alone):
+    assert row['trial'] == want['trial']
+    assert float(row['test_loss']) == pytest.approx(want['test_loss'], rel=1e-5)
