@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-CONTENDERS = ('mlp_mnist', 'keras', 'naive_jax')
+CONTENDERS = ('mlp_mnist', 'keras', 'keras_silent', 'naive_jax')
 NAMES = {'mlp_mnist': 'mlp_mnist (scripts/train.py)', 'keras': 'Keras tutorial program',
-         'naive_jax': 'naive JAX loop (jit per step)', 'roofline': 'roofline (matmul peak)'}
+         'keras_silent': 'Keras, fit(verbose=0)', 'naive_jax': 'naive JAX loop (jit per step)',
+         'roofline': 'roofline (matmul peak)',
+         'roofline_shapes': "roofline (the model's matmul shapes)"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,6 +51,33 @@ def measure_matmul_gflops(sizes=(512, 1024, 2048), seconds_per_size: float = 1.0
   return best
 
 
+def measure_training_matmul_gflops(batch_size: int, hidden_sizes=(128,),
+                                   seconds: float = 1.0) -> float:
+  """The rate of one training step's own matmuls (forward, weight and input gradients of each
+  layer, at this batch size), run back to back: the roofline for these shapes on this machine."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sizes = [784, *hidden_sizes, 10]
+  weights = [jnp.ones((a, b), jnp.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+  activations = [jnp.ones((batch_size, a), jnp.float32) for a in sizes]
+
+  @jax.jit
+  def step_matmuls(weights, activations):
+    out = []
+    for i, w in enumerate(weights):
+      x, g = activations[i], activations[i + 1]
+      out += [x @ w, x.T @ g] + ([g @ w.T] if i else [])
+    return out
+
+  jax.block_until_ready(step_matmuls(weights, activations))
+  repeats, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    jax.block_until_ready(step_matmuls(weights, activations))
+    repeats += 1
+  elapsed = time.perf_counter() - start
+  return training_flops_per_example(hidden_sizes) * batch_size * repeats / elapsed / 1e9
+
+
 def _data_config(args):
   import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(dict(
@@ -57,7 +86,11 @@ def _data_config(args):
 
 
 def run_keras(args) -> dict[str, Any]:
-  """The Keras MNIST tutorial program, fed the same uint8 arrays."""
+  """The Keras MNIST tutorial program, fed the same uint8 arrays.
+
+  `fit` prints its progress bar as the tutorial's does (verbose='auto'), except for the
+  `keras_silent` contender (verbose=0).
+  """
   start = time.perf_counter()
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -79,7 +112,8 @@ def run_keras(args) -> dict[str, Any]:
   ])
   model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
   start = time.perf_counter()
-  model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
+  verbose = 0 if args.contender == 'keras_silent' else 'auto'
+  model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=verbose)
   train_sec = time.perf_counter() - start
   start = time.perf_counter()
   _, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
@@ -148,7 +182,8 @@ def run_naive_jax(args) -> dict[str, Any]:
 
 
 def run_contender(args) -> dict[str, Any]:
-  return {'keras': run_keras, 'naive_jax': run_naive_jax}[args.contender](args)
+  return {'keras': run_keras, 'keras_silent': run_keras,
+          'naive_jax': run_naive_jax}[args.contender](args)
 
 
 def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: int,
@@ -202,19 +237,28 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
                                     data_dir=data_dir, local_dir=local_dir,
                                     cache_dir=cache_dir, jax_cache_dir=jax_cache_dir))
       log(json.dumps(results[-1]))
-    rows += with_ratios(results, gflops, batch_size, epochs)
+    shapes_gflops = measure_training_matmul_gflops(batch_size)
+    log(f'the training matmuls at batch {batch_size}: {shapes_gflops:.1f} GFLOP/s')
+    rows += with_ratios(results, gflops, batch_size, epochs, shapes_gflops)
   return {'epochs': epochs, 'matmul_gflops': gflops, 'rows': rows}
 
 
-def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int) -> list[dict]:
-  """Adds examples/s, the roofline row, and every figure as a ratio to mlp_mnist's."""
+def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int,
+                shapes_gflops: float | None = None) -> list[dict]:
+  """Adds examples/s, the roofline rows, and every figure as a ratio to mlp_mnist's.
+
+  A roofline row is the time the epochs' matmul FLOPs take at a measured rate: the machine's peak
+  (large square matmuls) and, when given, the rate of the step's own matmul shapes.
+  """
   for r in results:
     if 'train_sec' in r:
       r['examples_per_sec'] = r['num_train'] * epochs / r['train_sec']
   flops = training_flops_per_example((128,)) * 60000 * epochs
-  roofline = {'contender': 'roofline', 'batch_size': batch_size, 'train_sec': flops / gflops / 1e9,
-              'examples_per_sec': 60000 * epochs * gflops * 1e9 / flops}
-  rows = results + [roofline]
+  rates = {'roofline': gflops, 'roofline_shapes': shapes_gflops}
+  rows = results + [
+      {'contender': name, 'batch_size': batch_size, 'gflops': rate,
+       'train_sec': flops / rate / 1e9, 'examples_per_sec': 60000 * epochs * rate * 1e9 / flops}
+      for name, rate in rates.items() if rate]
   ours = next((r for r in results if r['contender'] == 'mlp_mnist' and 'train_sec' in r), None)
   for r in rows:
     for key in ('train_sec', 'examples_per_sec', 'process_sec'):
@@ -251,7 +295,8 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None):
   """Entry point of one contender's process: prints its result as one JSON line."""
   parser = argparse.ArgumentParser()
-  parser.add_argument('--contender', choices=('keras', 'naive_jax'), required=True)
+  parser.add_argument('--contender', choices=('keras', 'keras_silent', 'naive_jax'),
+                      required=True)
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--epochs', type=int, default=5)
   parser.add_argument('--seed', type=int, default=0)

@@ -1,4 +1,4 @@
-"""Checkpoints of the whole train state with orbax: asynchronous saves, restore with fallback.
+"""Checkpoints of the whole train state with orbax: saves, restore with fallback.
 
 A checkpoint is numbered by the optimizer step at the end of its epoch and holds the train state
 (parameters, optimizer state, step, dropout key and rate) and a small JSON record of the run so far
@@ -71,16 +71,18 @@ class Checkpointer:
                                              create=False, save_root_metadata=False)
     else:
       # Leftover temporary directories are saves that a killed process never finished.
-      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             cleanup_tmp_directories=True,
-                                             enable_async_checkpointing=True)
+      # In the background on accelerators, where the host is otherwise idle; on a CPU the
+      # background writer would take cores from the training it overlaps.
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+          enable_async_checkpointing=jax.default_backend() != 'cpu')
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, epoch: int, history: list[dict]) -> None:
-    """Starts saving in the background; the state may be donated right after this returns."""
+    """Saves (in the background off CPU); the state may be donated right after this returns."""
     ocp = self._ocp
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_global(state)),

@@ -128,8 +128,11 @@ class RunRecorder:
       self._tensorboard.write_scalars(record['step'], record)
 
   def prepare_plots(self) -> None:
-    """Loads the plotting library on a thread; call it while the last epoch trains."""
-    if self.workdir:
+    """Loads the plotting library on a thread; call it while the last epoch trains.
+
+    Not on a CPU backend, where that thread would slow the training it overlaps.
+    """
+    if self.workdir and jax.default_backend() != 'cpu':
       from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
       plots.import_in_background()
 

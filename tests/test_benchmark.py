@@ -49,10 +49,11 @@ def test_quick_benchmark_runs_every_contender(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   with open(f'{out}.json') as f:
     rows = json.load(f)['rows']
-  assert [r['contender'] for r in rows] == ['mlp_mnist', 'keras', 'naive_jax', 'roofline']
+  assert [r['contender'] for r in rows] == ['mlp_mnist', 'keras', 'keras_silent', 'naive_jax',
+                                            'roofline', 'roofline_shapes']
   for row in rows:
     assert 'error' not in row, row
     assert row['train_sec'] > 0 and row['examples_per_sec'] > 0
-  assert all(0 <= r['test_accuracy'] <= 1 for r in rows[:3])
-  assert rows[0]['num_train'] == 1200 and rows[2]['num_train'] == 1024  # Naive drops the rest.
-  assert (tmp_path / 'bench.md').read_text().count('\n') == 6
+  assert all(0 <= r['test_accuracy'] <= 1 for r in rows[:4])
+  assert rows[0]['num_train'] == 1200 and rows[3]['num_train'] == 1024  # Naive drops the rest.
+  assert (tmp_path / 'bench.md').read_text().count('\n') == 8
