@@ -27,9 +27,12 @@ def enable_compilation_cache(cache_dir: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
-def define_distributed_flags() -> None:
-  """The multi-process flags every entry point takes (see mlp_mnist/distributed.py)."""
+def define_jax_flags() -> None:
+  """The flags of every training entry point: the compilation cache and the multi-process set-up
+  (see mlp_mnist/distributed.py). `set_up_jax` acts on them."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('jax_cache_dir', DEFAULT_COMPILATION_CACHE,
+                      "JAX's persistent compilation cache; '' turns it off.")
   flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
                     'Multi-process JAX: auto (when the flags below, their JAX_* environment '
                     'variables, a TPU pod slice, SLURM or Open MPI say so), on, or off.')
@@ -40,13 +43,17 @@ def define_distributed_flags() -> None:
                        'A process that stops answering for this long fails the whole run.')
 
 
-def initialize_distributed() -> bool:
-  """Joins the other processes per the flags of `define_distributed_flags`; True if several."""
+def set_up_jax() -> bool:
+  """Joins the other processes and turns on the compilation cache, per `define_jax_flags`'s
+  flags, before any other JAX use; returns whether this run has several processes."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   with exit_on_user_error():
-    return distributed.initialize(f.distributed, f.coordinator_address, f.num_processes,
-                                  f.process_id, heartbeat_timeout_sec=f.heartbeat_timeout_sec)
+    multiprocess = distributed.initialize(f.distributed, f.coordinator_address, f.num_processes,
+                                          f.process_id,
+                                          heartbeat_timeout_sec=f.heartbeat_timeout_sec)
+  enable_compilation_cache(f.jax_cache_dir)
+  return multiprocess
 
 
 def split_cpu_into_devices(num_devices: int) -> None:

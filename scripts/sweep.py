@@ -34,10 +34,7 @@ _REPORT_ONLY = flags.DEFINE_bool('report_only', False,
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 0, 'Without accelerators: JAX devices to split the CPU into, trials spread over '
     'them (each holds a copy of the dataset); 0: one per core.')
-_JAX_CACHE_DIR = flags.DEFINE_string(
-    'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
-    "JAX's persistent compilation cache; '' turns it off.")
-cli.define_distributed_flags()
+cli.define_jax_flags()
 
 
 def main(argv):
@@ -48,8 +45,7 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(_SWEEP.value))[0])
   cli.split_cpu_into_devices(_CPU_DEVICES.value)
-  cli.initialize_distributed()  # Several processes (TPU pod slice...): each runs its share.
-  cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
+  cli.set_up_jax()  # Several processes (TPU pod slice...): each runs its share of the trials.
   with cli.exit_on_user_error():
     rows = sweep.run_sweep(
         _CONFIG.value, _SWEEP.value, workdir,

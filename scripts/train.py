@@ -24,19 +24,15 @@ _WORKDIR = flags.DEFINE_string(
 _RESTART = flags.DEFINE_bool(
     'restart', False, 'Discard the run already in --workdir (checkpoints, metrics, events, plots) '
     'and start over, instead of resuming it.')
-_JAX_CACHE_DIR = flags.DEFINE_string(
-    'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
-    "JAX's persistent compilation cache; '' turns it off.")
-cli.define_distributed_flags()
+cli.define_jax_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if cli.initialize_distributed() and not _WORKDIR.value:
+  if cli.set_up_jax() and not _WORKDIR.value:
     raise app.UsageError('a multi-process run needs --workdir, the same for every process.')
   workdir = _WORKDIR.value or os.path.join('runs', time.strftime('%Y%m%d-%H%M%S'))
-  cli.enable_compilation_cache(_JAX_CACHE_DIR.value)
   cli.run_training(_CONFIG.value, workdir, restart=_RESTART.value)
 
 
