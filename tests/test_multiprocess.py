@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +12,9 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
+from mlp_mnist import distributed
 from mlp_mnist import reporting
 from mlp_mnist import train
 
@@ -116,3 +119,27 @@ def test_a_dead_process_stops_the_other_and_a_rerun_resumes(config, tmp_path):
   assert 'Resumed from the checkpoint' in open(sorted(logs.glob('process0-*'))[-1]).read()
   _assert_same_history(json.load(open(run / 'result-0.json')),
                        _reference(config, num_train, epochs))
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(num_processes=2), 'needs all three of --coordinator_address'),
+    (dict(coordinator_address='localhost:1', num_processes=2, process_id=2),
+     '--process_id=2 must be in [0, 2)'),
+    (dict(mode='sometimes'), "--distributed='sometimes'"),
+])
+def test_incomplete_multiprocess_settings_fail_clearly(monkeypatch, kwargs, message):
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    monkeypatch.delenv(name, raising=False)
+  with pytest.raises(distributed.DistributedError, match=re.escape(message)):
+    distributed.initialize(**kwargs)
+
+
+def test_single_process_needs_no_set_up(monkeypatch):
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'TPU_WORKER_HOSTNAMES',
+               'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.initialize('auto') is False
+  assert distributed.initialize('off', num_processes=4) is False
+  monkeypatch.setenv('JAX_NUM_PROCESSES', 'four')
+  with pytest.raises(distributed.DistributedError, match="JAX_NUM_PROCESSES='four'"):
+    distributed.initialize('auto')
