@@ -156,19 +156,26 @@ def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
   names = trial_names(normalized)
   result = []
   for index, (name, overrides) in enumerate(builtins.zip(names, normalized)):
-    config = copy.deepcopy(base_config)
-    for key, value in overrides.items():
-      *sections, leaf = key.split('.')
-      node = config
-      for section in sections:
-        node = node[section]
-      node[leaf] = value
+    config = with_overrides(base_config, overrides)
     try:
       config_checks.validate_config(config)
     except config_checks.ConfigError as e:
       raise SweepError(f'{source}: trial {index} ({name}): {e}') from None
     result.append(Trial(name=name, overrides=overrides, config=config))
   return result
+
+
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: Overrides) -> ml_collections.ConfigDict:
+  """A copy of `config` with the dotted keys of `overrides` set."""
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    *sections, leaf = key.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[leaf] = value
+  return config
 
 
 def _normalized(value: Any) -> Any:

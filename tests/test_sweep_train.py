@@ -1,10 +1,10 @@
-import copy
 import functools
 
 import jax
 import numpy as np
 import pytest
 
+from mlp_mnist import sweep_spec
 from mlp_mnist import sweep_train
 from mlp_mnist import train
 
@@ -15,14 +15,7 @@ COMPARED = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_
 
 
 def _variant(config, **overrides):
-  config = copy.deepcopy(config)
-  for key, value in overrides.items():
-    *sections, leaf = key.split('__')
-    node = config
-    for section in sections:
-      node = node[section]
-    node[leaf] = value
-  return config
+  return sweep_spec.with_overrides(config, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
 @pytest.mark.parametrize('name,expected', [
