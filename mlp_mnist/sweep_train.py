@@ -71,8 +71,8 @@ def guarded_train_epoch(state: train.TrainState, diverged: jax.Array, images: ja
 
   def body(carry, indices):
     state, diverged = carry
-    rng = jax.random.fold_in(state.dropout_rng, state.step)  # As train.train_epoch keys dropout.
-    new_state, metrics = train.train_step(state, train.gather_batch(images, labels, indices), rng)
+    new_state, metrics = train.train_step(state, train.gather_batch(images, labels, indices),
+                                          train.step_rng(state))
     diverged = diverged | ~(jnp.isfinite(metrics['loss_sum']) & _norms_finite(metrics))
     state = jax.tree.map(lambda old, new: jnp.where(diverged, old, new), state, new_state)
     return (state, diverged), metrics
@@ -198,16 +198,16 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: input_pi
     epoch_sec = time.time() - epoch_start
     timings['train_sec'] += epoch_sec
     records = {}
-    if epoch % first.logging.log_every_epochs == 0 or epoch == first.num_epochs:
+    if train.logs_epoch(first, epoch):
       eval_start = time.time()
       totals = parallel.merge_trials(jax.device_get(eval_fn(carry[0], *test_data, test_indices)),
                                      num_trials)
       timings['eval_sec'] += time.time() - eval_start
       for i in np.flatnonzero(~diverged_now):
-        record = {'epoch': epoch, 'step': epoch * steps_per_epoch,
-                  **train.summarize_train_metrics(jax.tree.map(lambda x: x[i], step_metrics)),
-                  **train.summarize_eval_metrics(jax.tree.map(lambda x: x[i], totals)),
-                  'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
+        record = train.epoch_record(epoch, steps_per_epoch,
+                                    jax.tree.map(lambda x: x[i], step_metrics),
+                                    jax.tree.map(lambda x: x[i], totals), num_train, epoch_sec,
+                                    start)
         history[i].append(record)
         records[int(i)] = record
     diverged = diverged_now

@@ -143,15 +143,19 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
 
   def body(carry, indices):
     state, _ = carry
-    rng = jax.random.fold_in(state.dropout_rng, state.step)
     state, metrics, grads = _step_and_gradients(
-        state, gather_batch(images, labels, indices), rng, axis_name)
+        state, gather_batch(images, labels, indices), step_rng(state), axis_name)
     return (state, grads), metrics
 
   no_grads = jax.tree.map(jnp.zeros_like, state.params)
   (state, last_grads), metrics = jax.lax.scan(body, (state, no_grads), batch_indices)
   return state, {**metrics, 'grad_norm': optax.tree.norm(last_grads),
                  'param_norm': optax.tree.norm(state.params)}
+
+
+def step_rng(state: TrainState) -> jax.Array:
+  """The dropout key of the step `state` is about to take: a function of (seed, step) only."""
+  return jax.random.fold_in(state.dropout_rng, state.step)
 
 
 def evaluate(state: TrainState, images: jax.Array, labels: jax.Array, batch_indices: jax.Array,
@@ -187,6 +191,19 @@ def summarize_eval_metrics(totals: Metrics, prefix: str = 'test') -> dict[str, f
   m = jax.device_get(totals)
   return {f'{prefix}_loss': float(m['loss_sum'] / m['count']),
           f'{prefix}_accuracy': float(m['correct'] / m['count'])}
+
+
+def logs_epoch(config: ml_collections.ConfigDict, epoch: int) -> bool:
+  """Whether `epoch` is evaluated and recorded: every `logging.log_every_epochs`, and the last."""
+  return epoch % config.logging.log_every_epochs == 0 or epoch == config.num_epochs
+
+
+def epoch_record(epoch: int, steps_per_epoch: int, step_metrics: Metrics, eval_totals: Metrics,
+                 num_train: int, epoch_sec: float, start: float) -> dict[str, Any]:
+  """One line of `metrics.jsonl` (`reporting.METRIC_KEYS` and the diagnostics)."""
+  return {'epoch': epoch, 'step': epoch * steps_per_epoch,
+          **summarize_train_metrics(step_metrics), **summarize_eval_metrics(eval_totals),
+          'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
 
 
 class Trainer:
@@ -338,13 +355,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                                     trainer.epoch_indices(epoch, num_train), steps_per_call, bar)
     epoch_sec = time.time() - epoch_start
     timings['train_sec'] += epoch_sec
-    if epoch % config.logging.log_every_epochs == 0 or epoch == config.num_epochs:
+    if logs_epoch(config, epoch):
       eval_start = time.time()
-      eval_metrics = summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
+      eval_totals = jax.device_get(trainer.evaluate(state, *test_data, test_indices))
       timings['eval_sec'] += time.time() - eval_start
-      record = {'epoch': epoch, 'step': epoch * steps_per_epoch,
-                **summarize_train_metrics(step_metrics), **eval_metrics,
-                'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
+      record = epoch_record(epoch, steps_per_epoch, step_metrics, eval_totals, num_train,
+                            epoch_sec, start)
       history.append(record)
       recorder.write_epoch(record)
       log(reporting.format_epoch(record))
