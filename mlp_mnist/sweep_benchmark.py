@@ -1,13 +1,23 @@
-"""A sweep's trials trained vectorized (`sweep_train`) versus one at a time (`train_and_evaluate`).
+"""A sweep's trials trained vectorized versus one at a time, measured two ways.
 
-Both sides start from the same loaded dataset and include everything a run does: creating the
-states, compiling, every epoch and every evaluation. Neither writes files or shows a progress bar.
-The single runs use the devices `scripts/train.py` would: all accelerators, or the CPU as one
-device (a CPU split into several devices trains one model slower: the sums cross devices).
+`compare`, in one process: `sweep_train.train_trials` against a loop of `train_and_evaluate`. Both
+start from the same loaded dataset and include everything a run does (creating the states,
+compiling, every epoch and every evaluation); neither writes files or shows a progress bar. The
+single runs use the devices `scripts/train.py` would: all accelerators, or the CPU as one device (a
+CPU split into several devices trains one model slower: the sums cross devices).
+
+`compare_commands`, as a user runs them: `scripts/sweep.py` once against `scripts/train.py` once
+per trial (its `--config.*` overrides on the command line), each a fresh process timed from start to
+exit, writing what it always writes. The train.py runs share JAX's persistent compilation cache, as
+a shell loop over them would.
 """
 
 import io
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -67,6 +77,63 @@ def compare(config: ml_collections.ConfigDict, sweep_path: str, dataset: input_p
   return {'vectorized_sec': vectorized_sec, 'one_at_a_time_sec': alone_sec, 'speedup': speedup,
           'vectorized_compile_sec': vectorized_compile, 'one_at_a_time_compile_sec': alone_compile,
           'accuracy_gap': accuracy_gap, 'num_trials': len(trials)}
+
+
+def compare_commands(config_args: list[str], trials: list[sweep_spec.Trial], cpu_devices: int = 0,
+                     log: Callable[[str], Any] = print) -> dict[str, Any]:
+  """Times `scripts/sweep.py` over `trials` against `scripts/train.py` once per trial; logs it.
+
+  `config_args` (the user's `--config=FILE` and `--config.*` flags, `--jax_cache_dir`) go to
+  every command.
+  """
+  scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
+  with tempfile.TemporaryDirectory() as root:
+    sweep_file = os.path.join(root, 'trials.py')
+    with open(sweep_file, 'w') as f:
+      f.write(sweep_file_text(trials))
+    sweep_dir = os.path.join(root, 'sweep')
+    sweep_sec = _run([sys.executable, os.path.join(scripts, 'sweep.py'), *config_args,
+                      f'--sweep={sweep_file}', f'--workdir={sweep_dir}',
+                      f'--cpu_devices={cpu_devices}'])
+    with open(os.path.join(sweep_dir, 'results.jsonl')) as f:
+      swept = [json.loads(line)['test_accuracy'] for line in f]
+    log(f'scripts/sweep.py, once:              {sweep_sec:8.1f}s')
+    alone, alone_sec = [], 0.0
+    for index, trial in enumerate(trials):
+      workdir = os.path.join(root, f'trial_{index}')
+      alone_sec += _run([sys.executable, os.path.join(scripts, 'train.py'), *config_args,
+                         *override_flags(trial.overrides), f'--workdir={workdir}'])
+      with open(os.path.join(workdir, 'summary.json')) as f:
+        alone.append(json.load(f)['test_accuracy'])
+  speedup = alone_sec / sweep_sec
+  gap = max(abs(a - b) for a, b in zip(swept, alone))
+  log(f'scripts/train.py, once per trial:    {alone_sec:8.1f}s')
+  log(f'speed-up:                            {speedup:8.1f}x; largest difference in final test '
+      f'accuracy between the two: {gap:.4f}.')
+  return {'sweep_command_sec': sweep_sec, 'train_commands_sec': alone_sec,
+          'commands_speedup': speedup, 'commands_accuracy_gap': gap}
+
+
+def sweep_file_text(trials: list[sweep_spec.Trial]) -> str:
+  """A sweep file that declares exactly `trials`, in order."""
+  parts = ', '.join(
+      'hyper.product([' + ', '.join(f'hyper.fixed({k!r}, {v!r})' for k, v in t.overrides.items())
+      + '])' for t in trials)
+  return f'def get_sweep(hyper):\n  return hyper.chain([{parts}])\n'
+
+
+def override_flags(overrides: dict[str, Any]) -> list[str]:
+  """`--config.KEY=VALUE` flags that set `overrides` (strings bare, other values as literals)."""
+  return [f'--config.{k}={v if isinstance(v, str) else repr(v)}' for k, v in overrides.items()]
+
+
+def _run(command: list[str]) -> float:
+  start = time.perf_counter()
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode:
+    tail = (result.stderr.strip().splitlines() or ['no output'])[-1]
+    raise RuntimeError(f'{" ".join(command[1:3])} failed (exit {result.returncode}): {tail}')
+  return time.perf_counter() - start
 
 
 def _load() -> str:

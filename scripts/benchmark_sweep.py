@@ -4,7 +4,10 @@ r"""Times a sweep trained vectorized against the same trials trained one at a ti
         --config.data.local_dir=/path/to/mnist_idx [--sweep configs/sweeps/lr_seed.py] [--quick]
 
 By default: the 32 trials of configs/sweeps/lr_seed.py (8 learning rates x 4 seeds) of the default
-recipe. `--quick`: 4 trials, 1 epoch, at most 2,048 training and 1,000 test examples.
+recipe, timed in one process (vectorized training against a loop of single runs) and then as
+commands (`scripts/sweep.py` once against `scripts/train.py` once per trial; `--nocommands` skips
+these). `--quick`: 4 trials, 1 epoch, at most 2,048 training and 1,000 test examples in the one
+process (the commands train on the whole dataset).
 """
 
 import os
@@ -24,6 +27,11 @@ _NUM_TRIALS = flags.DEFINE_integer('num_trials', 0, 'Only the first N trials (0:
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 0, 'Without accelerators: JAX devices to split the CPU into (0: one per core), '
     'as scripts/sweep.py does.')
+_COMMANDS = flags.DEFINE_bool(
+    'commands', True, 'Also time scripts/sweep.py against scripts/train.py once per trial.')
+_JAX_CACHE_DIR = flags.DEFINE_string(
+    'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
+    "The commands' JAX compilation cache, as scripts/train.py's flag ('' turns it off).")
 _QUICK = flags.DEFINE_bool('quick', False,
                            'A check, not a measurement: 4 trials, 1 epoch, few examples.')
 
@@ -33,6 +41,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
   from mlp_mnist import sweep_benchmark  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import sweep_spec  # pylint: disable=g-import-not-at-top
   cli.split_cpu_into_devices(_CPU_DEVICES.value)
   config, num_trials = _CONFIG.value, _NUM_TRIALS.value
   with cli.exit_on_user_error():
@@ -43,6 +52,18 @@ def main(argv):
       dataset = {'train': tuple(a[:2048] for a in dataset['train']),
                  'test': tuple(a[:1000] for a in dataset['test'])}
     sweep_benchmark.compare(config, _SWEEP.value, dataset, num_trials=num_trials)
+    if _COMMANDS.value:
+      trials = sweep_spec.sweep_trials(config, _SWEEP.value)[:num_trials or None]
+      sweep_benchmark.compare_commands(_config_args(config.num_epochs), trials, _CPU_DEVICES.value)
+
+
+def _config_args(num_epochs: int) -> list[str]:
+  """The user's --config flags (and --quick's epochs) and the cache, for the commands to time."""
+  from mlp_mnist import sweep_benchmark  # pylint: disable=g-import-not-at-top
+  config_flag = flags.FLAGS['config']
+  overrides = {**config_flags.get_override_values(config_flag), 'num_epochs': num_epochs}
+  return [f'--config={config_flags.get_config_filename(config_flag)}',
+          *sweep_benchmark.override_flags(overrides), f'--jax_cache_dir={_JAX_CACHE_DIR.value}']
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -7,8 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from mlp_mnist import sweep_benchmark
 from mlp_mnist import sweep_spec
 
+import default
 from conftest import REPO
 
 SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
@@ -140,3 +143,28 @@ def test_sweep_script_reports_a_bad_sweep_file_in_one_line(tmp_path):
       result.stderr)
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_benchmark_commands_reproduce_the_trials(tmp_path):
+  trials = sweep_spec.sweep_trials(default.get_config(), os.path.join(SWEEPS, 'optimizers.py'))
+  sweep_path = tmp_path / 'trials.py'
+  sweep_path.write_text(sweep_benchmark.sweep_file_text(trials))
+  assert [t.overrides for t in sweep_spec.sweep_trials(default.get_config(), str(sweep_path))] == [
+      t.overrides for t in trials]
+  overrides = {'model.hidden_sizes': (64, 32), 'model.activation': 'tanh', 'seed': 3,
+               'optimizer.learning_rate': 1e-05, 'optimizer.nesterov': True}
+  # The flags as scripts/train.py parses them: absl's global flags, in a fresh process.
+  program = textwrap.dedent("""
+      import sys
+      from absl import flags
+      from ml_collections import config_flags
+      config_flags.DEFINE_config_file('config')
+      flags.FLAGS(sys.argv)
+      print(flags.FLAGS.config.to_json())
+  """)
+  parsed = subprocess.run(
+      [sys.executable, '-c', program, f'--config={REPO}/configs/default.py',
+       *sweep_benchmark.override_flags(overrides)],
+      capture_output=True, text=True, timeout=60, check=True)
+  expected = sweep_spec.with_overrides(default.get_config(), overrides)
+  assert json.loads(parsed.stdout) == json.loads(expected.to_json())
