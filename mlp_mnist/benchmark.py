@@ -34,20 +34,23 @@ def training_flops_per_example(hidden_sizes, input_size: int = 784, classes: int
   return sum(2 * fan_in * fan_out * (3 if i else 2) for i, (fan_in, fan_out) in enumerate(layers))
 
 
-def measure_matmul_gflops(sizes=(512, 1024, 2048), seconds_per_size: float = 1.0) -> float:
-  """This machine's best float32 dense matmul rate through XLA, in GFLOP/s."""
+def measure_matmul_gflops(sizes=(512, 1024, 2048), seconds_per_size: float = 1.0,
+                          rounds: int = 3) -> float:
+  """This machine's best float32 dense matmul rate through XLA, in GFLOP/s: the best of `rounds`
+  passes over `sizes` (a busy moment must not lower the roofline)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   matmul = jax.jit(jnp.matmul)
   best = 0.0
-  for n in sizes:
-    a = jnp.ones((n, n), jnp.float32)
-    matmul(a, a).block_until_ready()
-    repeats, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds_per_size:
+  for _ in range(rounds):
+    for n in sizes:
+      a = jnp.ones((n, n), jnp.float32)
       matmul(a, a).block_until_ready()
-      repeats += 1
-    best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+      repeats, start = 0, time.perf_counter()
+      while time.perf_counter() - start < seconds_per_size:
+        matmul(a, a).block_until_ready()
+        repeats += 1
+      best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
   return best
 
 
@@ -216,6 +219,10 @@ def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
         summary = json.load(f)
       record.update(summary['timings'], test_accuracy=summary['test_accuracy'],
                     num_train=summary['num_train_examples'])
+      with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        rates = [json.loads(line)['examples_per_sec'] for line in f][1:]
+      if rates:  # The first epoch also pays the runtime's one-time start-up (~0.05-0.1 s on CPUs).
+        record['later_examples_per_sec'] = len(rates) / sum(1 / r for r in rates)
     else:
       record.update(json.loads(result.stdout.strip().splitlines()[-1]))
   record['process_sec'] = process_sec
@@ -265,6 +272,27 @@ def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int
       if ours and r.get(key) is not None:
         r[f'{key}_vs_ours'] = r[key] / ours[key]
   return rows
+
+
+def roofline_shares(rows: list[dict]) -> str:
+  """mlp_mnist's throughput as a share of each batch size's rooflines, as a Markdown table: over
+  all epochs, and over the epochs after the first."""
+  lines = ['| batch | mlp_mnist examples/s | after epoch 1 | roofline (matmul peak) | share | '
+           'after epoch 1 | roofline (model shapes) | share | after epoch 1 |',
+           '|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for batch_size in sorted({r['batch_size'] for r in rows}):
+    here = {r['contender']: r for r in rows if r['batch_size'] == batch_size}
+    ours = here.get('mlp_mnist', {})
+    if 'examples_per_sec' not in ours:
+      continue
+    rate, later = ours['examples_per_sec'], ours.get('later_examples_per_sec')
+    cells = [f'{batch_size}', f'{rate:,.0f}', _fmt(later, ',.0f')]
+    for name in ('roofline', 'roofline_shapes'):
+      peak = here.get(name, {}).get('examples_per_sec')
+      cells += [_fmt(peak, ',.0f'), _fmt(peak and rate / peak, '.0%'),
+                _fmt(peak and later and later / peak, '.0%')]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
 
 
 def _fmt(value, spec):

@@ -184,8 +184,11 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: input_pi
                                  chunk)
 
   compile_start = time.time()
-  train_fn = train_fn.lower(carry, *train_data, epoch_indices(1)).compile()
-  eval_fn = eval_fn.lower(carry[0], *test_data, test_indices).compile()
+  platform = devices[0].platform
+  train_fn = train.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)), platform,
+                                   first.batch_size)
+  eval_fn = train.compile_program(eval_fn.lower(carry[0], *test_data, test_indices), platform,
+                                  first.eval_batch_size)
   timings = {'compile_sec': time.time() - compile_start, 'train_sec': 0.0, 'eval_sec': 0.0}
 
   history = [[] for _ in configs]

@@ -45,7 +45,8 @@ def main(argv):
       matmul_sizes=(256, 512) if quick else (512, 1024, 2048))
   result['machine'] = f'{platform.machine()}, {platform.processor() or platform.system()}'
   result['date'] = time.strftime('%Y-%m-%d')
-  table = benchmark.markdown_table(result['rows'])
+  table = (benchmark.markdown_table(result['rows']) + '\n\n' +
+           benchmark.roofline_shares(result['rows']))
   print(table)
   if _OUT.value:
     with open(f'{_OUT.value}.json', 'w') as f:

@@ -32,6 +32,11 @@ def test_ratios_and_roofline_row():
   np.testing.assert_allclose(roofline['train_sec'], flops / 100e9)
   table = benchmark.markdown_table(rows)
   assert '| 32 | Keras tutorial program | 30.00 | 15.00 | 10,000 | 0.067 | 97.30% | in fit |' in table
+  ours['later_examples_per_sec'] = 200_000
+  roofline_rate = 60000 * 5 * 100e9 / flops
+  shares = benchmark.roofline_shares(rows).splitlines()[2]
+  assert shares == (f'| 32 | 150,000 | 200,000 | {roofline_rate:,.0f} | '
+                    f'{150_000 / roofline_rate:.0%} | {200_000 / roofline_rate:.0%} | - | - | - |')
 
 
 def test_quick_benchmark_runs_every_contender(tmp_path):
@@ -56,4 +61,4 @@ def test_quick_benchmark_runs_every_contender(tmp_path):
     assert row['train_sec'] > 0 and row['examples_per_sec'] > 0
   assert all(0 <= r['test_accuracy'] <= 1 for r in rows[:4])
   assert rows[0]['num_train'] == 1200 and rows[3]['num_train'] == 1024  # Naive drops the rest.
-  assert (tmp_path / 'bench.md').read_text().count('\n') == 8
+  assert (tmp_path / 'bench.md').read_text().count('\n') == 12
