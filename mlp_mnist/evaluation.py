@@ -93,8 +93,9 @@ def evaluate_run(workdir: str, step: int | None = None, devices=None,
   images, labels = dataset['test']
   trainer = train.Trainer(config, devices)
   test_data = parallel.replicate((images, labels), devices)
-  metrics = train.summarize_eval_metrics(
-      trainer.evaluate(state, *test_data, trainer.eval_indices(len(labels))))
+  test_indices = trainer.eval_indices(len(labels))
+  trainer.compile_evaluation(state, test_data, test_indices)  # The program training ran.
+  metrics = train.summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
 
   probabilities = predict_probabilities(config, state.params, images)
   predictions = probabilities.argmax(1)

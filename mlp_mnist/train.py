@@ -243,13 +243,18 @@ class Trainer:
     if parallel.is_multiprocess():
       return
     epoch_indices = self.epoch_indices(1, len(train_data[1]))
-    platform = self.devices[0].platform
     for chunk in split_steps(epoch_indices, steps_per_call):
       if chunk.shape[1] not in self._train_programs:
         self._train_programs[chunk.shape[1]] = compile_program(
-            self.train_epoch.lower(state, *train_data, chunk), platform, chunk.shape[2])
-    self.evaluate = compile_program(self.evaluate.lower(state, *test_data, test_indices),
-                                    platform, test_indices.shape[2])
+            self.train_epoch.lower(state, *train_data, chunk), self.devices[0].platform,
+            chunk.shape[2])
+    self.compile_evaluation(state, test_data, test_indices)
+
+  def compile_evaluation(self, state: TrainState, test_data, test_indices) -> None:
+    """Compiles `evaluate` ahead of time, as `compile` does (not in multi-process runs)."""
+    if not parallel.is_multiprocess():
+      self.evaluate = compile_program(self.evaluate.lower(state, *test_data, test_indices),
+                                      self.devices[0].platform, test_indices.shape[2])
 
   def train_steps(self, state: TrainState, images, labels, batch_indices: np.ndarray):
     """`train_epoch` over `batch_indices` [devices, steps, batch], compiled ahead when it can."""
@@ -270,19 +275,26 @@ class Trainer:
 # Xeon, whole epochs: 32-row steps ~20% faster without them, 128 ~8%; 256 and 512 even; 1024 ~8%
 # slower without.
 _CPU_YNN_MIN_ROWS = 256
+CPU_WITHOUT_YNN = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def compile_program(lowered, platform: str, rows: int):
   """Compiles `lowered`, whose steps multiply `rows` examples per device (per trial in a sweep).
 
-  CPU programs with fewer than 256 rows leave out XLA's YNNPACK fusions where this XLA has them.
+  CPU programs with fewer than 256 rows leave out XLA's YNNPACK fusions.
   """
   if platform == 'cpu' and rows < _CPU_YNN_MIN_ROWS:
-    try:
-      return lowered.compile({'xla_cpu_experimental_ynn_fusion_type': ''})
-    except jax.errors.JaxRuntimeError as e:
-      if 'No such compile option' not in str(e):
-        raise
+    return compile_with_options(lowered, CPU_WITHOUT_YNN)
+  return lowered.compile()
+
+
+def compile_with_options(lowered, options: dict[str, Any]):
+  """`lowered.compile(options)`; without them where this version of XLA does not know them."""
+  try:
+    return lowered.compile(options)
+  except jax.errors.JaxRuntimeError as e:
+    if 'No such compile option' not in str(e):
+      raise
   return lowered.compile()
 
 

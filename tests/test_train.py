@@ -140,3 +140,14 @@ def test_real_mnist_default_recipe_reaches_keras_accuracy(config, tmp_path):
   print('\n'.join(lines))
   assert len(result['history']) == 5
   assert result['history'][-1]['test_accuracy'] >= 0.970
+
+
+def test_small_cpu_programs_compile_without_ynnpack_fusions():
+  x = jnp.ones((32, 784))
+  lowered = jax.jit(lambda x, w: jax.nn.relu(x @ w).sum()).lower(x, jnp.ones((784, 128)))
+  small = train.compile_program(lowered, 'cpu', rows=32)
+  assert '__ynn_fusion' not in small.as_text()
+  assert float(small(x, jnp.ones((784, 128)))) == 32 * 128 * 784
+  # An option this XLA does not know is left out, not an error.
+  unknown = train.compile_with_options(lowered, {'xla_cpu_no_such_option': ''})
+  assert float(unknown(x, jnp.ones((784, 128)))) == 32 * 128 * 784
