@@ -22,7 +22,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import ml_collections
 
 from mlp_mnist import input_pipeline
 from mlp_mnist import parallel
@@ -31,16 +30,15 @@ from mlp_mnist import sweep_train
 from mlp_mnist import train
 
 
-def compare(config: ml_collections.ConfigDict, sweep_path: str, dataset: input_pipeline.Dataset,
-            devices=None, num_trials: int = 0,
+def compare(trials: list[sweep_spec.Trial], dataset: input_pipeline.Dataset, devices=None,
             log: Callable[[str], Any] = print) -> dict[str, Any]:
-  """Times both ways of training the sweep's first `num_trials` trials (0: all); logs a report."""
+  """Times both ways of training `trials` in this process; logs a report."""
   devices = parallel.local_devices(devices)
-  trials = sweep_spec.sweep_trials(config, sweep_path)[:num_trials or None]
   configs = [t.config for t in trials]
+  epochs = '/'.join(sorted({str(c.num_epochs) for c in configs}, key=int))
   groups = sweep_train.group_by_program(configs)
   num_train, num_test = len(dataset['train'][1]), len(dataset['test'][1])
-  log(f'{len(trials)} trials ({len(groups)} program group(s)), {config.num_epochs} epoch(s), '
+  log(f'{len(trials)} trials ({len(groups)} program group(s)), {epochs} epoch(s), '
       f'{num_train} training and {num_test} test examples; {len(devices)} '
       f'{devices[0].platform} device(s), {os.cpu_count()} CPU cores; load average before: '
       f'{_load()}.')

@@ -51,9 +51,9 @@ def main(argv):
       num_trials = num_trials or 4
       dataset = {'train': tuple(a[:2048] for a in dataset['train']),
                  'test': tuple(a[:1000] for a in dataset['test'])}
-    sweep_benchmark.compare(config, _SWEEP.value, dataset, num_trials=num_trials)
+    trials = sweep_spec.sweep_trials(config, _SWEEP.value)[:num_trials or None]
+    sweep_benchmark.compare(trials, dataset)
     if _COMMANDS.value:
-      trials = sweep_spec.sweep_trials(config, _SWEEP.value)[:num_trials or None]
       sweep_benchmark.compare_commands(_config_args(config.num_epochs), trials, _CPU_DEVICES.value)
 
 
