@@ -55,23 +55,31 @@ def measure_matmul_gflops(sizes=(512, 1024, 2048), seconds_per_size: float = 1.0
 
 
 def measure_training_matmul_gflops(batch_size: int, hidden_sizes=(128,),
-                                   seconds: float = 1.0) -> float:
+                                   seconds: float = 1.0, steps_per_call: int = 100) -> float:
   """The rate of one training step's own matmuls (forward, weight and input gradients of each
-  layer, at this batch size), run back to back: the roofline for these shapes on this machine.
-  On CPUs, the faster of XLA's matmul kernels with and without its YNNPACK fusions."""
+  layer, at this batch size), `steps_per_call` steps per call as an epoch's scan runs them: the
+  roofline for these shapes on this machine. On CPUs, the faster of XLA's matmul kernels with and
+  without its YNNPACK fusions."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mlp_mnist import train  # pylint: disable=g-import-not-at-top
   sizes = [784, *hidden_sizes, 10]
   weights = [jnp.ones((a, b), jnp.float32) for a, b in zip(sizes[:-1], sizes[1:])]
-  activations = [jnp.ones((batch_size, a), jnp.float32) for a in sizes]
+  activations = [jnp.ones((batch_size, a), jnp.float32) for a in sizes[:-1]]
 
   def step_matmuls(weights, activations):
-    out = []
-    for i, w in enumerate(weights):
-      x, g = activations[i], activations[i + 1]
-      out += [x @ w, x.T @ g] + ([g @ w.T] if i else [])
-    return out
+    def step(carry, _):
+      weights, activations = carry
+      new_weights, new_activations = [], list(activations)
+      for i, w in enumerate(weights):
+        x = activations[i]
+        h = x @ w  # Forward; it also stands in for the gradient coming back (same shape).
+        new_weights.append(w - 1e-30 * (x.T @ h))  # Weight gradient.
+        if i:
+          new_activations[i] = x + 1e-30 * (h @ w.T)  # Input gradient.
+      # Each step depends on the one before: none is hoisted out of the loop or skipped.
+      return (new_weights, new_activations), None
+    return jax.lax.scan(step, (weights, activations), None, length=steps_per_call)[0]
 
   lowered = jax.jit(step_matmuls).lower(weights, activations)
   programs = [lowered.compile()]
@@ -83,7 +91,7 @@ def measure_training_matmul_gflops(batch_size: int, hidden_sizes=(128,),
     repeats, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
       jax.block_until_ready(program(weights, activations))
-      repeats += 1
+      repeats += steps_per_call
     elapsed = time.perf_counter() - start
     best = max(best, training_flops_per_example(hidden_sizes) * batch_size * repeats / elapsed / 1e9)
   return best
