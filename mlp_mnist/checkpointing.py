@@ -114,12 +114,13 @@ class Checkpointer:
     `corrupt_checkpoints/` beside `checkpoints/`, or deleted on remote storage) and the next older
     one is tried.
     """
+    # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
+    _ignore_reads_finishing_after_a_failed_restore()
     for step in reversed(self.steps()):
       try:
         return self.restore(target, step)
       except Exception as e:  # pylint: disable=broad-except
         # orbax and tensorstore raise many types for damaged files; any of them means unusable.
-        _ignore_reads_finishing_after_a_failed_restore()
         where = self._set_aside(step)
         warn(f'warning: checkpoint {step} in {self.directory} cannot be restored '
              f'({type(e).__name__}: {_first_line(e)}); {where}, trying the previous one.')

@@ -111,6 +111,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(config, tmp
     if process.poll() is None:
       process.kill()
       process.wait()
+    process.stdout.close()
   assert process.returncode == -signal.SIGKILL
   # Killed after epoch 3's metrics, before its checkpoint: the resume must drop that record.
   assert [r['epoch'] for r in reporting.read_metrics(str(workdir))] == [1, 2, 3]
