@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 CONTENDERS = ('mlp_mnist', 'keras', 'keras_silent', 'naive_jax')
+KERAS_BACKENDS = ('tensorflow', 'jax')
 NAMES = {'mlp_mnist': 'mlp_mnist (scripts/train.py)', 'keras': 'Keras tutorial program',
          'keras_silent': 'Keras, fit(verbose=0)', 'naive_jax': 'naive JAX loop (jit per step)',
          'roofline': 'roofline (matmul peak)',
@@ -108,11 +109,17 @@ def run_keras(args) -> dict[str, Any]:
   """The Keras MNIST tutorial program, fed the same uint8 arrays.
 
   `fit` prints its progress bar as the tutorial's does (verbose='auto'), except for the
-  `keras_silent` contender (verbose=0).
+  `keras_silent` contender (verbose=0). Keras runs on `args.keras_backend`: TensorFlow, as
+  `tensorflow.keras` does, or JAX, where TensorFlow cannot be installed (a lent GPU machine).
   """
   start = time.perf_counter()
+  os.environ['KERAS_BACKEND'] = args.keras_backend
   import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if args.keras_backend == 'tensorflow':
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    framework = f'TensorFlow {tf.__version__}, Keras {keras.__version__}'
+  else:
+    framework = f'Keras {keras.__version__} on {args.keras_backend}'
   from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
   import_sec = time.perf_counter() - start
 
@@ -138,8 +145,8 @@ def run_keras(args) -> dict[str, Any]:
   _, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
   eval_sec = time.perf_counter() - start
   return dict(import_sec=import_sec, data_sec=data_sec, compile_sec=None, train_sec=train_sec,
-              eval_sec=eval_sec, test_accuracy=float(test_accuracy), framework=tf.__version__,
-              num_train=len(y_train))
+              eval_sec=eval_sec, test_accuracy=float(test_accuracy), framework=framework,
+              keras_backend=args.keras_backend, num_train=len(y_train))
 
 
 def run_naive_jax(args) -> dict[str, Any]:
@@ -206,7 +213,8 @@ def run_contender(args) -> dict[str, Any]:
 
 
 def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: int,
-             data_dir: str, local_dir: str, cache_dir: str, jax_cache_dir: str) -> list[str]:
+             data_dir: str, local_dir: str, cache_dir: str, jax_cache_dir: str,
+             keras_backend: str = 'tensorflow') -> list[str]:
   if contender == 'mlp_mnist':  # The user's own command, nothing special.
     return [sys.executable, os.path.join(REPO, 'scripts', 'train.py'),
             f'--config={os.path.join(REPO, "configs", "default.py")}',
@@ -216,7 +224,8 @@ def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: i
             f'--workdir={workdir}', f'--jax_cache_dir={jax_cache_dir}']
   return [sys.executable, '-m', 'mlp_mnist.benchmark', f'--contender={contender}',
           f'--batch_size={batch_size}', f'--epochs={epochs}', f'--seed={seed}',
-          f'--data_dir={data_dir}', f'--local_dir={local_dir}', f'--cache_dir={cache_dir}']
+          f'--data_dir={data_dir}', f'--local_dir={local_dir}', f'--cache_dir={cache_dir}',
+          f'--keras_backend={keras_backend}']
 
 
 def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
@@ -224,7 +233,7 @@ def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     result = subprocess.run(_command(contender, workdir, **kwargs), capture_output=True,
-                            text=True, env={**os.environ, 'PYTHONPATH': REPO}, check=False)
+                            text=True, env=_with_repo_on_path(os.environ), check=False)
     process_sec = time.perf_counter() - start
     record = {'contender': contender, 'batch_size': kwargs['batch_size']}
     if result.returncode:
@@ -245,10 +254,15 @@ def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
   return record
 
 
+def _with_repo_on_path(environ) -> dict[str, str]:
+  path = [REPO] + [p for p in environ.get('PYTHONPATH', '').split(os.pathsep) if p]
+  return {**environ, 'PYTHONPATH': os.pathsep.join(path)}
+
+
 def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
                   local_dir: str = '', cache_dir: str = '', jax_cache_dir: str = '',
                   contenders=CONTENDERS, matmul_sizes=(512, 1024, 2048),
-                  log=print) -> dict[str, Any]:
+                  keras_backend: str = 'tensorflow', log=print) -> dict[str, Any]:
   """Every contender at every batch size, one process each, plus the roofline."""
   gflops = measure_matmul_gflops(matmul_sizes)
   log(f'dense float32 matmul peak: {gflops:.1f} GFLOP/s')
@@ -258,7 +272,8 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
     for contender in contenders:  # mlp_mnist first: it also prepares the data and its cache.
       results.append(run_in_process(contender, batch_size=batch_size, epochs=epochs, seed=seed,
                                     data_dir=data_dir, local_dir=local_dir,
-                                    cache_dir=cache_dir, jax_cache_dir=jax_cache_dir))
+                                    cache_dir=cache_dir, jax_cache_dir=jax_cache_dir,
+                                    keras_backend=keras_backend))
       log(json.dumps(results[-1]))
     shapes_gflops = measure_training_matmul_gflops(batch_size)
     log(f'the training matmuls at batch {batch_size}: {shapes_gflops:.1f} GFLOP/s')
@@ -322,6 +337,8 @@ def markdown_table(rows: list[dict]) -> str:
            '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     name = NAMES[r['contender']]
+    if r.get('keras_backend', 'tensorflow') != 'tensorflow':
+      name += f" (Keras on {r['keras_backend']})"
     if 'error' in r:
       lines.append(f"| {r['batch_size']} | {name} | {r['error']} |" + ' |' * 8)
       continue
@@ -347,6 +364,7 @@ def main(argv=None):
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--local_dir', default='')
   parser.add_argument('--cache_dir', default='')
+  parser.add_argument('--keras_backend', choices=KERAS_BACKENDS, default='tensorflow')
   args = parser.parse_args(argv)
   result = run_contender(args)
   print(json.dumps(result))

@@ -3,6 +3,7 @@ r"""Benchmarks this codebase against the Keras tutorial program, a naive JAX loo
     python scripts/benchmark.py --local_dir /path/to/mnist_idx [--batch_sizes 32,128,1024] \
         [--epochs 5] [--out docs/benchmark]      # writes docs/benchmark.json and .md
     python scripts/benchmark.py --quick          # smoke run: 1 epoch, batch 1024
+    python scripts/benchmark.py ... --keras_backend=jax   # Keras on JAX, where TensorFlow is absent
 
 Each contender runs in a fresh process on the same arrays; see mlp_mnist/benchmark.py.
 """
@@ -27,6 +28,10 @@ _CACHE_DIR = flags.DEFINE_string('cache_dir', '', "Decoded dataset cache ('' for
 _JAX_CACHE_DIR = flags.DEFINE_string(
     'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
     "scripts/train.py's persistent compilation cache ('' turns it off).")
+_KERAS_BACKEND = flags.DEFINE_enum(
+    'keras_backend', 'tensorflow', benchmark.KERAS_BACKENDS,
+    "The Keras program's backend: tensorflow (tensorflow.keras) or jax (where TensorFlow cannot "
+    'be installed; docs/benchmarks.md, GPU).')
 _OUT = flags.DEFINE_string('out', '', 'Write OUT.json and OUT.md.')
 
 
@@ -42,6 +47,7 @@ def main(argv):
       epochs=1 if quick else _EPOCHS.value, data_dir=_DATA_DIR.value,
       local_dir=_LOCAL_DIR.value, cache_dir=_CACHE_DIR.value,
       jax_cache_dir=_JAX_CACHE_DIR.value, contenders=_CONTENDERS.value,
+      keras_backend=_KERAS_BACKEND.value,
       matmul_sizes=(256, 512) if quick else (512, 1024, 2048))
   result['machine'] = f'{platform.machine()}, {platform.processor() or platform.system()}'
   result['date'] = time.strftime('%Y-%m-%d')

@@ -39,12 +39,17 @@ def test_ratios_and_roofline_row():
                     f'{150_000 / roofline_rate:.0%} | {200_000 / roofline_rate:.0%} | - | - | - |')
 
 
-def test_quick_benchmark_runs_every_contender(tmp_path):
+def _synthetic_cache(tmp_path, num_train=60000 // 50):
   cache = tmp_path / 'cache'
   os.makedirs(cache)
-  dataset = synthetic_dataset(num_train=60000 // 50, num_test=200)
+  dataset = synthetic_dataset(num_train=num_train, num_test=200)
   np.savez(cache / 'mnist-3.0.1.npz', **{f'{s}_{k}': a for s, (im, lb) in dataset.items()
                                          for k, a in (('images', im), ('labels', lb))})
+  return cache
+
+
+def test_quick_benchmark_runs_every_contender(tmp_path):
+  cache = _synthetic_cache(tmp_path)
   out = tmp_path / 'bench'
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'scripts', 'benchmark.py'), '--quick',
@@ -62,3 +67,31 @@ def test_quick_benchmark_runs_every_contender(tmp_path):
   assert all(0 <= r['test_accuracy'] <= 1 for r in rows[:4])
   assert rows[0]['num_train'] == 1200 and rows[3]['num_train'] == 1024  # Naive drops the rest.
   assert (tmp_path / 'bench.md').read_text().count('\n') == 12
+
+
+def test_keras_program_runs_on_the_jax_backend_without_tensorflow(tmp_path):
+  # Where TensorFlow cannot be installed (a GPU machine with JAX only), Keras runs on JAX. The
+  # child process cannot import TensorFlow, as there.
+  cache = _synthetic_cache(tmp_path, num_train=2048)
+  code = ("import runpy, sys; sys.modules['tensorflow'] = None; "
+          "runpy.run_module('mlp_mnist.benchmark', run_name='__main__')")
+  result = subprocess.run(
+      [sys.executable, '-c', code, '--contender=keras_silent', '--keras_backend=jax',
+       '--batch_size=256', '--epochs=1', f'--cache_dir={cache}'],
+      capture_output=True, text=True, timeout=300, cwd=tmp_path,
+      env={**os.environ, 'PYTHONPATH': REPO})
+  assert result.returncode == 0, result.stderr[-2000:]
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  assert record['keras_backend'] == 'jax' and record['framework'].endswith('on jax')
+  assert record['num_train'] == 2048 and record['train_sec'] > 0
+  assert 0 <= record['test_accuracy'] <= 1
+  row = {'contender': 'keras_silent', 'batch_size': 256, 'train_sec': 1.0, 'num_train': 2048,
+         **{k: record[k] for k in ('keras_backend', 'test_accuracy')}}
+  table = benchmark.markdown_table(benchmark.with_ratios([row], 100.0, 256, 1))
+  assert '| 256 | Keras, fit(verbose=0) (Keras on jax) | 1.00 |' in table
+
+
+def test_contender_processes_keep_the_callers_python_path():
+  env = benchmark._with_repo_on_path({'PYTHONPATH': f'/opt/site{os.pathsep}/x', 'HOME': '/h'})
+  assert env == {'PYTHONPATH': os.pathsep.join([REPO, '/opt/site', '/x']), 'HOME': '/h'}
+  assert benchmark._with_repo_on_path({})['PYTHONPATH'] == REPO
