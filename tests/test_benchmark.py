@@ -7,7 +7,7 @@ import numpy as np
 
 from mlp_mnist import benchmark
 
-from conftest import REPO, synthetic_dataset
+from conftest import REPO, synthetic_dataset, write_dataset_cache
 
 
 def test_training_flops_per_example_of_the_seed_model():
@@ -41,10 +41,7 @@ def test_ratios_and_roofline_row():
 
 def _synthetic_cache(tmp_path, num_train=60000 // 50):
   cache = tmp_path / 'cache'
-  os.makedirs(cache)
-  dataset = synthetic_dataset(num_train=num_train, num_test=200)
-  np.savez(cache / 'mnist-3.0.1.npz', **{f'{s}_{k}': a for s, (im, lb) in dataset.items()
-                                         for k, a in (('images', im), ('labels', lb))})
+  write_dataset_cache(cache, synthetic_dataset(num_train=num_train, num_test=200))
   return cache
 
 
