@@ -7,20 +7,11 @@ seeds 0-3 (2 epochs do not reach 98%); see docs/benchmarks.md for its measured t
     python scripts/train.py --config configs/fast.py --config.data.local_dir=/path/to/mnist_idx
 """
 
-import importlib.util
-import os
-
-
-def _default_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py')
-  spec = importlib.util.spec_from_file_location('mlp_mnist_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from mlp_mnist import config_files
 
 
 def get_config():
-  config = _default_config()
+  config = config_files.load_config(__file__, 'default')
   config.model.hidden_sizes = (512,)
   config.batch_size = 128
   config.num_epochs = 3

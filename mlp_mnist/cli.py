@@ -5,16 +5,9 @@ import os
 import re
 import sys
 
-from mlp_mnist import checkpointing
-from mlp_mnist import config_checks
-from mlp_mnist import distributed
-from mlp_mnist import input_pipeline
-from mlp_mnist import run_records
-from mlp_mnist import sweep_spec
+from mlp_mnist import errors
+from mlp_mnist.devices import distributed
 
-USER_ERRORS = (config_checks.ConfigError, input_pipeline.DataError, run_records.WorkdirError,
-               checkpointing.CheckpointError, distributed.DistributedError,
-               sweep_spec.SweepError)
 DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'mlp_mnist', 'jax')
 
 
@@ -69,7 +62,7 @@ def exit_on_user_error():
   """Prints a user-facing error as one line on stderr and exits with status 2, no traceback."""
   try:
     yield
-  except USER_ERRORS as e:
+  except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

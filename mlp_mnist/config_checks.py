@@ -4,11 +4,12 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlp_mnist import errors
 from mlp_mnist import models
 from mlp_mnist import optimizers
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config key is unknown, missing, of the wrong type or out of range."""
 
 

@@ -1,27 +1,33 @@
 r"""Benchmarks this codebase against the Keras tutorial program, a naive JAX loop and the roofline.
 
-    python scripts/benchmark.py --local_dir /path/to/mnist_idx [--batch_sizes 32,128,1024] \
-        [--epochs 5] [--out docs/benchmark]      # writes docs/benchmark.json and .md
-    python scripts/benchmark.py --quick          # smoke run: 1 epoch, batch 1024
-    python scripts/benchmark.py ... --keras_backend=jax   # Keras on JAX, where TensorFlow is absent
+    python scripts/training_speed.py --local_dir /path/to/mnist_idx [--batch_sizes 32,128,1024] \
+        [--epochs 5] [--out docs/benchmark]      # writes docs/training_speed.json and .md
+    python scripts/training_speed.py --quick          # smoke run: 1 epoch, batch 1024
+    python scripts/training_speed.py ... --keras_backend=jax   # Keras on JAX, where TensorFlow is absent
 
-Each contender runs in a fresh process on the same arrays; see mlp_mnist/benchmark.py.
+Each contender runs in a fresh process on the same arrays; see mlp_mnist/training_speed.py.
 """
 
 import json
 import platform
 import time
 
+import os
+import sys
+
+# The benchmarks live beside the package, in the checkout, not in what is installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from absl import app
 from absl import flags
 
-from mlp_mnist import benchmark
+from benchmarks import training_speed
 from mlp_mnist import cli
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['32', '128', '1024'], 'Batch sizes.')
 _EPOCHS = flags.DEFINE_integer('epochs', 5, 'Epochs per run.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: 1 epoch at batch 1024, short matmul probe.')
-_CONTENDERS = flags.DEFINE_list('contenders', list(benchmark.CONTENDERS), 'Contenders to run.')
+_CONTENDERS = flags.DEFINE_list('contenders', list(training_speed.CONTENDERS), 'Contenders to run.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data directory ('' for TFDS' default).")
 _LOCAL_DIR = flags.DEFINE_string('local_dir', '', 'Directory of MNIST IDX files (offline).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', '', "Decoded dataset cache ('' for the default).")
@@ -29,7 +35,7 @@ _JAX_CACHE_DIR = flags.DEFINE_string(
     'jax_cache_dir', cli.DEFAULT_COMPILATION_CACHE,
     "scripts/train.py's persistent compilation cache ('' turns it off).")
 _KERAS_BACKEND = flags.DEFINE_enum(
-    'keras_backend', 'tensorflow', benchmark.KERAS_BACKENDS,
+    'keras_backend', 'tensorflow', training_speed.KERAS_BACKENDS,
     "The Keras program's backend: tensorflow (tensorflow.keras) or jax (where TensorFlow cannot "
     'be installed; docs/benchmarks.md, GPU).')
 _OUT = flags.DEFINE_string('out', '', 'Write OUT.json and OUT.md.')
@@ -38,11 +44,11 @@ _OUT = flags.DEFINE_string('out', '', 'Write OUT.json and OUT.md.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  unknown = set(_CONTENDERS.value) - set(benchmark.CONTENDERS)
+  unknown = set(_CONTENDERS.value) - set(training_speed.CONTENDERS)
   if unknown:
-    raise app.UsageError(f'unknown contenders {sorted(unknown)}; use {benchmark.CONTENDERS}')
+    raise app.UsageError(f'unknown contenders {sorted(unknown)}; use {training_speed.CONTENDERS}')
   quick = _QUICK.value
-  result = benchmark.run_benchmark(
+  result = training_speed.run_benchmark(
       batch_sizes=[1024] if quick else [int(b) for b in _BATCH_SIZES.value],
       epochs=1 if quick else _EPOCHS.value, data_dir=_DATA_DIR.value,
       local_dir=_LOCAL_DIR.value, cache_dir=_CACHE_DIR.value,
@@ -51,8 +57,8 @@ def main(argv):
       matmul_sizes=(256, 512) if quick else (512, 1024, 2048))
   result['machine'] = f'{platform.machine()}, {platform.processor() or platform.system()}'
   result['date'] = time.strftime('%Y-%m-%d')
-  table = (benchmark.markdown_table(result['rows']) + '\n\n' +
-           benchmark.roofline_shares(result['rows']))
+  table = (training_speed.markdown_table(result['rows']) + '\n\n' +
+           training_speed.roofline_shares(result['rows']))
   print(table)
   if _OUT.value:
     with open(f'{_OUT.value}.json', 'w') as f:

@@ -12,6 +12,11 @@ process (the commands train on the whole dataset).
 
 import os
 
+import sys
+
+# The benchmarks live beside the package, in the checkout, not in what is installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -39,31 +44,31 @@ _QUICK = flags.DEFINE_bool('quick', False,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
-  from mlp_mnist import sweep_benchmark  # pylint: disable=g-import-not-at-top
-  from mlp_mnist import sweep_spec  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
+  from benchmarks import sweep_speed  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import sweep_files  # pylint: disable=g-import-not-at-top
   cli.split_cpu_into_devices(_CPU_DEVICES.value)
   config, num_trials = _CONFIG.value, _NUM_TRIALS.value
   with cli.exit_on_user_error():
-    dataset = input_pipeline.load_dataset(config.data)
+    dataset = data.load_dataset(config.data)
     if _QUICK.value:
       config.num_epochs = 1
       num_trials = num_trials or 4
       dataset = {'train': tuple(a[:2048] for a in dataset['train']),
                  'test': tuple(a[:1000] for a in dataset['test'])}
-    trials = sweep_spec.sweep_trials(config, _SWEEP.value)[:num_trials or None]
-    sweep_benchmark.compare(trials, dataset)
+    trials = sweep_files.sweep_trials(config, _SWEEP.value)[:num_trials or None]
+    sweep_speed.compare(trials, dataset)
     if _COMMANDS.value:
-      sweep_benchmark.compare_commands(_config_args(config.num_epochs), trials, _CPU_DEVICES.value)
+      sweep_speed.compare_commands(_config_args(config.num_epochs), trials, _CPU_DEVICES.value)
 
 
 def _config_args(num_epochs: int) -> list[str]:
   """The user's --config flags (and --quick's epochs) and the cache, for the commands to time."""
-  from mlp_mnist import sweep_benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import sweep_speed  # pylint: disable=g-import-not-at-top
   config_flag = flags.FLAGS['config']
   overrides = {**config_flags.get_override_values(config_flag), 'num_epochs': num_epochs}
   return [f'--config={config_flags.get_config_filename(config_flag)}',
-          *sweep_benchmark.override_flags(overrides), f'--jax_cache_dir={_JAX_CACHE_DIR.value}']
+          *sweep_speed.override_flags(overrides), f'--jax_cache_dir={_JAX_CACHE_DIR.value}']
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ _NUM_MISTAKES = flags.DEFINE_integer('num_mistakes', 24, 'Mistakes shown in misc
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from mlp_mnist import evaluation  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.tools import evaluation  # pylint: disable=g-import-not-at-top
   with cli.exit_on_user_error():
     report = evaluation.evaluate_run(_WORKDIR.value, _STEP.value,
                                      num_mistakes=_NUM_MISTAKES.value)

@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 
 from mlp_mnist import cli
-from mlp_mnist import digit_images
+from mlp_mnist.tools import digit_images
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (optimizer steps); default: latest.')
@@ -30,7 +30,7 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Give one or more image files after the flags.')
-  from mlp_mnist import prediction  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.tools import prediction  # pylint: disable=g-import-not-at-top
   with cli.exit_on_user_error():
     results = prediction.predict_files(_WORKDIR.value, argv[1:], _STEP.value, _BACKGROUND.value)
   for result in results:

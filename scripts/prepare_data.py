@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 from mlp_mnist import cli
-from mlp_mnist import input_pipeline
+from mlp_mnist import data
 
 _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Directory with the four MNIST IDX files.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, "TFDS data directory; default: TFDS' own.")
@@ -22,7 +22,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   with cli.exit_on_user_error():
-    path = input_pipeline.prepare_from_idx(_IDX_DIR.value, _DATA_DIR.value, _NAME.value,
+    path = data.prepare_from_idx(_IDX_DIR.value, _DATA_DIR.value, _NAME.value,
                                            _VERSION.value)
   print(f'{_NAME.value}:{_VERSION.value} is prepared in {path}')
 

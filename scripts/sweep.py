@@ -1,6 +1,6 @@
 r"""Runs a hyperparameter sweep: every trial of a sweep file over a base config, many at once.
 
-    python scripts/sweep.py --config configs/default.py --sweep configs/sweeps/lr_seed.py \
+    python scripts/runner.py --config configs/default.py --sweep configs/sweeps/lr_seed.py \
         --workdir runs/lr_seed [--config.data.local_dir=/path/to/mnist_idx]
 
 Re-running the same command resumes (finished trials are skipped). On several machines, run it on
@@ -41,19 +41,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
-  from mlp_mnist import sweep  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(_SWEEP.value))[0])
   cli.split_cpu_into_devices(_CPU_DEVICES.value)
   cli.set_up_jax()  # Several processes (TPU pod slice...): each runs its share of the trials.
   with cli.exit_on_user_error():
-    rows = sweep.run_sweep(
+    rows = runner.run_sweep(
         _CONFIG.value, _SWEEP.value, workdir,
         num_workers=(jax.process_count() if _NUM_WORKERS.value is None else _NUM_WORKERS.value),
         worker_index=(jax.process_index() if _WORKER_INDEX.value is None
                       else _WORKER_INDEX.value),
         max_group_size=_MAX_TRIALS_PER_PROGRAM.value, report_only=_REPORT_ONLY.value)
-  failed = sweep.failed_trials(rows)
+  failed = runner.failed_trials(rows)
   if failed and not _REPORT_ONLY.value:
     raise SystemExit(f'error: {len(failed)} trial(s) failed ({failed[0]}, ...; see the status '
                      'file in each trial folder); re-run the same command to retry them.')

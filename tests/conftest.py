@@ -51,7 +51,7 @@ def draw_digit(digit: int, size: tuple[int, int] = (96, 96), font_size: int = 56
 def font_digit_dataset(per_class_train: int = 40, per_class_test: int = 10, seed: int = 0):
   """Typeset digits in varied sizes, weights, positions and slants, made MNIST-like by
   `digit_images.to_mnist`: a model trained on them reads digits drawn by a test."""
-  from mlp_mnist import digit_images  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.tools import digit_images  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
 
   def split(per_class):

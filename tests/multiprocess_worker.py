@@ -17,7 +17,7 @@ jax.config.update('jax_platforms', 'cpu')
 jax.config.update('jax_num_cpu_devices', 2)
 
 from mlp_mnist import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mlp_mnist import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mlp_mnist.devices import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 distributed.initialize('on', f'localhost:{port}', int(num_processes), int(process_id),
                        initialization_timeout_sec=60, heartbeat_timeout_sec=5)

@@ -5,15 +5,16 @@ import sys
 
 import numpy as np
 
-from mlp_mnist import benchmark
+from benchmarks import roofline
+from benchmarks import training_speed
 
 from conftest import REPO, synthetic_dataset, write_dataset_cache
 
 
 def test_training_flops_per_example_of_the_seed_model():
   # Forward and weight-gradient matmuls of both layers, input gradient of the second only.
-  assert benchmark.training_flops_per_example((128,)) == 2 * 784 * 128 * 2 + 2 * 128 * 10 * 3
-  assert benchmark.training_flops_per_example(()) == 2 * 784 * 10 * 2
+  assert roofline.training_flops_per_example((128,)) == 2 * 784 * 128 * 2 + 2 * 128 * 10 * 3
+  assert roofline.training_flops_per_example(()) == 2 * 784 * 10 * 2
 
 
 def test_ratios_and_roofline_row():
@@ -23,18 +24,18 @@ def test_ratios_and_roofline_row():
       {'contender': 'keras', 'batch_size': 32, 'train_sec': 30.0, 'process_sec': 40.0,
        'num_train': 60000, 'test_accuracy': 0.973},
   ]
-  rows = benchmark.with_ratios(results, gflops=100.0, batch_size=32, epochs=5)
-  ours, keras, roofline = rows
+  rows = training_speed.with_ratios(results, gflops=100.0, batch_size=32, epochs=5)
+  ours, keras, peak_row = rows
   assert ours['examples_per_sec'] == 150_000 and keras['examples_per_sec'] == 10_000
   assert keras['train_sec_vs_ours'] == 15 and keras['process_sec_vs_ours'] == 8
   np.testing.assert_allclose(keras['examples_per_sec_vs_ours'], 1 / 15)
-  flops = benchmark.training_flops_per_example((128,)) * 60000 * 5
-  np.testing.assert_allclose(roofline['train_sec'], flops / 100e9)
-  table = benchmark.markdown_table(rows)
+  flops = roofline.training_flops_per_example((128,)) * 60000 * 5
+  np.testing.assert_allclose(peak_row['train_sec'], flops / 100e9)
+  table = training_speed.markdown_table(rows)
   assert '| 32 | Keras tutorial program | 30.00 | 15.00 | 10,000 | 0.067 | 97.30% | in fit |' in table
   ours['later_examples_per_sec'] = 200_000
   roofline_rate = 60000 * 5 * 100e9 / flops
-  shares = benchmark.roofline_shares(rows).splitlines()[2]
+  shares = training_speed.roofline_shares(rows).splitlines()[2]
   assert shares == (f'| 32 | 150,000 | 200,000 | {roofline_rate:,.0f} | '
                     f'{150_000 / roofline_rate:.0%} | {200_000 / roofline_rate:.0%} | - | - | - |')
 
@@ -49,7 +50,7 @@ def test_quick_benchmark_runs_every_contender(tmp_path):
   cache = _synthetic_cache(tmp_path)
   out = tmp_path / 'bench'
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'scripts', 'benchmark.py'), '--quick',
+      [sys.executable, os.path.join(REPO, 'scripts', 'training_speed.py'), '--quick',
        f'--cache_dir={cache}', f'--jax_cache_dir={tmp_path / "jax"}', f'--out={out}'],
       capture_output=True, text=True, timeout=600, cwd=tmp_path,
       env={**os.environ, 'PYTHONPATH': REPO})
@@ -84,11 +85,11 @@ def test_keras_program_runs_on_the_jax_backend_without_tensorflow(tmp_path):
   assert 0 <= record['test_accuracy'] <= 1
   row = {'contender': 'keras_silent', 'batch_size': 256, 'train_sec': 1.0, 'num_train': 2048,
          **{k: record[k] for k in ('keras_backend', 'test_accuracy')}}
-  table = benchmark.markdown_table(benchmark.with_ratios([row], 100.0, 256, 1))
+  table = training_speed.markdown_table(training_speed.with_ratios([row], 100.0, 256, 1))
   assert '| 256 | Keras, fit(verbose=0) (Keras on jax) | 1.00 |' in table
 
 
 def test_contender_processes_keep_the_callers_python_path():
-  env = benchmark._with_repo_on_path({'PYTHONPATH': f'/opt/site{os.pathsep}/x', 'HOME': '/h'})
+  env = training_speed._with_repo_on_path({'PYTHONPATH': f'/opt/site{os.pathsep}/x', 'HOME': '/h'})
   assert env == {'PYTHONPATH': os.pathsep.join([REPO, '/opt/site', '/x']), 'HOME': '/h'}
-  assert benchmark._with_repo_on_path({})['PYTHONPATH'] == REPO
+  assert training_speed._with_repo_on_path({})['PYTHONPATH'] == REPO

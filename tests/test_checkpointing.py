@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from mlp_mnist import checkpointing
-from mlp_mnist import provenance
-from mlp_mnist import reporting
-from mlp_mnist import run_records
 from mlp_mnist import train
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import provenance
+from mlp_mnist.records import run_files
+from mlp_mnist.records import workdirs
 
 from conftest import REPO, synthetic_dataset, write_dataset_cache
 
@@ -81,7 +81,7 @@ def _steps(workdir):
 
 def _epochs_written(workdir):
   try:
-    return [r['epoch'] for r in reporting.read_metrics(str(workdir))]
+    return [r['epoch'] for r in run_files.read_metrics(str(workdir))]
   except (OSError, ValueError):  # Not there yet, or being rewritten.
     return []
 
@@ -114,7 +114,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(config, tmp
     process.stdout.close()
   assert process.returncode == -signal.SIGKILL
   # Killed after epoch 3's metrics, before its checkpoint: the resume must drop that record.
-  assert [r['epoch'] for r in reporting.read_metrics(str(workdir))] == [1, 2, 3]
+  assert [r['epoch'] for r in run_files.read_metrics(str(workdir))] == [1, 2, 3]
   assert _steps(workdir) == [8, 16]
 
   process = _driver(workdir, pause=0)
@@ -125,9 +125,9 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(config, tmp
   # Checkpoints, TensorBoard events and plots leave TensorFlow out of a run.
   assert 'TensorFlow imported: False' in output
 
-  records = reporting.read_metrics(str(workdir))
-  assert [reporting.without_timing(r) for r in records] == [
-      reporting.without_timing(r) for r in reference['history']]
+  records = run_files.read_metrics(str(workdir))
+  assert [run_files.without_timing(r) for r in records] == [
+      run_files.without_timing(r) for r in reference['history']]
   state, step, run = _final_state(workdir, reference['state'])
   assert step == 5 * STEPS_PER_EPOCH and run['epoch'] == 5
   _assert_same_params(state, reference['state'])
@@ -189,8 +189,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(config, tmp_pa
     assert 'cannot be restored' in warning and 'corrupt_checkpoints' in warning
     assert len(os.listdir(tmp_path / checkpointing.CORRUPT_DIR)) == 1
   _assert_same_params(resumed['state'], reference['state'])
-  assert [reporting.without_timing(r) for r in reporting.read_metrics(str(tmp_path))] == [
-      reporting.without_timing(r) for r in reference['history']]
+  assert [run_files.without_timing(r) for r in run_files.read_metrics(str(tmp_path))] == [
+      run_files.without_timing(r) for r in reference['history']]
   assert _steps(tmp_path) == [8, 16, 24]
 
 
@@ -212,7 +212,7 @@ def test_different_config_is_an_error_unless_restart(config, tmp_path):
   _run(config, tmp_path)
   config.optimizer.learning_rate = 3e-3
   config.seed = 4
-  with pytest.raises(run_records.WorkdirError) as e:
+  with pytest.raises(workdirs.WorkdirError) as e:
     _run(config, tmp_path)
   message = str(e.value)
   assert 'optimizer.learning_rate: 0.001 -> 0.003' in message and 'seed: 0 -> 4' in message
@@ -221,11 +221,11 @@ def test_different_config_is_an_error_unless_restart(config, tmp_path):
   lines = []
   restarted = _run(config, tmp_path, log=lines.append, restart=True)
   assert not any('Resumed' in line for line in lines)
-  assert [r['epoch'] for r in reporting.read_metrics(str(tmp_path))] == [1, 2]
-  assert reporting.read_metrics(str(tmp_path))[-1]['test_loss'] == restarted['history'][-1][
+  assert [r['epoch'] for r in run_files.read_metrics(str(tmp_path))] == [1, 2]
+  assert run_files.read_metrics(str(tmp_path))[-1]['test_loss'] == restarted['history'][-1][
       'test_loss']
   assert len(provenance.read(str(tmp_path))) == 1
-  assert reporting.read_config(str(tmp_path))['seed'] == 4
+  assert run_files.read_config(str(tmp_path))['seed'] == 4
 
 
 def test_train_script_resumes_and_rejects_a_different_config(tmp_path):

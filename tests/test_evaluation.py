@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from mlp_mnist import evaluation
-from mlp_mnist import run_records
+from mlp_mnist.records import workdirs
+from mlp_mnist.tools import evaluation
 
 from conftest import REPO, assert_png
 
@@ -85,7 +85,7 @@ def test_evaluate_script_json_and_plots(font_run):
 
 
 def test_evaluate_errors_name_what_to_do(font_run, tmp_path):
-  with pytest.raises(run_records.WorkdirError, match='has no config.json; is it the --workdir'):
+  with pytest.raises(workdirs.WorkdirError, match='has no config.json; is it the --workdir'):
     evaluation.evaluate_run(str(tmp_path))
   result = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'),
                            f'--workdir={font_run["workdir"]}', '--step=5'],

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mlp_mnist import models
-from mlp_mnist import train
+from mlp_mnist import steps
+from mlp_mnist.models import mlp
 
 
 def _num_params(params):
@@ -12,7 +13,7 @@ def _num_params(params):
 
 
 def test_seed_model_has_keras_parameter_count(config):
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
   assert _num_params(state.params) == 101_770
   assert state.params['Dense_0']['kernel'].shape == (784, 128)
   assert state.params['Dense_1']['kernel'].shape == (128, 10)
@@ -22,7 +23,7 @@ def test_seed_model_has_keras_parameter_count(config):
 @pytest.mark.parametrize('hidden_sizes,expected', [((), 7_850), ((256, 256), 269_322)])
 def test_parameter_count_follows_hidden_sizes(config, hidden_sizes, expected):
   config.model.hidden_sizes = hidden_sizes
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
   assert _num_params(state.params) == expected
 
 
@@ -69,6 +70,6 @@ def test_dropout_mask_of_an_example_does_not_depend_on_its_batch():
 def test_dropout_drops_the_expected_fraction():
   x = jnp.ones((200, 100))
   rngs = jax.random.split(jax.random.PRNGKey(0), 200)
-  out = jax.vmap(models.dropout, (0, None, 0))(x, 0.25, rngs)
+  out = jax.vmap(mlp.dropout, (0, None, 0))(x, 0.25, rngs)
   assert abs(float((out == 0).mean()) - 0.25) < 0.01
   np.testing.assert_allclose(np.unique(out), [0.0, 1 / 0.75], rtol=1e-6)

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from mlp_mnist import distributed
-from mlp_mnist import reporting
 from mlp_mnist import train
+from mlp_mnist.devices import distributed
+from mlp_mnist.records import run_files
 
 from conftest import REPO, synthetic_dataset
 
@@ -85,8 +85,8 @@ def test_two_processes_match_one_process_with_four_devices(config, tmp_path):
     assert _wait(procs, timeout=180) == [0, 0], _logs(logs)
   results = [json.load(open(tmp_path / 'run' / f'result-{i}.json')) for i in range(2)]
   # Every process reports the same metrics.
-  assert [reporting.without_timing(r) for r in results[0]] == [
-      reporting.without_timing(r) for r in results[1]]
+  assert [run_files.without_timing(r) for r in results[0]] == [
+      run_files.without_timing(r) for r in results[1]]
   _assert_same_history(results[0], _reference(config, 250, 2))
   # Only process 0 wrote the run's records; both took part in the checkpoints.
   records = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]

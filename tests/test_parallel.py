@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mlp_mnist import parallel
+from mlp_mnist.devices import parallel
 
 
 @pytest.mark.parametrize('num_examples,batch,devices', [(10, 4, 2), (12, 4, 4), (7, 6, 3)])

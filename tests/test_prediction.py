@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlp_mnist import digit_images
-from mlp_mnist import prediction
+from mlp_mnist.tools import digit_images
+from mlp_mnist.tools import prediction
 
 from conftest import REPO, draw_digit
 

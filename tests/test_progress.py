@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mlp_mnist import progress
 from mlp_mnist import train
+from mlp_mnist.records import console
 
 from conftest import synthetic_dataset
 
@@ -17,10 +17,10 @@ class Terminal(io.StringIO):
 
 
 def test_bar_only_on_a_terminal_unless_asked():
-  assert progress.shows_bar('auto', Terminal())
-  assert not progress.shows_bar('auto', io.StringIO())
-  assert progress.shows_bar('on', io.StringIO())
-  assert not progress.shows_bar('off', Terminal())
+  assert console.shows_bar('auto', Terminal())
+  assert not console.shows_bar('auto', io.StringIO())
+  assert console.shows_bar('on', io.StringIO())
+  assert not console.shows_bar('off', Terminal())
 
 
 @pytest.mark.parametrize('steps,updates,expected', [
@@ -31,17 +31,17 @@ def test_bar_only_on_a_terminal_unless_asked():
     (5, 1, 5),
 ])
 def test_steps_per_call(steps, updates, expected):
-  assert progress.steps_per_call(steps, updates) == expected
+  assert console.steps_per_call(steps, updates) == expected
 
 
 def test_epoch_bar_draws_steps_loss_and_speed_in_place():
   stream = Terminal()
-  bar = progress.EpochBar(stream, epoch=2, num_epochs=5, num_steps=4)
+  bar = console.EpochBar(stream, epoch=2, num_epochs=5, num_steps=4)
   bar.update({'loss_sum': np.array([8.0, 4.0]), 'count': np.array([4.0, 4.0])})
   bar.update({'loss_sum': np.array([2.0, 2.0]), 'count': np.array([4.0, 4.0])})
   bar.close()
   frames = stream.getvalue().split('\r')
-  assert frames[1].startswith('epoch 2/5 [' + '.' * progress.BAR_WIDTH + '] 0/4')
+  assert frames[1].startswith('epoch 2/5 [' + '.' * console.BAR_WIDTH + '] 0/4')
   assert frames[2].startswith('epoch 2/5 [' + '=' * 12 + '.' * 12 + '] 2/4  loss 1.5000  ')
   assert 'ex/s' in frames[2]
   assert frames[3].startswith('epoch 2/5 [' + '=' * 24 + '] 4/4  loss 1.0000  ')

@@ -8,11 +8,11 @@ import subprocess
 import jax
 import pytest
 
-from mlp_mnist import metric_writers
-from mlp_mnist import provenance
-from mlp_mnist import reporting
-from mlp_mnist import run_records
 from mlp_mnist import train
+from mlp_mnist.records import provenance
+from mlp_mnist.records import run_files
+from mlp_mnist.records import tensorboard
+from mlp_mnist.records import workdirs
 
 from conftest import REPO, assert_png, synthetic_dataset
 
@@ -43,13 +43,13 @@ def test_two_runs_write_identical_metrics_apart_from_timing(config, tmp_path):
   config.model.dropout_rate = 0.1
   _run(config, tmp_path / 'a')
   _run(config, tmp_path / 'b')
-  first, second = (reporting.read_metrics(str(tmp_path / d)) for d in 'ab')
+  first, second = (run_files.read_metrics(str(tmp_path / d)) for d in 'ab')
   assert [r['epoch'] for r in first] == [1, 2, 3]
-  assert set(first[0]) - set(reporting.TIMING_KEYS) >= {'train_loss', 'test_loss', 'step'}
-  assert [reporting.without_timing(r) for r in first] == [
-      reporting.without_timing(r) for r in second]
+  assert set(first[0]) - set(run_files.TIMING_KEYS) >= {'train_loss', 'test_loss', 'step'}
+  assert [run_files.without_timing(r) for r in first] == [
+      run_files.without_timing(r) for r in second]
   # Only the timing fields may differ, and the file is nothing but these records.
-  assert set(reporting.TIMING_KEYS) == {'examples_per_sec', 'elapsed_sec'}
+  assert set(run_files.TIMING_KEYS) == {'examples_per_sec', 'elapsed_sec'}
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     assert len(f.read().splitlines()) == 3
 
@@ -61,7 +61,7 @@ def test_tensorboard_events_hold_the_metrics_and_the_config(config, tmp_path):
   scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value
              if v.HasField('simple_value')}
   for record in result['history']:
-    for key, tag in metric_writers.SCALAR_TAGS.items():
+    for key, tag in tensorboard.SCALAR_TAGS.items():
       assert scalars[(tag, record['step'])] == pytest.approx(record[key], rel=1e-6), tag
   hparams = {v.tag: v.metadata.plugin_data.content for e in events for v in e.summary.value
              if v.metadata.plugin_data.plugin_name == 'hparams'}
@@ -70,7 +70,7 @@ def test_tensorboard_events_hold_the_metrics_and_the_config(config, tmp_path):
   for key in (b'optimizer.learning_rate', b'model.hidden_sizes', b'batch_size'):
     assert key in hparams['_hparams_/experiment']
     assert key in hparams['_hparams_/session_start_info']
-  for tag in metric_writers.HPARAM_METRICS:
+  for tag in tensorboard.HPARAM_METRICS:
     assert tag.encode() in hparams['_hparams_/experiment']
 
 
@@ -107,7 +107,7 @@ def test_curves_plot_is_written(config, tmp_path):
 
 
 def test_only_the_lead_process_writes(config, tmp_path, monkeypatch):
-  monkeypatch.setattr(run_records, 'is_lead_process', lambda: False)
+  monkeypatch.setattr(workdirs, 'is_lead_process', lambda: False)
   config.num_epochs = 1
   config.checkpoint.every_epochs = 0  # Checkpoints are orbax's collective saves.
   lines = []

@@ -9,11 +9,11 @@ import sys
 import jax
 import pytest
 
-from mlp_mnist import reporting
-from mlp_mnist import sweep
-from mlp_mnist import sweep_results
-from mlp_mnist import sweep_spec
-from mlp_mnist import sweep_train
+from mlp_mnist.records import run_files
+from mlp_mnist.sweeps import results
+from mlp_mnist.sweeps import runner
+from mlp_mnist.sweeps import sweep_files
+from mlp_mnist.sweeps import vectorized
 
 import default
 from conftest import REPO, assert_png, synthetic_dataset, write_dataset_cache
@@ -44,7 +44,7 @@ def test_worker_split_covers_every_trial_exactly_once(sizes, workers):
   for size in sizes:
     groups.append(list(range(start, start + size)))
     start += size
-  shares = [sweep.worker_share(groups, workers, w) for w in range(workers)]
+  shares = [runner.worker_share(groups, workers, w) for w in range(workers)]
   assigned = sorted(i for share in shares for group in share for i in group)
   assert assigned == list(range(start))
   counts = [sum(map(len, share)) for share in shares]
@@ -54,15 +54,15 @@ def test_worker_split_covers_every_trial_exactly_once(sizes, workers):
 
 
 def test_worker_index_must_be_in_range():
-  with pytest.raises(sweep_spec.SweepError, match=r'--worker_index=2 must be in \[0'):
-    sweep.worker_share([[0, 1]], 2, 2)
+  with pytest.raises(sweep_files.SweepError, match=r'--worker_index=2 must be in \[0'):
+    runner.worker_share([[0, 1]], 2, 2)
 
 
-TRAIN_TRIALS = sweep_train.train_trials
+TRAIN_TRIALS = vectorized.train_trials
 
 
 class Recorder:
-  """Wraps `sweep_train.train_trials`, recording the trials each call trains."""
+  """Wraps `vectorized.train_trials`, recording the trials each call trains."""
 
   def __init__(self, monkeypatch, fail_if=None):
     self.calls = []
@@ -75,7 +75,7 @@ class Recorder:
         raise RuntimeError('out of memory (simulated)')
       return real(configs, *args, **kwargs)
 
-    monkeypatch.setattr(sweep_train, 'train_trials', train_trials)
+    monkeypatch.setattr(vectorized, 'train_trials', train_trials)
 
   @property
   def trained(self):
@@ -86,7 +86,7 @@ class Recorder:
 def finished_sweep(tmp_path_factory):
   """A sweep of 8 trials in 2 program groups, run by two workers into one folder."""
   root = tmp_path_factory.mktemp('sweep')
-  sweep_path = root / 'sweep.py'
+  sweep_path = root / 'runner.py'
   sweep_path.write_text(SWEEP_FILE)
   workdir = str(root / 'run')
   dataset = synthetic_dataset(num_train=96, num_test=40)
@@ -95,7 +95,7 @@ def finished_sweep(tmp_path_factory):
     recorder = Recorder(monkeypatch)
     for worker in (0, 1):
       lines = []
-      rows = sweep.run_sweep(_config(), str(sweep_path), workdir, num_workers=2,
+      rows = runner.run_sweep(_config(), str(sweep_path), workdir, num_workers=2,
                              worker_index=worker, devices=jax.devices()[:2], dataset=dataset,
                              log=lines.append)
       logs.append(lines)
@@ -120,19 +120,19 @@ def test_trial_folders_hold_config_metrics_and_status(finished_sweep):
   workdir = finished_sweep['workdir']
   assert sorted(os.listdir(os.path.join(workdir, 'trials'))) == sorted(NAMES)
   for name in NAMES:
-    directory = sweep_results.trial_dir(workdir, name)
+    directory = results.trial_dir(workdir, name)
     with open(os.path.join(directory, 'config.json')) as f:
       config = json.load(f)
     assert f"learning_rate={config['optimizer']['learning_rate']}" in name
     assert f"hidden_sizes={config['model']['hidden_sizes'][0]}," in name
     assert config['num_epochs'] == 2
-    records = reporting.read_metrics(directory)
+    records = run_files.read_metrics(directory)
     assert [r['epoch'] for r in records] == [1, 2]
-    assert set(reporting.METRIC_KEYS) <= set(records[0])
-    assert sweep_results.read_status(directory) == 'done'
+    assert set(run_files.METRIC_KEYS) <= set(records[0])
+    assert results.read_status(directory) == 'done'
     with open(os.path.join(directory, 'summary.json')) as f:
       assert json.load(f)['test_accuracy'] == records[-1]['test_accuracy']
-  with open(os.path.join(workdir, 'sweep.json')) as f:
+  with open(os.path.join(workdir, 'runner.json')) as f:
     content = json.load(f)
   assert content['swept_keys'] == ['model.hidden_sizes', 'optimizer.learning_rate', 'seed']
   assert [t['program_group'] for t in content['trials']] == [0] * 4 + [1] * 4
@@ -146,8 +146,8 @@ def test_results_table_matches_the_trial_metrics(finished_sweep):
     json_rows = [json.loads(line) for line in f]
   assert [r['trial'] for r in rows] == NAMES == [r['trial'] for r in json_rows]
   for row, json_row in zip(rows, json_rows):
-    final = reporting.read_metrics(sweep_results.trial_dir(workdir, row['trial']))[-1]
-    for key in sweep_results.METRIC_COLUMNS:
+    final = run_files.read_metrics(results.trial_dir(workdir, row['trial']))[-1]
+    for key in results.METRIC_COLUMNS:
       assert float(row[key]) == pytest.approx(final[key], rel=1e-12)
       assert json_row[key] == final[key]
     assert row['status'] == json_row['status'] == 'done'
@@ -172,18 +172,18 @@ def test_plots_and_leaderboard(finished_sweep):
 def test_resume_reruns_only_unfinished_trials(finished_sweep, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished_sweep['workdir'], workdir)
-  dirs = [sweep_results.trial_dir(workdir, n) for n in NAMES]
+  dirs = [results.trial_dir(workdir, n) for n in NAMES]
   os.remove(os.path.join(dirs[1], 'status'))  # Killed before it finished.
-  sweep_results.write_status(dirs[2], 'running')  # Killed mid-run, half its metrics written.
+  results.write_status(dirs[2], 'running')  # Killed mid-run, half its metrics written.
   with open(os.path.join(dirs[2], 'metrics.jsonl')) as f:
     first_line = f.readline()
   with open(os.path.join(dirs[2], 'metrics.jsonl'), 'w') as f:
     f.write(first_line)
-  sweep_results.write_status(dirs[5], 'failed', 'RuntimeError: out of memory')
+  results.write_status(dirs[5], 'failed', 'RuntimeError: out of memory')
   untouched = {d: open(os.path.join(d, 'metrics.jsonl')).read() for d in (dirs[0], dirs[7])}
   recorder = Recorder(monkeypatch)
   lines = []
-  rows = sweep.run_sweep(_config(), finished_sweep['sweep'], workdir,
+  rows = runner.run_sweep(_config(), finished_sweep['sweep'], workdir,
                          devices=jax.devices()[:2], dataset=finished_sweep['dataset'],
                          log=lines.append)
   assert recorder.trained == sorted([((16,), 1e-3, 1), ((16,), 1e-2, 0), ((8,), 1e-3, 1)])
@@ -191,12 +191,12 @@ def test_resume_reruns_only_unfinished_trials(finished_sweep, tmp_path, monkeypa
   assert '8 of them here: 5 already finished, 3 to train' in lines[0]
   assert [r['status'] for r in rows] == ['done'] * 8
   for d in (dirs[1], dirs[2], dirs[5]):
-    assert [r['epoch'] for r in reporting.read_metrics(d)] == [1, 2]
+    assert [r['epoch'] for r in run_files.read_metrics(d)] == [1, 2]
   for d, content in untouched.items():
     assert open(os.path.join(d, 'metrics.jsonl')).read() == content
   # A rerun trial gives what it gave the first time.
-  first = reporting.read_metrics(sweep_results.trial_dir(finished_sweep['workdir'], NAMES[1]))
-  again = reporting.read_metrics(dirs[1])
+  first = run_files.read_metrics(results.trial_dir(finished_sweep['workdir'], NAMES[1]))
+  again = run_files.read_metrics(dirs[1])
   assert [r['test_loss'] for r in again] == pytest.approx([r['test_loss'] for r in first],
                                                          rel=1e-5)
 
@@ -206,13 +206,13 @@ def test_resume_refuses_a_changed_config(finished_sweep, tmp_path):
   shutil.copytree(finished_sweep['workdir'], workdir)
   config = _config()
   config.num_epochs = 3
-  with pytest.raises(sweep_spec.SweepError, match=r'was run with a different config \(num_epochs: '
+  with pytest.raises(sweep_files.SweepError, match=r'was run with a different config \(num_epochs: '
                      r'2 -> 3\); use another --workdir'):
-    sweep.run_sweep(config, finished_sweep['sweep'], workdir, dataset=finished_sweep['dataset'],
+    runner.run_sweep(config, finished_sweep['sweep'], workdir, dataset=finished_sweep['dataset'],
                     log=lambda line: None)
   config = _config()
   config.data.cache_dir = '/elsewhere'  # Where the data comes from may differ between machines.
-  rows = sweep.run_sweep(config, finished_sweep['sweep'], workdir, log=lambda line: None)
+  rows = runner.run_sweep(config, finished_sweep['sweep'], workdir, log=lambda line: None)
   assert [r['status'] for r in rows] == ['done'] * 8
 
 
@@ -220,19 +220,19 @@ def test_a_failing_group_does_not_stop_the_others(finished_sweep, tmp_path, monk
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished_sweep['workdir'], workdir)
   for name in (NAMES[0], NAMES[4]):
-    shutil.rmtree(sweep_results.trial_dir(workdir, name))
+    shutil.rmtree(results.trial_dir(workdir, name))
   Recorder(monkeypatch, fail_if=lambda c: c.model.hidden_sizes == (8,))
   lines = []
-  rows = sweep.run_sweep(_config(), finished_sweep['sweep'], workdir, devices=jax.devices()[:2],
+  rows = runner.run_sweep(_config(), finished_sweep['sweep'], workdir, devices=jax.devices()[:2],
                          dataset=finished_sweep['dataset'], log=lines.append)
   statuses = {r['trial']: r['status'] for r in rows}
   assert statuses[NAMES[0]] == 'done' and statuses[NAMES[4]] == 'failed'
-  assert sweep.failed_trials(rows) == [NAMES[4]]
-  with open(os.path.join(sweep_results.trial_dir(workdir, NAMES[4]), 'status')) as f:
+  assert runner.failed_trials(rows) == [NAMES[4]]
+  with open(os.path.join(results.trial_dir(workdir, NAMES[4]), 'status')) as f:
     assert 'RuntimeError: out of memory (simulated)' in f.read()
   assert any('1 failed (RuntimeError: out of memory (simulated))' in line for line in lines)
   recorder = Recorder(monkeypatch)  # The next run retries it.
-  rows = sweep.run_sweep(_config(), finished_sweep['sweep'], workdir, devices=jax.devices()[:2],
+  rows = runner.run_sweep(_config(), finished_sweep['sweep'], workdir, devices=jax.devices()[:2],
                          dataset=finished_sweep['dataset'], log=lambda line: None)
   assert recorder.trained == [((8,), 1e-3, 0)]
   assert [r['status'] for r in rows] == ['done'] * 8
@@ -242,9 +242,9 @@ def test_report_only_trains_nothing(finished_sweep, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished_sweep['workdir'], workdir)
   os.remove(os.path.join(workdir, 'results.csv'))
-  shutil.rmtree(sweep_results.trial_dir(workdir, NAMES[3]))
+  shutil.rmtree(results.trial_dir(workdir, NAMES[3]))
   recorder = Recorder(monkeypatch)
-  rows = sweep.run_sweep(_config(), finished_sweep['sweep'], workdir, report_only=True,
+  rows = runner.run_sweep(_config(), finished_sweep['sweep'], workdir, report_only=True,
                          log=lambda line: None)
   assert recorder.calls == []
   assert [r['status'] for r in rows] == ['done'] * 3 + ['pending'] + ['done'] * 4
@@ -252,7 +252,7 @@ def test_report_only_trains_nothing(finished_sweep, tmp_path, monkeypatch):
 
 
 def test_diverged_trials_are_recorded_and_not_rerun(tmp_path, monkeypatch):
-  sweep_path = tmp_path / 'sweep.py'
+  sweep_path = tmp_path / 'runner.py'
   sweep_path.write_text("def get_sweep(hyper):\n"
                         "  return hyper.sweep('optimizer.learning_rate', [0.05, 1e7])\n")
   config = _config()
@@ -261,24 +261,24 @@ def test_diverged_trials_are_recorded_and_not_rerun(tmp_path, monkeypatch):
   config.optimizer.momentum = 0.0
   dataset = synthetic_dataset(num_train=64, num_test=40)
   workdir = str(tmp_path / 'run')
-  rows = sweep.run_sweep(config, str(sweep_path), workdir, devices=jax.devices()[:1],
+  rows = runner.run_sweep(config, str(sweep_path), workdir, devices=jax.devices()[:1],
                          dataset=dataset, log=lambda line: None)
   assert [r['status'] for r in rows] == ['done', 'diverged']
   assert rows[1]['epoch'] == 1  # Its last finite epoch.
-  with open(os.path.join(sweep_results.trial_dir(workdir, 'learning_rate=10000000.0'),
+  with open(os.path.join(results.trial_dir(workdir, 'learning_rate=10000000.0'),
                          'status')) as f:
     assert f.read() == ('diverged\nloss or weights not finite at step 3 (epoch 2); training '
                         'stopped there.\n')
   recorder = Recorder(monkeypatch)
-  sweep.run_sweep(config, str(sweep_path), workdir, dataset=dataset, log=lambda line: None)
+  runner.run_sweep(config, str(sweep_path), workdir, dataset=dataset, log=lambda line: None)
   assert recorder.calls == []
 
 
 def test_sweep_script_end_to_end_and_resume(tmp_path):
   write_dataset_cache(tmp_path / 'cache', synthetic_dataset(num_train=64, num_test=30))
-  sweep_path = tmp_path / 'sweep.py'
+  sweep_path = tmp_path / 'runner.py'
   sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2])\n")
-  command = [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+  command = [sys.executable, os.path.join(REPO, 'scripts', 'runner.py'),
              f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
              f'--workdir={tmp_path / "run"}', '--config.num_epochs=1', '--jax_cache_dir=',
              f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.download=False']
@@ -303,7 +303,7 @@ def test_benchmark_script_quick(tmp_path):
   assert result.returncode == 0, result.stderr
   assert '2 trials (1 program group(s)), 1 epoch(s), 64 training and 30 test examples' in (
       result.stdout)
-  for label in ('vectorized:', 'one at a time:', 'scripts/sweep.py, once:',
+  for label in ('vectorized:', 'one at a time:', 'scripts/runner.py, once:',
                 'scripts/train.py, once per trial:'):
     assert label in result.stdout
   # In one process, and as commands: each trial gives what it gives alone.
@@ -315,14 +315,14 @@ def test_processes_of_a_multiprocess_run_share_the_sweep(tmp_path):
   """Two JAX processes (2 CPU devices each) split the trials by process index, train them on
   their own devices, and give what one process gives."""
   write_dataset_cache(tmp_path / 'cache', synthetic_dataset(num_train=64, num_test=30))
-  sweep_path = tmp_path / 'sweep.py'
+  sweep_path = tmp_path / 'runner.py'
   sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2, 3])\n")
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   procs = [subprocess.Popen(
-      [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+      [sys.executable, os.path.join(REPO, 'scripts', 'runner.py'),
        f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
        f'--workdir={tmp_path / "run"}', '--config.num_epochs=1', '--jax_cache_dir=',
        f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.download=False',
@@ -346,7 +346,7 @@ def test_processes_of_a_multiprocess_run_share_the_sweep(tmp_path):
   assert [r['status'] for r in rows] == ['done'] * 4
   config = _config()
   config.num_epochs = 1
-  alone = sweep.run_sweep(config, str(sweep_path), str(tmp_path / 'alone'),
+  alone = runner.run_sweep(config, str(sweep_path), str(tmp_path / 'alone'),
                           devices=jax.devices()[:1],
                           dataset=synthetic_dataset(num_train=64, num_test=30),
                           log=lambda line: None)

@@ -8,8 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from mlp_mnist import sweep_benchmark
-from mlp_mnist import sweep_spec
+from benchmarks import sweep_speed
+from mlp_mnist.sweeps import sweep_files
 
 import default
 from conftest import REPO
@@ -18,7 +18,7 @@ SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
 
 
 def test_product_zip_chain_fixed_expand_exactly():
-  hyper = sweep_spec.HYPER
+  hyper = sweep_files.HYPER
   assert hyper.product([hyper.sweep('a', [1, 2]), hyper.sweep('b', 'xy')]) == [
       {'a': 1, 'b': 'x'}, {'a': 1, 'b': 'y'}, {'a': 2, 'b': 'x'}, {'a': 2, 'b': 'y'}]
   assert hyper.zip([hyper.sweep('a', [1, 2]), hyper.sweep('b', [3, 4])]) == [
@@ -38,8 +38,8 @@ def test_product_zip_chain_fixed_expand_exactly():
     (lambda h: h.chain([[1, 2]]), 'takes sweeps made by hyper.sweep'),
 ])
 def test_combinators_reject_mistakes(build, message):
-  with pytest.raises(sweep_spec.SweepError) as e:
-    build(sweep_spec.HYPER)
+  with pytest.raises(sweep_files.SweepError) as e:
+    build(sweep_files.HYPER)
   assert message in str(e.value)
 
 
@@ -47,7 +47,7 @@ def test_combinators_reject_mistakes(build, message):
                                               ('activation_dropout', 16), ('optimizers', 12)])
 def test_shipped_sweeps_expand_and_validate(config, name, num_trials):
   path = os.path.join(SWEEPS, f'{name}.py')
-  trials = sweep_spec.sweep_trials(config, path)
+  trials = sweep_files.sweep_trials(config, path)
   assert len(trials) == num_trials
   assert len({t.name for t in trials}) == num_trials
   with open(path) as f:
@@ -65,7 +65,7 @@ def test_every_shipped_sweep_is_tested():
 
 
 def test_trial_names_and_resolved_values(config):
-  trials = sweep_spec.expand(config, [
+  trials = sweep_files.expand(config, [
       {'optimizer.learning_rate': 1e-4, 'seed': np.int64(2), 'model.hidden_sizes': [64, 32]},
       {'optimizer.learning_rate': np.float32(0.5), 'seed': 3, 'model.hidden_sizes': ()},
   ])
@@ -78,10 +78,10 @@ def test_trial_names_and_resolved_values(config):
 
 
 def test_names_stay_unique_when_values_read_the_same(config):
-  trials = sweep_spec.expand(config, [{'model.activation': 'relu'}, {'model.activation': 'gelu'}])
+  trials = sweep_files.expand(config, [{'model.activation': 'relu'}, {'model.activation': 'gelu'}])
   assert [t.name for t in trials] == ['activation=relu', 'activation=gelu']
-  assert sweep_spec.trial_names([{'a': 'x y'}, {'a': 'x_y'}]) == ['a=x_y-1', 'a=x_y-2']
-  long = sweep_spec.trial_names([{'a': 'v' * 300}, {'a': 'w' * 300}])
+  assert sweep_files.trial_names([{'a': 'x y'}, {'a': 'x_y'}]) == ['a=x_y-1', 'a=x_y-2']
+  long = sweep_files.trial_names([{'a': 'v' * 300}, {'a': 'w' * 300}])
   assert all(len(n) <= 120 for n in long) and len(set(long)) == 2
 
 
@@ -119,16 +119,16 @@ def _write_sweep(tmp_path, body):
 ])
 def test_bad_sweep_files_fail_before_training_in_one_line(config, tmp_path, body, message):
   path = _write_sweep(tmp_path, body)
-  with pytest.raises(sweep_spec.SweepError) as e:
-    sweep_spec.sweep_trials(config, path)
+  with pytest.raises(sweep_files.SweepError) as e:
+    sweep_files.sweep_trials(config, path)
   assert message in str(e.value)
   assert str(e.value).startswith(f'sweep file {path}')
   assert '\n' not in str(e.value)
 
 
 def test_missing_sweep_file(config, tmp_path):
-  with pytest.raises(sweep_spec.SweepError, match='does not exist'):
-    sweep_spec.sweep_trials(config, str(tmp_path / 'nope.py'))
+  with pytest.raises(sweep_files.SweepError, match='does not exist'):
+    sweep_files.sweep_trials(config, str(tmp_path / 'nope.py'))
 
 
 def test_sweep_script_reports_a_bad_sweep_file_in_one_line(tmp_path):
@@ -146,10 +146,10 @@ def test_sweep_script_reports_a_bad_sweep_file_in_one_line(tmp_path):
 
 
 def test_benchmark_commands_reproduce_the_trials(tmp_path):
-  trials = sweep_spec.sweep_trials(default.get_config(), os.path.join(SWEEPS, 'optimizers.py'))
+  trials = sweep_files.sweep_trials(default.get_config(), os.path.join(SWEEPS, 'optimizers.py'))
   sweep_path = tmp_path / 'trials.py'
-  sweep_path.write_text(sweep_benchmark.sweep_file_text(trials))
-  assert [t.overrides for t in sweep_spec.sweep_trials(default.get_config(), str(sweep_path))] == [
+  sweep_path.write_text(sweep_speed.sweep_file_text(trials))
+  assert [t.overrides for t in sweep_files.sweep_trials(default.get_config(), str(sweep_path))] == [
       t.overrides for t in trials]
   overrides = {'model.hidden_sizes': (64, 32), 'model.activation': 'tanh', 'seed': 3,
                'optimizer.learning_rate': 1e-05, 'optimizer.nesterov': True}
@@ -164,7 +164,7 @@ def test_benchmark_commands_reproduce_the_trials(tmp_path):
   """)
   parsed = subprocess.run(
       [sys.executable, '-c', program, f'--config={REPO}/configs/default.py',
-       *sweep_benchmark.override_flags(overrides)],
+       *sweep_speed.override_flags(overrides)],
       capture_output=True, text=True, timeout=60, check=True)
-  expected = sweep_spec.with_overrides(default.get_config(), overrides)
+  expected = sweep_files.with_overrides(default.get_config(), overrides)
   assert json.loads(parsed.stdout) == json.loads(expected.to_json())

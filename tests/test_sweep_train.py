@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from mlp_mnist import sweep_spec
-from mlp_mnist import sweep_train
+from mlp_mnist import steps
 from mlp_mnist import train
+from mlp_mnist.sweeps import sweep_files
+from mlp_mnist.sweeps import vectorized
 
 from conftest import synthetic_dataset
 
@@ -15,7 +16,7 @@ COMPARED = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_
 
 
 def _variant(config, **overrides):
-  return sweep_spec.with_overrides(config, {k.replace('__', '.'): v for k, v in overrides.items()})
+  return sweep_files.with_overrides(config, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
 @pytest.mark.parametrize('name,expected', [
@@ -26,7 +27,7 @@ def _variant(config, **overrides):
 ])
 def test_injected_config_keys(config, name, expected):
   config.optimizer.name = name
-  assert sweep_train.injected_config_keys(config.optimizer) == expected
+  assert vectorized.injected_config_keys(config.optimizer) == expected
 
 
 @pytest.mark.parametrize('overrides', [
@@ -34,7 +35,7 @@ def test_injected_config_keys(config, name, expected):
     {'optimizer__eps': 1e-3}, {'model__dropout_rate': 0.0},
 ])
 def test_value_only_changes_share_a_program(config, overrides):
-  assert sweep_train.program_key(_variant(config, **overrides)) == sweep_train.program_key(config)
+  assert vectorized.program_key(_variant(config, **overrides)) == vectorized.program_key(config)
 
 
 @pytest.mark.parametrize('overrides', [
@@ -44,25 +45,25 @@ def test_value_only_changes_share_a_program(config, overrides):
     {'optimizer__grad_clip_norm': 1.0}, {'logging__log_every_epochs': 2},
 ])
 def test_shape_or_structure_changes_separate_programs(config, overrides):
-  assert sweep_train.program_key(_variant(config, **overrides)) != sweep_train.program_key(config)
+  assert vectorized.program_key(_variant(config, **overrides)) != vectorized.program_key(config)
 
 
 def test_program_key_follows_the_optimizer(config):
   sgd = _variant(config, optimizer__name='sgd')
-  assert sweep_train.program_key(_variant(sgd, optimizer__momentum=0.0)) == (
-      sweep_train.program_key(sgd))
-  assert sweep_train.program_key(_variant(sgd, optimizer__nesterov=True)) != (
-      sweep_train.program_key(sgd))
+  assert vectorized.program_key(_variant(sgd, optimizer__momentum=0.0)) == (
+      vectorized.program_key(sgd))
+  assert vectorized.program_key(_variant(sgd, optimizer__nesterov=True)) != (
+      vectorized.program_key(sgd))
   dropout = _variant(config, model__dropout_rate=0.1)
-  assert sweep_train.program_key(_variant(config, model__dropout_rate=0.5)) == (
-      sweep_train.program_key(dropout))
+  assert vectorized.program_key(_variant(config, model__dropout_rate=0.5)) == (
+      vectorized.program_key(dropout))
 
 
 def test_group_by_program_keeps_order_and_caps_sizes(config):
   configs = [_variant(config, seed=s, model__hidden_sizes=(w,)) for w in (8, 16) for s in range(3)]
   configs.append(_variant(config, seed=7, model__hidden_sizes=(8,)))
-  assert sweep_train.group_by_program(configs) == [[0, 1, 2, 6], [3, 4, 5]]
-  assert sweep_train.group_by_program(configs, max_group_size=3) == [[0, 1, 2], [6], [3, 4, 5]]
+  assert vectorized.group_by_program(configs) == [[0, 1, 2, 6], [3, 4, 5]]
+  assert vectorized.group_by_program(configs, max_group_size=3) == [[0, 1, 2], [6], [3, 4, 5]]
 
 
 def _alone(config, dataset):
@@ -90,7 +91,7 @@ def test_vectorized_trials_equal_single_runs(config):
   dropout = [_variant(config, seed=2, model__dropout_rate=0.2),
              _variant(config, seed=3, model__dropout_rate=0.5, optimizer__b1=0.8)]
   for group in (plain, dropout):
-    result = sweep_train.train_trials(group, dataset, jax.devices()[:2], chunk_size=2)
+    result = vectorized.train_trials(group, dataset, jax.devices()[:2], chunk_size=2)
     assert result['diverged'] == [False] * len(group)
     for i, trial_config in enumerate(group):
       alone = _alone(trial_config, dataset)
@@ -112,7 +113,7 @@ def test_divergence_is_isolated(config):
   healthy = _variant(config, optimizer__learning_rate=0.05)
   exploding = _variant(config, optimizer__learning_rate=1e7)  # Finite for 2 steps (1 epoch).
   epochs = []
-  result = sweep_train.train_trials([healthy, exploding, healthy], dataset, jax.devices()[:2],
+  result = vectorized.train_trials([healthy, exploding, healthy], dataset, jax.devices()[:2],
                                     on_epoch=lambda *args: epochs.append(args))
   assert result['diverged'] == [False, True, False]
   assert result['diverged_step'] == [None, 3, None]
@@ -132,7 +133,7 @@ def test_all_diverged_stops_early(config):
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 1e20
   epochs = []
-  result = sweep_train.train_trials([config], dataset, jax.devices()[:1],
+  result = vectorized.train_trials([config], dataset, jax.devices()[:1],
                                     on_epoch=lambda *args: epochs.append(args))
   assert result['diverged'] == [True] and result['diverged_step'] == [1]
   assert len(epochs) == 1 and result['history'] == [[]]
@@ -140,13 +141,13 @@ def test_all_diverged_stops_early(config):
 
 @pytest.mark.parametrize('platform,expected', [('cpu', 2), ('gpu', 16), ('tpu', 16)])
 def test_chunks_fit_the_cpu_cache_and_fill_accelerators(config, platform, expected):
-  state = train.create_train_state(config, jax.random.PRNGKey(0), 10)
-  state_bytes = sweep_train.tree_bytes(state)
-  assert sweep_train.default_chunk_size(16, state_bytes, platform) == expected
-  assert sweep_train.default_chunk_size(1, state_bytes, platform) == 1
-  assert sweep_train.default_chunk_size(16, 100 * state_bytes, 'cpu') == 1
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), 10)
+  state_bytes = vectorized.tree_bytes(state)
+  assert vectorized.default_chunk_size(16, state_bytes, platform) == expected
+  assert vectorized.default_chunk_size(1, state_bytes, platform) == 1
+  assert vectorized.default_chunk_size(16, 100 * state_bytes, 'cpu') == 1
 
 
 def test_trials_of_different_programs_are_refused(config, dataset):
   with pytest.raises(ValueError, match='one program'):
-    sweep_train.train_trials([config, _variant(config, model__hidden_sizes=(8,))], dataset)
+    vectorized.train_trials([config, _variant(config, model__hidden_sizes=(8,))], dataset)

@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlp_mnist import parallel
-from mlp_mnist import reporting
+from mlp_mnist import steps
 from mlp_mnist import train
+from mlp_mnist.devices import compilation
+from mlp_mnist.devices import parallel
+from mlp_mnist.records import run_files
+from mlp_mnist.sweeps import vectorized
 
 from conftest import synthetic_dataset
 
@@ -21,9 +24,9 @@ def _batch(dataset, n, split='train'):
 
 
 def test_train_step_lowers_the_loss(config, dataset):
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
   batch = _batch(dataset, 32)
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps.train_step)
   losses = []
   for i in range(15):
     state, metrics = step(state, batch, jax.random.PRNGKey(i))
@@ -35,11 +38,11 @@ def test_train_step_lowers_the_loss(config, dataset):
 
 
 def test_eval_step_matches_numpy_exactly(config, dataset):
-  state = train.create_train_state(config, jax.random.PRNGKey(7), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(7), steps_per_epoch=10)
   images, labels = dataset['test']
   mask = np.arange(len(labels)) % 7 != 3  # Padding entries must not count.
   batch = {'image': images, 'label': labels, 'mask': mask, 'index': np.arange(len(labels))}
-  metrics = jax.device_get(jax.jit(train.eval_step)(state, batch))
+  metrics = jax.device_get(jax.jit(steps.eval_step)(state, batch))
 
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), state.params)
   x = images.reshape(len(images), -1) / 255.0
@@ -78,11 +81,11 @@ def test_one_two_and_four_devices_agree(config):
 
 def test_evaluation_counts_every_example_once_on_any_device_count(config):
   dataset = synthetic_dataset(num_train=64, num_test=101)
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=2)
-  expected = jax.device_get(jax.jit(train.eval_step)(state, _batch(dataset, 101, 'test')))
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=2)
+  expected = jax.device_get(jax.jit(steps.eval_step)(state, _batch(dataset, 101, 'test')))
   for n in (1, 3, 4):
     devices = jax.devices()[:n]
-    evaluate = parallel.pmap(functools.partial(train.evaluate, axis_name=parallel.AXIS), devices,
+    evaluate = parallel.pmap(functools.partial(steps.evaluate, axis_name=parallel.AXIS), devices,
                              in_axes=(None, None, None, 0))
     indices = parallel.eval_batch_indices(101, 8, n)
     totals = jax.device_get(evaluate(*parallel.replicate((state, *dataset['test']), devices),
@@ -97,14 +100,14 @@ def test_vmapped_train_step_equals_single_trials(config, dataset):
   states = []
   for seed, lr, dropout in ((0, 1e-3, 0.1), (1, 3e-3, 0.4)):
     config.seed, config.optimizer.learning_rate, config.model.dropout_rate = seed, lr, dropout
-    states.append(train.create_train_state(config, jax.random.PRNGKey(seed), 10))
+    states.append(steps.create_train_state(config, jax.random.PRNGKey(seed), 10))
   batch = _batch(dataset, 32)
   rngs = jnp.stack([jax.random.PRNGKey(5), jax.random.PRNGKey(6)])
-  stacked = train.stack_trials(states)
-  vmapped_state, vmapped_metrics = jax.jit(jax.vmap(train.train_step, in_axes=(0, None, 0)))(
+  stacked = vectorized.stack_trials(states)
+  vmapped_state, vmapped_metrics = jax.jit(jax.vmap(steps.train_step, in_axes=(0, None, 0)))(
       stacked, batch, rngs)
   for i, state in enumerate(states):
-    single_state, single_metrics = jax.jit(train.train_step)(state, batch, rngs[i])
+    single_state, single_metrics = jax.jit(steps.train_step)(state, batch, rngs[i])
     # Adam's first step is ~lr * sign(g): tiny gradients amplify summation-order noise.
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=5e-5),
                  jax.tree.map(lambda x: x[i], vmapped_state.params), single_state.params)
@@ -119,9 +122,9 @@ def test_runs_are_reproducible_and_write_their_outputs(config, dataset, tmp_path
   for a, b in zip(first['history'], second['history']):
     assert {k: v for k, v in a.items() if 'sec' not in k} == {
         k: v for k, v in b.items() if 'sec' not in k}
-  records = reporting.read_metrics(str(tmp_path))
+  records = run_files.read_metrics(str(tmp_path))
   assert [r['epoch'] for r in records] == [1, 2, 3]
-  assert set(reporting.METRIC_KEYS) <= set(records[0])
+  assert set(run_files.METRIC_KEYS) <= set(records[0])
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['num_epochs'] == 3
 
@@ -145,9 +148,9 @@ def test_real_mnist_default_recipe_reaches_keras_accuracy(config, tmp_path):
 def test_small_cpu_programs_compile_without_ynnpack_fusions():
   x = jnp.ones((32, 784))
   lowered = jax.jit(lambda x, w: jax.nn.relu(x @ w).sum()).lower(x, jnp.ones((784, 128)))
-  small = train.compile_program(lowered, 'cpu', rows=32)
+  small = compilation.compile_program(lowered, 'cpu', rows=32)
   assert '__ynn_fusion' not in small.as_text()
   assert float(small(x, jnp.ones((784, 128)))) == 32 * 128 * 784
   # An option this XLA does not know is left out, not an error.
-  unknown = train.compile_with_options(lowered, {'xla_cpu_no_such_option': ''})
+  unknown = compilation.compile_with_options(lowered, {'xla_cpu_no_such_option': ''})
   assert float(unknown(x, jnp.ones((784, 128)))) == 32 * 128 * 784

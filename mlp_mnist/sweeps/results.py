@@ -17,11 +17,11 @@ from typing import Any, Sequence
 from etils import epath
 
 from mlp_mnist import config_checks
-from mlp_mnist import reporting
+from mlp_mnist.records import run_files
 
 DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
 FINISHED = (DONE, DIVERGED)  # Final results: a re-run skips them (and reruns the others).
-METRIC_COLUMNS = reporting.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
+METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
 
 
 def trial_dir(workdir: str, name: str) -> str:
@@ -56,7 +56,7 @@ def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any
 
 def _read_records(directory: str) -> list[dict]:
   try:
-    return reporting.read_metrics(directory)
+    return run_files.read_metrics(directory)
   except (FileNotFoundError, json.JSONDecodeError):
     return []
 
@@ -113,7 +113,7 @@ def _display(value: Any) -> str:
 
 def write_plots(workdir: str, rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
   """One PNG per swept key: final test accuracy against its values, a line per other setting."""
-  from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
   rows = [r for r in rows if _accuracy(r) >= 0]
   paths = []
   for key in keys:

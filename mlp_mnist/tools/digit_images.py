@@ -9,7 +9,7 @@ gray, always with `'light'`, never with `'dark'`.
 
 import numpy as np
 
-from mlp_mnist import input_pipeline
+from mlp_mnist import data
 
 BACKGROUNDS = ('auto', 'dark', 'light')
 DIGIT_BOX = 20
@@ -76,7 +76,7 @@ def to_mnist(gray: np.ndarray, background: str = 'auto') -> np.ndarray:
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
-  height, width = input_pipeline.IMAGE_SHAPE
+  height, width = data.IMAGE_SHAPE
   total = digit.sum()
   ys, xs = np.indices(digit.shape)
   centre_y, centre_x = (ys * digit).sum() / total, (xs * digit).sum() / total

@@ -1,4 +1,5 @@
-"""A progress bar per epoch on a terminal; nothing in between epoch lines elsewhere, so logs stay clean."""
+"""The console: one line per epoch, and a progress bar during each epoch on a terminal only
+(nothing in between epoch lines elsewhere, so logs stay clean)."""
 
 import time
 from typing import TextIO
@@ -62,3 +63,11 @@ class EpochBar:
     """Clears the line, so the epoch's summary line replaces the bar."""
     self._stream.write('\r' + ' ' * self._width + '\r')
     self._stream.flush()
+
+
+def format_epoch(record: dict) -> str:
+  """The console line of an epoch record."""
+  return (f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
+          f"acc {record['train_accuracy']:.2%}  test loss {record['test_loss']:.4f} "
+          f"acc {record['test_accuracy']:.2%}  {record['examples_per_sec']:,.0f} ex/s  "
+          f"{record['elapsed_sec']:.1f}s")

@@ -8,10 +8,12 @@ explicitly, as flags or as JAX's standard environment variables `JAX_COORDINATOR
 
 import os
 
+from mlp_mnist import errors
+
 MODES = ('auto', 'on', 'off')
 
 
-class DistributedError(RuntimeError):
+class DistributedError(errors.UserError, RuntimeError):
   """The multi-process set-up is incomplete or failed; the message says what to give."""
 
 

@@ -15,11 +15,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'silu': nn.silu,
     'leaky_relu': nn.leaky_relu,
 }
-NUM_CLASSES = 10
 
 
 class MLP(nn.Module):
-  """Flatten -> [Dense -> activation -> dropout] * len(hidden_sizes) -> Dense(10) logits.
+  """Flatten -> [Dense -> activation -> dropout] * len(hidden_sizes) -> Dense(num_classes) logits.
 
   Dense layers use Keras' initializers (Glorot-uniform kernels, zero biases). Dropout takes its
   rate and one PRNG key per example as call arguments: trials that differ only in the rate share
@@ -27,6 +26,7 @@ class MLP(nn.Module):
   lands in. `use_dropout=False` leaves the dropout ops out of the program altogether.
   """
 
+  num_classes: int = 10
   hidden_sizes: Sequence[int] = (128,)
   activation: str = 'relu'
   use_dropout: bool = False
@@ -42,7 +42,7 @@ class MLP(nn.Module):
       if self.use_dropout and dropout_rngs is not None:
         layer_rngs = jax.vmap(jax.random.fold_in, (0, None))(dropout_rngs, layer)
         x = jax.vmap(dropout, (0, None, 0))(x, dropout_rate, layer_rngs)
-    return nn.Dense(NUM_CLASSES, kernel_init=nn.initializers.glorot_uniform())(x)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.glorot_uniform())(x)
 
 
 def dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array) -> jax.Array:
@@ -52,7 +52,7 @@ def dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array) -> jax.Array:
   return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
 
 
-def create_model(model_config) -> MLP:
-  """Builds the MLP described by `config.model`."""
-  return MLP(hidden_sizes=tuple(model_config.hidden_sizes), activation=model_config.activation,
+def from_config(model_config, num_classes: int) -> MLP:
+  """Builds the MLP described by `config.model`, with `num_classes` outputs."""
+  return MLP(num_classes=num_classes, hidden_sizes=tuple(model_config.hidden_sizes), activation=model_config.activation,
              use_dropout=model_config.dropout_rate > 0)

@@ -14,13 +14,13 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from etils import epath
 
-from mlp_mnist import input_pipeline
-from mlp_mnist import parallel
-from mlp_mnist import reporting
-from mlp_mnist import run_records
-from mlp_mnist import sweep_results
-from mlp_mnist import sweep_spec
-from mlp_mnist import sweep_train
+from mlp_mnist import data
+from mlp_mnist.devices import parallel
+from mlp_mnist.records import run_files
+from mlp_mnist.records import workdirs
+from mlp_mnist.sweeps import results
+from mlp_mnist.sweeps import sweep_files
+from mlp_mnist.sweeps import vectorized
 
 def worker_share(groups: Sequence[Sequence[int]], num_workers: int,
                  worker_index: int) -> list[list[int]]:
@@ -30,7 +30,7 @@ def worker_share(groups: Sequence[Sequence[int]], num_workers: int,
   worker gets the same number of trials, also when the whole sweep is one group.
   """
   if not 1 <= num_workers or not 0 <= worker_index < num_workers:
-    raise sweep_spec.SweepError(f'--worker_index={worker_index} must be in [0, --num_workers='
+    raise sweep_files.SweepError(f'--worker_index={worker_index} must be in [0, --num_workers='
                                 f'{num_workers}) and --num_workers at least 1.')
   ordered = [i for g in groups for i in g]
   start = len(ordered) * worker_index // num_workers
@@ -40,7 +40,7 @@ def worker_share(groups: Sequence[Sequence[int]], num_workers: int,
 
 def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
               num_workers: int = 1, worker_index: int = 0, max_group_size: int = 0,
-              devices=None, dataset: input_pipeline.Dataset | None = None,
+              devices=None, dataset: data.Dataset | None = None,
               report_only: bool = False, log: Callable[[str], Any] = print) -> list[dict]:
   """Runs this worker's unfinished trials, then writes the results of the whole sweep.
 
@@ -48,15 +48,15 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   writes the results when all have finished. Returns the results table (one row per trial of the
   sweep, all workers' trials included).
   """
-  trials = sweep_spec.sweep_trials(config, sweep_path)
-  keys = sweep_spec.swept_keys([t.overrides for t in trials])
-  groups = sweep_train.group_by_program([t.config for t in trials], max_group_size)
+  trials = sweep_files.sweep_trials(config, sweep_path)
+  keys = sweep_files.swept_keys([t.overrides for t in trials])
+  groups = vectorized.group_by_program([t.config for t in trials], max_group_size)
   if not report_only:
     share = worker_share(groups, num_workers, worker_index)
     _check_existing_trials(workdir, [trials[i] for g in share for i in g])
     _write_sweep_file(workdir, sweep_path, keys, trials, groups)
     finished = {i for g in share for i in g
-                if sweep_results.read_status(_dir(workdir, trials[i])) in sweep_results.FINISHED}
+                if results.read_status(_dir(workdir, trials[i])) in results.FINISHED}
     todo = [[i for i in g if i not in finished] for g in share]
     todo = [g for g in todo if g]
     devices = parallel.local_devices(devices)
@@ -66,14 +66,14 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
         f'{len(devices)} {devices[0].platform} device(s).')
     if todo:
       if dataset is None:
-        dataset = input_pipeline.load_dataset(config.data)
+        dataset = data.load_dataset(config.data)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       for group in todo:
         _run_group(workdir, [trials[i] for i in group], dataset, devices, progress)
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
-  if not run_records.is_lead_process():
-    return sweep_results.result_rows(workdir, trials, keys)
+  if not workdirs.is_lead_process():
+    return results.result_rows(workdir, trials, keys)
   return write_results(workdir, trials, keys, log)
 
 
@@ -81,41 +81,41 @@ def write_results(workdir: str, trials, keys: Sequence[str],
                   log: Callable[[str], Any] = print) -> list[dict]:
   """Rebuilds `results.csv`, `results.jsonl` and the plots from the trial folders; logs the
   leaderboard. Returns the rows."""
-  rows = sweep_results.result_rows(workdir, trials, keys)
-  paths = sweep_results.write_tables(workdir, rows, keys)
-  paths += sweep_results.write_plots(workdir, rows, keys)
-  log(sweep_results.leaderboard(rows))
+  rows = results.result_rows(workdir, trials, keys)
+  paths = results.write_tables(workdir, rows, keys)
+  paths += results.write_plots(workdir, rows, keys)
+  log(results.leaderboard(rows))
   log(f'Wrote {", ".join(p[len(str(workdir)):].lstrip("/") for p in paths)} in {workdir}.')
   return rows
 
 
-def _dir(workdir: str, trial: sweep_spec.Trial) -> str:
-  return sweep_results.trial_dir(workdir, trial.name)
+def _dir(workdir: str, trial: sweep_files.Trial) -> str:
+  return results.trial_dir(workdir, trial.name)
 
 
-def _run_group(workdir: str, trials: list[sweep_spec.Trial], dataset, devices,
+def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
                progress: 'Progress') -> None:
   """Trains one program group; writes each trial's config, metrics and final status."""
   dirs = [_dir(workdir, t) for t in trials]
   for trial, directory in zip(trials, dirs):
-    reporting.write_config(directory, trial.config)
-    reporting.write_metrics(directory, [])  # A rerun starts its metrics afresh.
-    sweep_results.write_status(directory, sweep_results.RUNNING)
+    run_files.write_config(directory, trial.config)
+    run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh.
+    results.write_status(directory, results.RUNNING)
   progress.start_group(trials)
 
   def on_epoch(epoch, records, diverged):
     for i, record in records.items():
-      reporting.append_metrics(dirs[i], record)
+      run_files.append_metrics(dirs[i], record)
     progress.epoch(epoch, records, diverged)
 
   try:
-    result = sweep_train.train_trials([t.config for t in trials], dataset, devices, on_epoch)
+    result = vectorized.train_trials([t.config for t in trials], dataset, devices, on_epoch)
   except Exception as e:  # pylint: disable=broad-except
     # One group's failure (out of memory, say) must not stop the others; a re-run retries it.
     detail = traceback.format_exc()
     for directory in dirs:
-      sweep_results.write_status(directory, sweep_results.FAILED, detail)
-    progress.end_group([sweep_results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
+      results.write_status(directory, results.FAILED, detail)
+    progress.end_group([results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
     return
   statuses = []
   num_train = len(dataset['train'][1])
@@ -123,30 +123,30 @@ def _run_group(workdir: str, trials: list[sweep_spec.Trial], dataset, devices,
   for directory, history, diverged, step in zip(dirs, result['history'], result['diverged'],
                                                 result['diverged_step']):
     if history and not diverged:
-      reporting.write_summary(directory, {**history[-1], 'num_train_examples': num_train,
+      run_files.write_summary(directory, {**history[-1], 'num_train_examples': num_train,
                                           'timings': result['timings']})
     if diverged:
-      sweep_results.write_status(
-          directory, sweep_results.DIVERGED,
+      results.write_status(
+          directory, results.DIVERGED,
           f'loss or weights not finite at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); '
           'training stopped there.')
     else:
-      sweep_results.write_status(directory, sweep_results.DONE)
-    statuses.append(sweep_results.DIVERGED if diverged else sweep_results.DONE)
+      results.write_status(directory, results.DONE)
+    statuses.append(results.DIVERGED if diverged else results.DONE)
   progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
                      f'trained in {result["timings"]["train_sec"]:.1f}s')
 
 
-def _check_existing_trials(workdir: str, trials: Sequence[sweep_spec.Trial]) -> None:
+def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
   """Refuses to resume into trial folders that were run with a different config."""
   for trial in trials:
     try:
-      saved = reporting.read_config(_dir(workdir, trial))
+      saved = run_files.read_config(_dir(workdir, trial))
     except json.JSONDecodeError:
       continue  # Written by a run that died mid-write: it is rerun.
-    differences = run_records.config_differences(saved, trial.config) if saved else []
+    differences = workdirs.config_differences(saved, trial.config) if saved else []
     if differences:
-      raise sweep_spec.SweepError(
+      raise sweep_files.SweepError(
           f'{_dir(workdir, trial)} was run with a different config ({differences[0]}'
           f'{"; ..." if len(differences) > 1 else ""}); use another --workdir, or delete that '
           'folder to rerun the trial.')
@@ -172,7 +172,7 @@ class Progress:
     self.num_groups, self.group_index, self.start = num_groups, 0, time.time()
     self.running = []
 
-  def start_group(self, trials: list[sweep_spec.Trial]) -> None:
+  def start_group(self, trials: list[sweep_files.Trial]) -> None:
     self.group_index += 1
     self.running = trials
     self.log(f'group {self.group_index}/{self.num_groups}: {len(trials)} trial(s) of one program '
@@ -205,5 +205,5 @@ class Progress:
 
 
 def failed_trials(rows: Sequence[dict]) -> list[str]:
-  return [r['trial'] for r in rows if r['status'] == sweep_results.FAILED]
+  return [r['trial'] for r in rows if r['status'] == results.FAILED]
 

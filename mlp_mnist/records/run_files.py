@@ -1,9 +1,10 @@
-"""What a run leaves behind: the resolved config, one JSON line per epoch, the console line.
+"""The files a run writes whole: the resolved config, one JSON line per epoch, the summary.
 
 Paths go through `etils.epath`, so a workdir may be local or on a cloud bucket (`gs://...`).
 """
 
 import json
+import os
 
 from etils import epath
 
@@ -57,8 +58,11 @@ def without_timing(record: dict) -> dict:
   return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
-def format_epoch(record: dict) -> str:
-  return (f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
-          f"acc {record['train_accuracy']:.2%}  test loss {record['test_loss']:.4f} "
-          f"acc {record['test_accuracy']:.2%}  {record['examples_per_sec']:,.0f} ex/s  "
-          f"{record['elapsed_sec']:.1f}s")
+def write_text_atomic(path, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it over `path`, so a process
+  killed mid-write leaves the old file or the new one, never half of either (local or `gs://`)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
+  tmp.write_text(text)
+  tmp.replace(path)

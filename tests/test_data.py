@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mlp_mnist import input_pipeline
+from mlp_mnist.data import pipeline
 
 from conftest import synthetic_dataset
 
@@ -16,10 +16,10 @@ from conftest import synthetic_dataset
 def _write_idx_dir(path, dataset, compress=('train',)):
   """Writes the four IDX files; the splits in `compress` gzip-compressed."""
   os.makedirs(path, exist_ok=True)
-  for split, (images_name, labels_name) in input_pipeline.IDX_FILES.items():
+  for split, (images_name, labels_name) in pipeline.IDX_FILES.items():
     images, labels = dataset[split]
-    for name, magic, array in ((images_name, input_pipeline.IMAGES_MAGIC, images),
-                               (labels_name, input_pipeline.LABELS_MAGIC, labels)):
+    for name, magic, array in ((images_name, pipeline.IMAGES_MAGIC, images),
+                               (labels_name, pipeline.LABELS_MAGIC, labels)):
       content = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
       content += np.asarray(array, np.uint8).tobytes()
       if split in compress:
@@ -31,12 +31,12 @@ def _write_idx_dir(path, dataset, compress=('train',)):
 
 
 def _data_config(config, tmp_path, **overrides):
-  data = config.data
-  data.data_dir = str(tmp_path / 'tfds')
-  data.cache_dir = str(tmp_path / 'cache')
+  data_config = config.data
+  data_config.data_dir = str(tmp_path / 'tfds')
+  data_config.cache_dir = str(tmp_path / 'cache')
   for key, value in overrides.items():
-    data[key] = value
-  return data
+    data_config[key] = value
+  return data_config
 
 
 def _sorted(images, labels):
@@ -47,21 +47,21 @@ def _sorted(images, labels):
 def test_offline_preparation_writes_a_real_tfds_dataset(config, tmp_path):
   expected = synthetic_dataset(num_train=40, num_test=12, seed=3)
   _write_idx_dir(tmp_path / 'idx', expected)
-  data = _data_config(config, tmp_path, local_dir=str(tmp_path / 'idx'))
-  dataset = input_pipeline.load_dataset(data)
+  data_config = _data_config(config, tmp_path, local_dir=str(tmp_path / 'idx'))
+  dataset = pipeline.load_dataset(data_config)
   for split in ('train', 'test'):
     images, labels = dataset[split]
     assert images.dtype == np.uint8 and labels.dtype == np.int32
     for got, want in zip(_sorted(images, labels), _sorted(*expected[split])):
       np.testing.assert_array_equal(got, want)
   # The registered TFDS builder now reads it with download=False, as tfds.load would.
-  tfds = input_pipeline.import_tfds()
-  test = tfds.as_numpy(tfds.load('mnist', split='test', data_dir=data.data_dir, download=False,
+  tfds = pipeline.import_tfds()
+  test = tfds.as_numpy(tfds.load('mnist', split='test', data_dir=data_config.data_dir, download=False,
                                  batch_size=-1))
   assert test['image'].shape == (12, 28, 28, 1)
   # The decoded cache was written and serves the next load.
   assert os.path.exists(tmp_path / 'cache' / 'mnist-3.0.1.npz')
-  cached = input_pipeline.load_dataset(data)
+  cached = pipeline.load_dataset(data_config)
   np.testing.assert_array_equal(cached['train'][0], dataset['train'][0])
 
 
@@ -71,7 +71,7 @@ def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):
   np.savez(tmp_path / 'cache' / 'mnist-3.0.1.npz',
            **{f'{s}_{k}': a for s, (im, lb) in expected.items()
               for k, a in (('images', im), ('labels', lb))})
-  code = ('import sys, ml_collections; from mlp_mnist import input_pipeline as ip; '
+  code = ('import sys, ml_collections; from mlp_mnist.data import pipeline as ip; '
           f'd = ip.load_dataset(ml_collections.ConfigDict(dict(name="mnist", version="3.0.1", '
           f'data_dir="", local_dir="", cache_dir="{tmp_path / "cache"}", use_cache=True, '
           'download=False))); assert d["train"][0].shape == (20, 28, 28); '
@@ -105,9 +105,9 @@ def test_bad_idx_files_fail_clearly_before_tfds_writes(config, tmp_path, corrupt
     (idx / 't10k-labels-idx1-ubyte').write_bytes(content)
   elif corruption == 'not_gzip':
     (idx / 'train-labels-idx1-ubyte.gz').write_bytes(b'not a gzip file at all')
-  data = _data_config(config, tmp_path, local_dir=str(idx))
-  with pytest.raises(input_pipeline.DataError) as e:
-    input_pipeline.load_dataset(data)
+  data_config = _data_config(config, tmp_path, local_dir=str(idx))
+  with pytest.raises(pipeline.DataError) as e:
+    pipeline.load_dataset(data_config)
   assert message in str(e.value)
   assert not (tmp_path / 'tfds').exists()
 
@@ -116,27 +116,27 @@ def test_no_network_and_no_local_files_fails_within_seconds(config, tmp_path, mo
   def unreachable(*args, **kwargs):
     raise socket.gaierror(-2, 'Name or service not known')
 
-  monkeypatch.setattr(input_pipeline.socket, 'create_connection', unreachable)
-  data = _data_config(config, tmp_path)
-  input_pipeline.import_tfds()  # Its import time is not what this test measures.
+  monkeypatch.setattr(pipeline.socket, 'create_connection', unreachable)
+  data_config = _data_config(config, tmp_path)
+  pipeline.import_tfds()  # Its import time is not what this test measures.
   start = time.time()
-  with pytest.raises(input_pipeline.DataError) as e:
-    input_pipeline.load_dataset(data)
+  with pytest.raises(pipeline.DataError) as e:
+    pipeline.load_dataset(data_config)
   assert time.time() - start < 10
   assert 'download host storage.googleapis.com is unreachable' in str(e.value)
   assert '--config.data.local_dir=DIR' in str(e.value)
 
 
 def test_downloads_off_and_nothing_prepared_says_how_to_provide_data(config, tmp_path):
-  with pytest.raises(input_pipeline.DataError, match='downloads are off;.*local_dir'):
-    input_pipeline.load_dataset(_data_config(config, tmp_path, download=False))
+  with pytest.raises(pipeline.DataError, match='downloads are off;.*local_dir'):
+    pipeline.load_dataset(_data_config(config, tmp_path, download=False))
 
 
 def test_tfds_pipeline_under_mock_data(config, tmp_path, monkeypatch):
-  tfds = input_pipeline.import_tfds()
-  monkeypatch.setattr(input_pipeline, '_check_reachable', lambda *args: None)
+  tfds = pipeline.import_tfds()
+  monkeypatch.setattr(pipeline, '_check_reachable', lambda *args: None)
   with tfds.testing.mock_data(num_examples=24):
-    dataset = input_pipeline.load_dataset(_data_config(config, tmp_path, use_cache=False))
+    dataset = pipeline.load_dataset(_data_config(config, tmp_path, use_cache=False))
   for split in ('train', 'test'):
     images, labels = dataset[split]
     assert images.shape == (24, 28, 28) and images.dtype == np.uint8

@@ -17,10 +17,22 @@ import ml_collections
 import numpy as np
 
 from mlp_mnist import config_checks
-from mlp_mnist import input_pipeline
+from mlp_mnist import data
+from mlp_mnist import epochs
 from mlp_mnist import optimizers
-from mlp_mnist import parallel
-from mlp_mnist import train
+from mlp_mnist import steps
+from mlp_mnist.devices import compilation
+from mlp_mnist.devices import parallel
+
+
+def stack_trials(states: list[steps.TrainState]) -> steps.TrainState:
+  """Stacks the states of trials that share one program along a new leading trial axis.
+
+  The trials must differ only in values (parameters, seeds, injected hyperparameters, dropout
+  rate), not in shapes or structure; the first state's model, optimizer and schedule serve all.
+  """
+  leaves = zip(*(jax.tree.leaves(s) for s in states))
+  return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(x) for x in leaves])
 
 
 def injected_config_keys(opt_config: ml_collections.ConfigDict) -> set[str]:
@@ -60,19 +72,19 @@ def group_by_program(configs: Sequence[ml_collections.ConfigDict],
   return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def guarded_train_epoch(state: train.TrainState, diverged: jax.Array, images: jax.Array,
+def guarded_train_epoch(state: steps.TrainState, diverged: jax.Array, images: jax.Array,
                         labels: jax.Array, batch_indices: jax.Array):
-  """`train.train_epoch` of one trial that stops updating once its loss or weights are not finite.
+  """`steps.train_epoch` of one trial that stops updating once its loss or weights are not finite.
 
   A step whose loss, gradient or new parameters are NaN or infinite is not applied and sets
   `diverged`; from then on the trial keeps its last finite state. Returns ((state, diverged),
-  metrics as `train.train_epoch` returns them).
+  metrics as `steps.train_epoch` returns them).
   """
 
   def body(carry, indices):
     state, diverged = carry
-    new_state, metrics = train.train_step(state, train.gather_batch(images, labels, indices),
-                                          train.step_rng(state))
+    new_state, metrics = steps.train_step(state, steps.gather_batch(images, labels, indices),
+                                          steps.step_rng(state))
     diverged = diverged | ~(jnp.isfinite(metrics['loss_sum']) & _norms_finite(metrics))
     state = jax.tree.map(lambda old, new: jnp.where(diverged, old, new), state, new_state)
     return (state, diverged), metrics
@@ -90,12 +102,12 @@ def chunk_epoch(carry, images: jax.Array, labels: jax.Array, batch_indices: jax.
   """One epoch of a chunk of trials (leading axis), each as `guarded_train_epoch` trains it.
 
   Selecting between old and new state at every step, and the per-step norms that tell when to,
-  cost a third of a step on CPUs: the epoch runs as `train.train_epoch` and is rerun guarded only
+  cost a third of a step on CPUs: the epoch runs as `steps.train_epoch` and is rerun guarded only
   when a trial's loss or weights stopped being finite during it. Trials that diverged in earlier
   epochs keep their state.
   """
   state, diverged = carry
-  new_state, metrics = jax.vmap(train.train_epoch, in_axes=(0, None, None, 0))(
+  new_state, metrics = jax.vmap(steps.train_epoch, in_axes=(0, None, None, 0))(
       state, images, labels, batch_indices)
   # Parameters that stop being finite make the next step's loss infinite or NaN, or at the end of
   # the epoch the parameter norm: checking these misses no step.
@@ -119,7 +131,7 @@ def trial_batch_indices(configs: Sequence[ml_collections.ConfigDict], epoch: int
   by_seed = {}
   for config in configs:
     if config.seed not in by_seed:
-      order = train.epoch_permutation(config.seed, epoch, num_examples)
+      order = epochs.epoch_permutation(config.seed, epoch, num_examples)
       by_seed[config.seed] = parallel.shard_batch_indices(order, config.batch_size, 1)[0]
   return np.stack([by_seed[c.seed] for c in configs])
 
@@ -144,7 +156,7 @@ def tree_bytes(tree) -> int:
   return sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
 
-def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: input_pipeline.Dataset,
+def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset,
                  devices=None, on_epoch: Callable[..., Any] | None = None,
                  chunk_size: int = 0) -> dict[str, Any]:
   """Trains trials that share one program together, spread over `devices`.
@@ -165,52 +177,48 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: input_pi
   num_train = len(train_labels)
   steps_per_epoch = -(-num_train // first.batch_size)
 
-  states = [train.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch)
+  states = [steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch)
             for c in configs]
   chunk = chunk_size or default_chunk_size(-(-num_trials // num_devices), tree_bytes(states[0]),
                                            devices[0].platform)
-  carry = parallel.split_trials((train.stack_trials(states), np.zeros(num_trials, bool)),
+  carry = parallel.split_trials((stack_trials(states), np.zeros(num_trials, bool)),
                                 num_devices, chunk)
   train_data, test_data, test_indices = parallel.replicate(
       ((train_images, train_labels), (test_images, test_labels),
        parallel.eval_batch_indices(len(test_labels), first.eval_batch_size, 1)[0]), devices)
   train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
                                   donate_argnums=(0,))
-  eval_fn = parallel.pmap_trials(jax.vmap(train.evaluate, in_axes=(0, None, None, None)),
+  eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
                                  devices, (0, None, None, None), chunk)
 
   def epoch_indices(epoch):
     return parallel.split_trials(trial_batch_indices(configs, epoch, num_train), num_devices,
                                  chunk)
 
-  compile_start = time.time()
+  book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
   platform = devices[0].platform
-  train_fn = train.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)), platform,
-                                   first.batch_size)
-  eval_fn = train.compile_program(eval_fn.lower(carry[0], *test_data, test_indices), platform,
-                                  first.eval_batch_size)
-  timings = {'compile_sec': time.time() - compile_start, 'train_sec': 0.0, 'eval_sec': 0.0}
+  with book.timed('compile_sec'):
+    train_fn = compilation.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)),
+                                           platform, first.batch_size)
+    eval_fn = compilation.compile_program(eval_fn.lower(carry[0], *test_data, test_indices),
+                                          platform, first.eval_batch_size)
 
   history = [[] for _ in configs]
   diverged = np.zeros(num_trials, bool)
   for epoch in range(1, first.num_epochs + 1):
-    epoch_start = time.time()
-    carry, step_metrics = train_fn(carry, *train_data, epoch_indices(epoch))
-    step_metrics, diverged_now = parallel.merge_trials(jax.device_get((step_metrics, carry[1])),
-                                                       num_trials)
-    epoch_sec = time.time() - epoch_start
-    timings['train_sec'] += epoch_sec
+    with book.timed('train_sec'):
+      carry, step_metrics = train_fn(carry, *train_data, epoch_indices(epoch))
+      step_metrics, diverged_now = parallel.merge_trials(
+          jax.device_get((step_metrics, carry[1])), num_trials)
+    epoch_sec = book.last_sec
     records = {}
-    if train.logs_epoch(first, epoch):
-      eval_start = time.time()
-      totals = parallel.merge_trials(jax.device_get(eval_fn(carry[0], *test_data, test_indices)),
-                                     num_trials)
-      timings['eval_sec'] += time.time() - eval_start
+    if book.logs(epoch):
+      with book.timed('eval_sec'):
+        totals = parallel.merge_trials(
+            jax.device_get(eval_fn(carry[0], *test_data, test_indices)), num_trials)
       for i in np.flatnonzero(~diverged_now):
-        record = train.epoch_record(epoch, steps_per_epoch,
-                                    jax.tree.map(lambda x: x[i], step_metrics),
-                                    jax.tree.map(lambda x: x[i], totals), num_train, epoch_sec,
-                                    start)
+        record = book.record(epoch, jax.tree.map(lambda x: x[i], step_metrics),
+                             jax.tree.map(lambda x: x[i], totals), epoch_sec)
         history[i].append(record)
         records[int(i)] = record
     diverged = diverged_now
@@ -220,12 +228,12 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: input_pi
       break
 
   state = parallel.merge_trials(carry[0], num_trials)
-  steps = np.asarray(jax.device_get(state.step))
-  timings['total_sec'] = time.time() - start
+  final_steps = np.asarray(jax.device_get(state.step))
+  timings = book.finish()
   return {
       'history': history,
       'diverged': diverged.tolist(),
-      'diverged_step': [int(s) + 1 if d else None for s, d in zip(steps, diverged)],
+      'diverged_step': [int(s) + 1 if d else None for s, d in zip(final_steps, diverged)],
       'state': state,
       'timings': timings,
   }

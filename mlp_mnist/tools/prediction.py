@@ -4,8 +4,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlp_mnist import digit_images
-from mlp_mnist import evaluation
+from mlp_mnist.tools import digit_images
+from mlp_mnist.tools import evaluation
 
 TOP_K = 3
 

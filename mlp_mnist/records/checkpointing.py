@@ -18,13 +18,14 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mlp_mnist import parallel
+from mlp_mnist import errors
+from mlp_mnist.devices import parallel
 
 CHECKPOINTS_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A requested checkpoint does not exist or cannot be read; the message says what to do."""
 
 

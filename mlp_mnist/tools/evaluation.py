@@ -10,28 +10,30 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from mlp_mnist import checkpointing
-from mlp_mnist import input_pipeline
+from mlp_mnist import data
+from mlp_mnist import epochs
 from mlp_mnist import models
-from mlp_mnist import parallel
-from mlp_mnist import reporting
-from mlp_mnist import run_records
+from mlp_mnist import steps
 from mlp_mnist import train
+from mlp_mnist.devices import parallel
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import run_files
+from mlp_mnist.records import workdirs
 
 PREDICT_BATCH = 1000
 
 
 def load_run(workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None
-             ) -> tuple[ml_collections.ConfigDict, train.TrainState, int, dict[str, Any]]:
+             ) -> tuple[ml_collections.ConfigDict, steps.TrainState, int, dict[str, Any]]:
   """Returns (config, train state replicated on `devices`, step, run record) of a checkpoint.
 
   `step` defaults to the latest checkpoint. The checkpoint is opened read-only, so a training run
   still writing into `workdir` is not disturbed.
   """
-  config = run_records.load_config(workdir)
+  config = workdirs.load_config(workdir)
   devices = parallel.local_devices(devices)
   # The schedule's horizon does not change the state's structure, which is all a restore needs.
-  target = parallel.replicate(train.create_train_state(config, jax.random.PRNGKey(0), 1), devices)
+  target = parallel.replicate(steps.create_train_state(config, jax.random.PRNGKey(0), 1), devices)
   checkpoints = checkpointing.Checkpointer(workdir, read_only=True)
   try:
     state, step, run = checkpoints.restore(target, step)
@@ -48,7 +50,7 @@ def _probabilities(model: models.MLP, params, images: jax.Array) -> jax.Array:
 def predict_probabilities(config: ml_collections.ConfigDict, params,
                           images: np.ndarray) -> np.ndarray:
   """Class probabilities [N, 10] for uint8 or [0, 255] float images [N, 28, 28]."""
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, data.NUM_CLASSES)
   params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
   outputs = []
   for start in range(0, len(images), PREDICT_BATCH):
@@ -56,11 +58,11 @@ def predict_probabilities(config: ml_collections.ConfigDict, params,
     padded = np.zeros((PREDICT_BATCH,) + batch.shape[1:], np.float32)
     padded[:len(batch)] = batch  # One batch shape: one compiled program.
     outputs.append(np.asarray(_probabilities(model, params, jnp.asarray(padded)))[:len(batch)])
-  return np.concatenate(outputs) if outputs else np.zeros((0, models.NUM_CLASSES), np.float32)
+  return np.concatenate(outputs) if outputs else np.zeros((0, data.NUM_CLASSES), np.float32)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int = models.NUM_CLASSES) -> np.ndarray:
+                     num_classes: int = data.NUM_CLASSES) -> np.ndarray:
   """Counts [true, predicted]."""
   matrix = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(matrix, (labels, predictions), 1)
@@ -77,25 +79,25 @@ def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray,
 
 
 def evaluate_run(workdir: str, step: int | None = None, devices=None,
-                 dataset: input_pipeline.Dataset | None = None, num_mistakes: int = 24,
+                 dataset: data.Dataset | None = None, num_mistakes: int = 24,
                  plots_dir: str | None = None) -> dict[str, Any]:
   """Evaluates checkpoint `step` (default: latest) of the run in `workdir` on its test set.
 
-  Test loss and accuracy come from the same pmapped `train.evaluate` that training ran, so they
+  Test loss and accuracy come from the same pmapped `steps.evaluate` that training ran, so they
   equal what training reported for that step on the same devices. Writes `confusion_matrix.png`
   and `misclassified.png` into `plots_dir` (default: the workdir's `plots/`).
   """
-  from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
   config, state, step, run = load_run(workdir, step, devices)
   devices = parallel.local_devices(devices)
   if dataset is None:
-    dataset = input_pipeline.load_dataset(config.data)
+    dataset = data.load_dataset(config.data)
   images, labels = dataset['test']
   trainer = train.Trainer(config, devices)
   test_data = parallel.replicate((images, labels), devices)
   test_indices = trainer.eval_indices(len(labels))
   trainer.compile_evaluation(state, test_data, test_indices)  # The program training ran.
-  metrics = train.summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
+  metrics = epochs.summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
 
   probabilities = predict_probabilities(config, state.params, images)
   predictions = probabilities.argmax(1)
@@ -103,7 +105,7 @@ def evaluate_run(workdir: str, step: int | None = None, devices=None,
   mistakes = most_confident_mistakes(labels, probabilities, num_mistakes)
   epoch = run['epoch']
   reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
-  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / run_records.PLOTS_DIR)
+  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / workdirs.PLOTS_DIR)
   title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
   paths = {
       'confusion_matrix': plots.save_confusion_matrix(
@@ -121,7 +123,7 @@ def evaluate_run(workdir: str, step: int | None = None, devices=None,
       **metrics,
       'per_class_accuracy': (np.diag(matrix) / np.maximum(matrix.sum(1), 1)).tolist(),
       'confusion_matrix': matrix.tolist(),
-      'training_reported': reporting.without_timing(reported) if reported else None,
+      'training_reported': run_files.without_timing(reported) if reported else None,
       'plots': paths,
   }
 

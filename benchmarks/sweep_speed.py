@@ -1,6 +1,6 @@
 """A sweep's trials trained vectorized versus one at a time, measured two ways.
 
-`compare`, in one process: `sweep_train.train_trials` against a loop of `train_and_evaluate`. Both
+`compare`, in one process: `vectorized.train_trials` against a loop of `train_and_evaluate`. Both
 start from the same loaded dataset and include everything a run does (creating the states,
 compiling, every epoch and every evaluation); neither writes files or shows a progress bar. The
 single runs use the devices `scripts/train.py` would: all accelerators, or the CPU as one device (a
@@ -23,35 +23,36 @@ from typing import Any, Callable
 
 import jax
 
-from mlp_mnist import input_pipeline
-from mlp_mnist import parallel
-from mlp_mnist import sweep_spec
-from mlp_mnist import sweep_train
+from mlp_mnist import data
+from mlp_mnist import steps
 from mlp_mnist import train
+from mlp_mnist.devices import parallel
+from mlp_mnist.sweeps import sweep_files
+from mlp_mnist.sweeps import vectorized
 
 
-def compare(trials: list[sweep_spec.Trial], dataset: input_pipeline.Dataset, devices=None,
+def compare(trials: list[sweep_files.Trial], dataset: data.Dataset, devices=None,
             log: Callable[[str], Any] = print) -> dict[str, Any]:
   """Times both ways of training `trials` in this process; logs a report."""
   devices = parallel.local_devices(devices)
   configs = [t.config for t in trials]
   epochs = '/'.join(sorted({str(c.num_epochs) for c in configs}, key=int))
-  groups = sweep_train.group_by_program(configs)
+  groups = vectorized.group_by_program(configs)
   num_train, num_test = len(dataset['train'][1]), len(dataset['test'][1])
   log(f'{len(trials)} trials ({len(groups)} program group(s)), {epochs} epoch(s), '
       f'{num_train} training and {num_test} test examples; {len(devices)} '
       f'{devices[0].platform} device(s), {os.cpu_count()} CPU cores; load average before: '
       f'{_load()}.')
   # JAX's first eager operations in a process cost seconds; neither side should pay for them.
-  jax.block_until_ready(train.create_train_state(configs[0], jax.random.PRNGKey(0), 1).params)
+  jax.block_until_ready(steps.create_train_state(configs[0], jax.random.PRNGKey(0), 1).params)
 
   start = time.time()
-  vectorized, vectorized_compile = [None] * len(configs), 0.0
+  swept, vectorized_compile = [None] * len(configs), 0.0
   for group in groups:
-    result = sweep_train.train_trials([configs[i] for i in group], dataset, devices)
+    result = vectorized.train_trials([configs[i] for i in group], dataset, devices)
     vectorized_compile += result['timings']['compile_sec']
     for i, history in zip(group, result['history']):
-      vectorized[i] = history
+      swept[i] = history
   vectorized_sec = time.time() - start
   log(f'vectorized:    {vectorized_sec:8.1f}s (compiling {vectorized_compile:.1f}s)')
 
@@ -68,7 +69,7 @@ def compare(trials: list[sweep_spec.Trial], dataset: input_pipeline.Dataset, dev
       f'{len(single_run_devices)} device(s) per run)')
 
   accuracy_gap = max(abs(v[-1]['test_accuracy'] - a[-1]['test_accuracy'])
-                     for v, a in zip(vectorized, alone) if v and a)
+                     for v, a in zip(swept, alone) if v and a)
   speedup = alone_sec / vectorized_sec
   log(f'speed-up:      {speedup:8.1f}x; largest difference in final test accuracy between the '
       f'two: {accuracy_gap:.4f}; load average after: {_load()}.')
@@ -77,7 +78,7 @@ def compare(trials: list[sweep_spec.Trial], dataset: input_pipeline.Dataset, dev
           'accuracy_gap': accuracy_gap, 'num_trials': len(trials)}
 
 
-def compare_commands(config_args: list[str], trials: list[sweep_spec.Trial], cpu_devices: int = 0,
+def compare_commands(config_args: list[str], trials: list[sweep_files.Trial], cpu_devices: int = 0,
                      log: Callable[[str], Any] = print) -> dict[str, Any]:
   """Times `scripts/sweep.py` over `trials` against `scripts/train.py` once per trial; logs it.
 
@@ -112,7 +113,7 @@ def compare_commands(config_args: list[str], trials: list[sweep_spec.Trial], cpu
           'commands_speedup': speedup, 'commands_accuracy_gap': gap}
 
 
-def sweep_file_text(trials: list[sweep_spec.Trial]) -> str:
+def sweep_file_text(trials: list[sweep_files.Trial]) -> str:
   """A sweep file that declares exactly `trials`, in order."""
   parts = ', '.join(
       'hyper.product([' + ', '.join(f'hyper.fixed({k!r}, {v!r})' for k, v in t.overrides.items())

@@ -12,21 +12,22 @@ import jax
 import ml_collections
 from etils import epath
 
-from mlp_mnist import checkpointing
 from mlp_mnist import config_checks
-from mlp_mnist import metric_writers
-from mlp_mnist import parallel
-from mlp_mnist import provenance
-from mlp_mnist import reporting
+from mlp_mnist import errors
+from mlp_mnist.devices import parallel
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import provenance
+from mlp_mnist.records import run_files
+from mlp_mnist.records import tensorboard
 
 PLOTS_DIR = 'plots'
 # What `restart` removes: the outputs of an earlier run, nothing else the user may keep there.
-RUN_OUTPUTS = ('config.json', provenance.PROVENANCE_FILE, reporting.METRICS_FILE,
-               reporting.SUMMARY_FILE, PLOTS_DIR,
+RUN_OUTPUTS = ('config.json', provenance.PROVENANCE_FILE, run_files.METRICS_FILE,
+               run_files.SUMMARY_FILE, PLOTS_DIR,
                checkpointing.CHECKPOINTS_DIR, checkpointing.CORRUPT_DIR, 'events.out.tfevents.*')
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(errors.UserError, RuntimeError):
   """The workdir holds a different run; the message says how to proceed."""
 
 
@@ -65,7 +66,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> N
       clear(workdir)
     parallel.sync('restart_cleared_workdir')
     return
-  saved = reporting.read_config(workdir)
+  saved = run_files.read_config(workdir)
   if saved is None:
     return
   differences = config_differences(saved, config)
@@ -91,7 +92,7 @@ def clear(workdir: str) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir's run was trained with (its `config.json`), checked."""
-  saved = reporting.read_config(workdir)
+  saved = run_files.read_config(workdir)
   if saved is None:
     raise WorkdirError(f'{workdir} has no config.json; is it the --workdir of a training run?')
   config = ml_collections.ConfigDict(saved)
@@ -114,17 +115,17 @@ class RunRecorder:
     self._history = list(history)
     if not self.workdir:
       return
-    reporting.write_config(self.workdir, config)
+    run_files.write_config(self.workdir, config)
     provenance.append(self.workdir, provenance.collect(devices, resumed_step))
-    reporting.write_metrics(self.workdir, self._history)
-    self._tensorboard = metric_writers.TensorBoardWriter(self.workdir,
+    run_files.write_metrics(self.workdir, self._history)
+    self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,
                                                          purge_step=(resumed_step or 0) + 1)
     self._tensorboard.write_hparams(_flat_json(config))
 
   def write_epoch(self, record: dict) -> None:
     self._history.append(record)
     if self.workdir:
-      reporting.write_metrics(self.workdir, self._history)
+      run_files.write_metrics(self.workdir, self._history)
       self._tensorboard.write_scalars(record['step'], record)
 
   def prepare_plots(self) -> None:
@@ -133,14 +134,14 @@ class RunRecorder:
     Not on a CPU backend, where that thread would slow the training it overlaps.
     """
     if self.workdir and jax.default_backend() != 'cpu':
-      from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+      from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
       plots.import_in_background()
 
   def plot_curves(self) -> None:
     """Draws `plots/curves.png` from the history."""
     if not self.workdir:
       return
-    from mlp_mnist import plots  # pylint: disable=g-import-not-at-top
+    from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
     plots.save_curves(self._history, str(epath.Path(self.workdir) / PLOTS_DIR / 'curves.png'),
                       title=str(self.workdir))
 
@@ -148,5 +149,5 @@ class RunRecorder:
     """Writes `summary.json` and closes the event file."""
     if not self.workdir:
       return
-    reporting.write_summary(self.workdir, summary)
+    run_files.write_summary(self.workdir, summary)
     self._tensorboard.close()

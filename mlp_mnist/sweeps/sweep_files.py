@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import difflib
 import hashlib
-import importlib.util
 import os
 import re
 import types
@@ -27,11 +26,13 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 
 from mlp_mnist import config_checks
+from mlp_mnist import config_files
+from mlp_mnist import errors
 
 Overrides = dict[str, Any]
 
 
-class SweepError(ValueError):
+class SweepError(errors.UserError, ValueError):
   """A sweep file is missing, broken, or declares an unknown key, a wrong type or an invalid value."""
 
 
@@ -115,9 +116,7 @@ def load_sweep(path: str) -> list[Overrides]:
     raise SweepError(f'sweep file {path} does not exist; pass a file such as '
                      'configs/sweeps/lr_seed.py.')
   try:
-    spec = importlib.util.spec_from_file_location('_sweep_file', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_files.load_module(path, '_sweep_file')
     get_sweep = getattr(module, 'get_sweep', None)
     if not callable(get_sweep):
       raise SweepError('it defines no get_sweep(hyper) function.')

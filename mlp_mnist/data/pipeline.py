@@ -14,12 +14,13 @@ itself when `config.data.local_dir` is set. Installed packages are never modifie
 import concurrent.futures
 import gzip
 import os
-import shutil
 import socket
 import tempfile
 import urllib.parse
 
 import numpy as np
+
+from mlp_mnist import errors
 
 SPLITS = ('train', 'test')
 IDX_FILES = {
@@ -33,7 +34,7 @@ DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'mlp_mnist')
 _NETWORK_PROBE_TIMEOUT_SEC = 5.0
 
 
-class DataError(RuntimeError):
+class DataError(errors.UserError, RuntimeError):
   """The dataset cannot be found, read or prepared; the message says what to do."""
 
 

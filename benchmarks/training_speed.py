@@ -1,6 +1,6 @@
 """Side by side: this codebase, the Keras tutorial program, a naive JAX loop, and the roofline.
 
-Each contender runs in its own process (`python -m mlp_mnist.benchmark --contender ...`), so its
+Each contender runs in its own process (`python -m benchmarks.training_speed --contender ...`), so its
 end-to-end time includes Python start-up, imports, data loading and compilation, exactly as a user
 would see it. Inside, each reports where its time went: `import_sec`, `data_sec`, `compile_sec`
 (None where it cannot be separated from training), `train_sec` (the training epochs alone),
@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import roofline
+
 CONTENDERS = ('mlp_mnist', 'keras', 'keras_silent', 'naive_jax')
 KERAS_BACKENDS = ('tensorflow', 'jax')
 NAMES = {'mlp_mnist': 'mlp_mnist (scripts/train.py)', 'keras': 'Keras tutorial program',
@@ -25,77 +27,6 @@ NAMES = {'mlp_mnist': 'mlp_mnist (scripts/train.py)', 'keras': 'Keras tutorial p
          'roofline': 'roofline (matmul peak)',
          'roofline_shapes': "roofline (the model's matmul shapes)"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def training_flops_per_example(hidden_sizes, input_size: int = 784, classes: int = 10) -> int:
-  """Matmul FLOPs of one training example: forward, weight gradients, and input gradients of
-  every layer but the first (nothing needs the gradient with respect to the pixels)."""
-  sizes = [input_size, *hidden_sizes, classes]
-  layers = list(zip(sizes[:-1], sizes[1:]))
-  return sum(2 * fan_in * fan_out * (3 if i else 2) for i, (fan_in, fan_out) in enumerate(layers))
-
-
-def measure_matmul_gflops(sizes=(512, 1024, 2048), seconds_per_size: float = 1.0,
-                          rounds: int = 3) -> float:
-  """This machine's best float32 dense matmul rate through XLA, in GFLOP/s: the best of `rounds`
-  passes over `sizes` (a busy moment must not lower the roofline)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  matmul = jax.jit(jnp.matmul)
-  best = 0.0
-  for _ in range(rounds):
-    for n in sizes:
-      a = jnp.ones((n, n), jnp.float32)
-      matmul(a, a).block_until_ready()
-      repeats, start = 0, time.perf_counter()
-      while time.perf_counter() - start < seconds_per_size:
-        matmul(a, a).block_until_ready()
-        repeats += 1
-      best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
-  return best
-
-
-def measure_training_matmul_gflops(batch_size: int, hidden_sizes=(128,),
-                                   seconds: float = 1.0, steps_per_call: int = 100) -> float:
-  """The rate of one training step's own matmuls (forward, weight and input gradients of each
-  layer, at this batch size), `steps_per_call` steps per call as an epoch's scan runs them: the
-  roofline for these shapes on this machine. On CPUs, the faster of XLA's matmul kernels with and
-  without its YNNPACK fusions."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mlp_mnist import train  # pylint: disable=g-import-not-at-top
-  sizes = [784, *hidden_sizes, 10]
-  weights = [jnp.ones((a, b), jnp.float32) for a, b in zip(sizes[:-1], sizes[1:])]
-  activations = [jnp.ones((batch_size, a), jnp.float32) for a in sizes[:-1]]
-
-  def step_matmuls(weights, activations):
-    def step(carry, _):
-      weights, activations = carry
-      new_weights, new_activations = [], list(activations)
-      for i, w in enumerate(weights):
-        x = activations[i]
-        h = x @ w  # Forward; it also stands in for the gradient coming back (same shape).
-        new_weights.append(w - 1e-30 * (x.T @ h))  # Weight gradient.
-        if i:
-          new_activations[i] = x + 1e-30 * (h @ w.T)  # Input gradient.
-      # Each step depends on the one before: none is hoisted out of the loop or skipped.
-      return (new_weights, new_activations), None
-    return jax.lax.scan(step, (weights, activations), None, length=steps_per_call)[0]
-
-  lowered = jax.jit(step_matmuls).lower(weights, activations)
-  programs = [lowered.compile()]
-  if jax.default_backend() == 'cpu':
-    programs.append(train.compile_with_options(lowered, train.CPU_WITHOUT_YNN))
-  best = 0.0
-  for program in programs:
-    jax.block_until_ready(program(weights, activations))
-    repeats, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-      jax.block_until_ready(program(weights, activations))
-      repeats += steps_per_call
-    elapsed = time.perf_counter() - start
-    best = max(best, training_flops_per_example(hidden_sizes) * batch_size * repeats / elapsed / 1e9)
-  return best
 
 
 def _data_config(args):
@@ -120,11 +51,11 @@ def run_keras(args) -> dict[str, Any]:
     framework = f'TensorFlow {tf.__version__}, Keras {keras.__version__}'
   else:
     framework = f'Keras {keras.__version__} on {args.keras_backend}'
-  from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
   import_sec = time.perf_counter() - start
 
   start = time.perf_counter()
-  dataset = input_pipeline.load_dataset(_data_config(args))
+  dataset = data.load_dataset(_data_config(args))
   (x_train, y_train), (x_test, y_test) = dataset['train'], dataset['test']
   x_train, x_test = x_train / 255.0, x_test / 255.0
   data_sec = time.perf_counter() - start
@@ -156,12 +87,12 @@ def run_naive_jax(args) -> dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from flax.training import train_state  # pylint: disable=g-import-not-at-top
-  from mlp_mnist import input_pipeline  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
   from mlp_mnist import models  # pylint: disable=g-import-not-at-top
   import_sec = time.perf_counter() - start
 
   start = time.perf_counter()
-  dataset = input_pipeline.load_dataset(_data_config(args))
+  dataset = data.load_dataset(_data_config(args))
   (x_train, y_train), (x_test, y_test) = dataset['train'], dataset['test']
   x_train = x_train.astype(np.float32) / 255.0
   x_test = x_test.astype(np.float32) / 255.0
@@ -222,7 +153,7 @@ def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: i
             f'--config.seed={seed}', f'--config.data.data_dir={data_dir}',
             f'--config.data.local_dir={local_dir}', f'--config.data.cache_dir={cache_dir}',
             f'--workdir={workdir}', f'--jax_cache_dir={jax_cache_dir}']
-  return [sys.executable, '-m', 'mlp_mnist.benchmark', f'--contender={contender}',
+  return [sys.executable, '-m', 'benchmarks.training_speed', f'--contender={contender}',
           f'--batch_size={batch_size}', f'--epochs={epochs}', f'--seed={seed}',
           f'--data_dir={data_dir}', f'--local_dir={local_dir}', f'--cache_dir={cache_dir}',
           f'--keras_backend={keras_backend}']
@@ -264,7 +195,7 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
                   contenders=CONTENDERS, matmul_sizes=(512, 1024, 2048),
                   keras_backend: str = 'tensorflow', log=print) -> dict[str, Any]:
   """Every contender at every batch size, one process each, plus the roofline."""
-  gflops = measure_matmul_gflops(matmul_sizes)
+  gflops = roofline.measure_matmul_gflops(matmul_sizes)
   log(f'dense float32 matmul peak: {gflops:.1f} GFLOP/s')
   rows = []
   for batch_size in batch_sizes:
@@ -275,7 +206,7 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
                                     cache_dir=cache_dir, jax_cache_dir=jax_cache_dir,
                                     keras_backend=keras_backend))
       log(json.dumps(results[-1]))
-    shapes_gflops = measure_training_matmul_gflops(batch_size)
+    shapes_gflops = roofline.measure_training_matmul_gflops(batch_size)
     log(f'the training matmuls at batch {batch_size}: {shapes_gflops:.1f} GFLOP/s')
     rows += with_ratios(results, gflops, batch_size, epochs, shapes_gflops)
   return {'epochs': epochs, 'matmul_gflops': gflops, 'rows': rows}
@@ -291,7 +222,7 @@ def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int
   for r in results:
     if 'train_sec' in r:
       r['examples_per_sec'] = r['num_train'] * epochs / r['train_sec']
-  flops = training_flops_per_example((128,)) * 60000 * epochs
+  flops = roofline.training_flops_per_example((128,)) * 60000 * epochs
   rates = {'roofline': gflops, 'roofline_shapes': shapes_gflops}
   rows = results + [
       {'contender': name, 'batch_size': batch_size, 'gflops': rate,
