@@ -1,11 +1,11 @@
 r"""Benchmarks this codebase against the Keras tutorial program, a naive JAX loop and the roofline.
 
-    python scripts/training_speed.py --local_dir /path/to/mnist_idx [--batch_sizes 32,128,1024] \
-        [--epochs 5] [--out docs/benchmark]      # writes docs/training_speed.json and .md
-    python scripts/training_speed.py --quick          # smoke run: 1 epoch, batch 1024
-    python scripts/training_speed.py ... --keras_backend=jax   # Keras on JAX, where TensorFlow is absent
+    python scripts/benchmark.py --local_dir /path/to/mnist_idx [--batch_sizes 32,128,1024] \
+        [--epochs 5] [--out docs/benchmark]      # writes docs/benchmark.json and .md
+    python scripts/benchmark.py --quick          # smoke run: 1 epoch, batch 1024
+    python scripts/benchmark.py ... --keras_backend=jax   # Keras on JAX, where TensorFlow is absent
 
-Each contender runs in a fresh process on the same arrays; see mlp_mnist/training_speed.py.
+Each contender runs in a fresh process on the same arrays; see benchmarks/training_speed.py.
 """
 
 import json

@@ -1,6 +1,6 @@
 r"""Runs a hyperparameter sweep: every trial of a sweep file over a base config, many at once.
 
-    python scripts/runner.py --config configs/default.py --sweep configs/sweeps/lr_seed.py \
+    python scripts/sweep.py --config configs/default.py --sweep configs/sweeps/lr_seed.py \
         --workdir runs/lr_seed [--config.data.local_dir=/path/to/mnist_idx]
 
 Re-running the same command resumes (finished trials are skipped). On several machines, run it on

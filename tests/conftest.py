@@ -29,7 +29,7 @@ def dataset():
 
 
 def write_dataset_cache(cache_dir, dataset, name: str = 'mnist', version: str = '3.0.1') -> None:
-  """Writes `dataset` where `input_pipeline.load_dataset` reads its decoded cache, so scripts run
+  """Writes `dataset` where `data.load_dataset` reads its decoded cache, so scripts run
   on it (`--config.data.cache_dir=cache_dir`) without TFDS."""
   os.makedirs(cache_dir, exist_ok=True)
   np.savez(os.path.join(cache_dir, f'{name}-{version}.npz'),

@@ -50,7 +50,7 @@ def test_quick_benchmark_runs_every_contender(tmp_path):
   cache = _synthetic_cache(tmp_path)
   out = tmp_path / 'bench'
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'scripts', 'training_speed.py'), '--quick',
+      [sys.executable, os.path.join(REPO, 'scripts', 'benchmark.py'), '--quick',
        f'--cache_dir={cache}', f'--jax_cache_dir={tmp_path / "jax"}', f'--out={out}'],
       capture_output=True, text=True, timeout=600, cwd=tmp_path,
       env={**os.environ, 'PYTHONPATH': REPO})
@@ -72,7 +72,7 @@ def test_keras_program_runs_on_the_jax_backend_without_tensorflow(tmp_path):
   # child process cannot import TensorFlow, as there.
   cache = _synthetic_cache(tmp_path, num_train=2048)
   code = ("import runpy, sys; sys.modules['tensorflow'] = None; "
-          "runpy.run_module('mlp_mnist.benchmark', run_name='__main__')")
+          "runpy.run_module('benchmarks.training_speed', run_name='__main__')")
   result = subprocess.run(
       [sys.executable, '-c', code, '--contender=keras_silent', '--keras_backend=jax',
        '--batch_size=256', '--epochs=1', f'--cache_dir={cache}'],

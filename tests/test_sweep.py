@@ -86,7 +86,7 @@ class Recorder:
 def finished_sweep(tmp_path_factory):
   """A sweep of 8 trials in 2 program groups, run by two workers into one folder."""
   root = tmp_path_factory.mktemp('sweep')
-  sweep_path = root / 'runner.py'
+  sweep_path = root / 'sweep.py'
   sweep_path.write_text(SWEEP_FILE)
   workdir = str(root / 'run')
   dataset = synthetic_dataset(num_train=96, num_test=40)
@@ -132,7 +132,7 @@ def test_trial_folders_hold_config_metrics_and_status(finished_sweep):
     assert results.read_status(directory) == 'done'
     with open(os.path.join(directory, 'summary.json')) as f:
       assert json.load(f)['test_accuracy'] == records[-1]['test_accuracy']
-  with open(os.path.join(workdir, 'runner.json')) as f:
+  with open(os.path.join(workdir, 'sweep.json')) as f:
     content = json.load(f)
   assert content['swept_keys'] == ['model.hidden_sizes', 'optimizer.learning_rate', 'seed']
   assert [t['program_group'] for t in content['trials']] == [0] * 4 + [1] * 4
@@ -252,7 +252,7 @@ def test_report_only_trains_nothing(finished_sweep, tmp_path, monkeypatch):
 
 
 def test_diverged_trials_are_recorded_and_not_rerun(tmp_path, monkeypatch):
-  sweep_path = tmp_path / 'runner.py'
+  sweep_path = tmp_path / 'sweep.py'
   sweep_path.write_text("def get_sweep(hyper):\n"
                         "  return hyper.sweep('optimizer.learning_rate', [0.05, 1e7])\n")
   config = _config()
@@ -276,9 +276,9 @@ def test_diverged_trials_are_recorded_and_not_rerun(tmp_path, monkeypatch):
 
 def test_sweep_script_end_to_end_and_resume(tmp_path):
   write_dataset_cache(tmp_path / 'cache', synthetic_dataset(num_train=64, num_test=30))
-  sweep_path = tmp_path / 'runner.py'
+  sweep_path = tmp_path / 'sweep.py'
   sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2])\n")
-  command = [sys.executable, os.path.join(REPO, 'scripts', 'runner.py'),
+  command = [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
              f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
              f'--workdir={tmp_path / "run"}', '--config.num_epochs=1', '--jax_cache_dir=',
              f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.download=False']
@@ -303,7 +303,7 @@ def test_benchmark_script_quick(tmp_path):
   assert result.returncode == 0, result.stderr
   assert '2 trials (1 program group(s)), 1 epoch(s), 64 training and 30 test examples' in (
       result.stdout)
-  for label in ('vectorized:', 'one at a time:', 'scripts/runner.py, once:',
+  for label in ('vectorized:', 'one at a time:', 'scripts/sweep.py, once:',
                 'scripts/train.py, once per trial:'):
     assert label in result.stdout
   # In one process, and as commands: each trial gives what it gives alone.
@@ -315,14 +315,14 @@ def test_processes_of_a_multiprocess_run_share_the_sweep(tmp_path):
   """Two JAX processes (2 CPU devices each) split the trials by process index, train them on
   their own devices, and give what one process gives."""
   write_dataset_cache(tmp_path / 'cache', synthetic_dataset(num_train=64, num_test=30))
-  sweep_path = tmp_path / 'runner.py'
+  sweep_path = tmp_path / 'sweep.py'
   sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2, 3])\n")
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   procs = [subprocess.Popen(
-      [sys.executable, os.path.join(REPO, 'scripts', 'runner.py'),
+      [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
        f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
        f'--workdir={tmp_path / "run"}', '--config.num_epochs=1', '--jax_cache_dir=',
        f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.download=False',

@@ -1,0 +1,63 @@
+"""Draws docs/architecture.png: the data flow of a run and the package's layers.
+
+    python docs/architecture.py        # rewrites docs/architecture.png
+"""
+
+import os
+
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+FLOW = (
+    ('config', 'configs/*.py\n--config.x.y=v\nconfig_checks'),
+    ('arrays on devices', 'data.load_dataset\nparallel.replicate\nuint8 images, labels'),
+    ('pure steps', 'steps.train_epoch\n(lax.scan of train_step)\nunder pmap / vmap'),
+    ('metrics', 'epochs.EpochLog\nthe epoch record'),
+    ('writers', 'records/: metrics.jsonl,\nTensorBoard, checkpoints,\nplots, console'),
+)
+LAYERS = (  # Top to bottom, as drawn.
+    ('6  tools, cli', 'tools/ (evaluate, predict), cli.py (what scripts/ share)'),
+    ('5  loops', 'train.py (one run), sweeps/ (many trials at once, results)'),
+    ('4  steps, records', 'steps.py (pure), records/ (workdir, files, checkpoints, writers)'),
+    ('3  config schema', 'config_checks.py'),
+    ('2  building blocks', 'models/, optimizers.py, data/, devices/, epochs.py'),
+    ('1  foundation', 'errors.py (UserError), config_files.py'),
+)
+
+
+def draw(path: str) -> None:
+  figure = Figure(figsize=(12, 7.2))
+  axes = figure.add_axes((0, 0, 1, 1))
+  axes.set_xlim(0, 12)
+  axes.set_ylim(0, 7.2)
+  axes.axis('off')
+  axes.text(0.3, 6.9, 'A run: data flows one way', fontsize=14, weight='bold', va='top')
+  width, gap, top = 2.0, 0.35, 6.3
+  for i, (title, detail) in enumerate(FLOW):
+    x = 0.3 + i * (width + gap)
+    axes.add_patch(FancyBboxPatch((x, top - 1.5), width, 1.5, boxstyle='round,pad=0.05',
+                                  facecolor='#dbe9f6', edgecolor='#2b5d8c'))
+    axes.text(x + width / 2, top - 0.25, title, ha='center', va='top', fontsize=11,
+              weight='bold')
+    axes.text(x + width / 2, top - 0.65, detail, ha='center', va='top', fontsize=8.5,
+              family='monospace')
+    if i:
+      axes.add_patch(FancyArrowPatch((x - gap, top - 0.75), (x, top - 0.75),
+                                     arrowstyle='-|>', mutation_scale=18, color='#2b5d8c'))
+  axes.text(0.3, 4.3, 'The package mlp_mnist/: layers (a module imports only its own unit and '
+            'lower layers; tests/test_layout.py checks it)', fontsize=12, weight='bold', va='top')
+  row, y = 0.52, 3.85
+  for i, (title, detail) in enumerate(LAYERS):
+    shade = 0.95 - 0.05 * i
+    axes.add_patch(FancyBboxPatch((0.3, y - i * (row + 0.08) - row), 11.4, row,
+                                  boxstyle='round,pad=0.02', facecolor=(shade, shade, 0.88),
+                                  edgecolor='#777777'))
+    axes.text(0.5, y - i * (row + 0.08) - row / 2, title, va='center', fontsize=10,
+              weight='bold')
+    axes.text(3.0, y - i * (row + 0.08) - row / 2, detail, va='center', fontsize=10,
+              family='monospace')
+  figure.savefig(path, dpi=90)
+
+
+if __name__ == '__main__':
+  draw(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'architecture.png'))
