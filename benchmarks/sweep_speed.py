@@ -35,6 +35,7 @@ def compare(trials: list[sweep_files.Trial], dataset: data.Dataset, devices=None
             log: Callable[[str], Any] = print) -> dict[str, Any]:
   """Times both ways of training `trials` in this process; logs a report."""
   devices = parallel.local_devices(devices)
+  dataset = data.as_dataset(dataset)
   configs = [t.config for t in trials]
   epochs = '/'.join(sorted({str(c.num_epochs) for c in configs}, key=int))
   groups = vectorized.group_by_program(configs)
@@ -44,7 +45,8 @@ def compare(trials: list[sweep_files.Trial], dataset: data.Dataset, devices=None
       f'{devices[0].platform} device(s), {os.cpu_count()} CPU cores; load average before: '
       f'{_load()}.')
   # JAX's first eager operations in a process cost seconds; neither side should pay for them.
-  jax.block_until_ready(steps.create_train_state(configs[0], jax.random.PRNGKey(0), 1).params)
+  jax.block_until_ready(steps.create_train_state(
+      configs[0], jax.random.PRNGKey(0), 1, dataset.image_shape, dataset.num_classes).params)
 
   start = time.time()
   swept, vectorized_compile = [None] * len(configs), 0.0

@@ -40,10 +40,14 @@ def logs_epoch(config: ml_collections.ConfigDict, epoch: int) -> bool:
 
 
 def epoch_record(epoch: int, steps_per_epoch: int, step_metrics, eval_totals, num_train: int,
-                 epoch_sec: float, start: float) -> dict[str, Any]:
-  """One line of `metrics.jsonl` (`run_files.METRIC_KEYS` and the diagnostics)."""
+                 epoch_sec: float, start: float, validation_totals=None) -> dict[str, Any]:
+  """One line of `metrics.jsonl` (`run_files.METRIC_KEYS` and the diagnostics); with
+  `validation_totals`, also `validation_loss` and `validation_accuracy` (absent without)."""
+  validation = (summarize_eval_metrics(validation_totals, 'validation')
+                if validation_totals is not None else {})
   return {'epoch': epoch, 'step': epoch * steps_per_epoch,
-          **summarize_train_metrics(step_metrics), **summarize_eval_metrics(eval_totals),
+          **summarize_train_metrics(step_metrics), **validation,
+          **summarize_eval_metrics(eval_totals),
           'examples_per_sec': num_train / epoch_sec, 'elapsed_sec': time.time() - start}
 
 
@@ -74,9 +78,10 @@ class EpochLog:
   def logs(self, epoch: int) -> bool:
     return logs_epoch(self.config, epoch)
 
-  def record(self, epoch: int, step_metrics, eval_totals, epoch_sec: float) -> dict[str, Any]:
+  def record(self, epoch: int, step_metrics, eval_totals, epoch_sec: float,
+             validation_totals=None) -> dict[str, Any]:
     return epoch_record(epoch, self.steps_per_epoch, step_metrics, eval_totals, self.num_train,
-                        epoch_sec, self.start)
+                        epoch_sec, self.start, validation_totals)
 
   def finish(self) -> dict[str, float]:
     """The timings with `total_sec`, the time since the start."""

@@ -16,7 +16,6 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from mlp_mnist import data
 from mlp_mnist import models
 from mlp_mnist import optimizers
 
@@ -32,10 +31,9 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int,
-                       input_shape: tuple[int, ...] = data.IMAGE_SHAPE,
-                       num_classes: int = data.NUM_CLASSES) -> TrainState:
+                       input_shape: tuple[int, ...], num_classes: int) -> TrainState:
   """Initializes the model and optimizer described by `config`, for images of `input_shape`
-  (one example's, e.g. (28, 28)) and `num_classes` classes."""
+  (one example's, `dataset.image_shape`: (28, 28), (32, 32, 3), ...) and `num_classes` classes."""
   model = models.create_model(config.model, num_classes)
   tx, lr_multiplier = optimizers.create_optimizer(config.optimizer, steps_per_epoch,
                                                   config.num_epochs)

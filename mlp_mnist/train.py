@@ -37,13 +37,15 @@ class Trainer:
     self.train_epoch = parallel.pmap(
         functools.partial(steps.train_epoch, axis_name=axis), devices,
         in_axes=(None, None, None, 0), out_axes=(None, None), donate_argnums=(0,))
-    self.evaluate = parallel.pmap(functools.partial(steps.evaluate, axis_name=axis), devices,
-                                  in_axes=(None, None, None, 0), out_axes=None)
+    self._evaluate = parallel.pmap(functools.partial(steps.evaluate, axis_name=axis), devices,
+                                   in_axes=(None, None, None, 0), out_axes=None)
     self._train_programs = {}
+    self._eval_programs = {}
 
   def compile(self, state: steps.TrainState, train_data, test_data, test_indices,
               steps_per_call: int | None = None) -> None:
-    """Compiles ahead of time evaluation and training for every call shape of an epoch.
+    """Compiles ahead of time evaluation (of `test_data`) and training for every call shape of an
+    epoch.
 
     Multi-process runs compile on the first call instead: pmap's ahead-of-time programs take
     global-shaped arguments there, while each process holds only its devices' slices.
@@ -58,12 +60,18 @@ class Trainer:
             chunk.shape[2])
     self.compile_evaluation(state, test_data, test_indices)
 
-  def compile_evaluation(self, state: steps.TrainState, test_data, test_indices) -> None:
-    """Compiles `evaluate` ahead of time, as `compile` does (not in multi-process runs)."""
+  def compile_evaluation(self, state: steps.TrainState, split_data, indices) -> None:
+    """Compiles `evaluate` ahead of time for one split's shapes, as `compile` does (not in
+    multi-process runs); test and validation sets each get their program."""
     if not parallel.is_multiprocess():
-      self.evaluate = compilation.compile_program(
-          self.evaluate.lower(state, *test_data, test_indices), self.devices[0].platform,
-          test_indices.shape[2])
+      self._eval_programs[_shapes(split_data, indices)] = compilation.compile_program(
+          self._evaluate.lower(state, *split_data, indices), self.devices[0].platform,
+          indices.shape[2])
+
+  def evaluate(self, state: steps.TrainState, images, labels, indices):
+    """`steps.evaluate` summed over the devices, compiled ahead when `compile_evaluation` was."""
+    program = self._eval_programs.get(_shapes((images, labels), indices), self._evaluate)
+    return program(state, images, labels, indices)
 
   def train_steps(self, state: steps.TrainState, images, labels, batch_indices: np.ndarray):
     """`train_epoch` over `batch_indices` [devices, steps, batch], compiled ahead when it can."""
@@ -78,6 +86,10 @@ class Trainer:
   def eval_indices(self, num_examples: int) -> np.ndarray:
     return parallel.eval_batch_indices(num_examples, self.config.eval_batch_size,
                                        self.num_devices)[self.rows]
+
+
+def _shapes(split_data, indices) -> tuple:
+  return tuple(tuple(x.shape) for x in (*split_data, indices))
 
 
 def split_steps(batch_indices: np.ndarray, steps_per_call: int | None) -> list[np.ndarray]:
@@ -112,10 +124,11 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
-                       devices=None, dataset: data.Dataset | None = None,
+                       devices=None, dataset: data.Dataset | dict | None = None,
                        log: Callable[[str], Any] = print, restart: bool = False,
                        stream: TextIO | None = None) -> dict[str, Any]:
-  """Trains `config` on the local devices, evaluating on the whole test set after each epoch.
+  """Trains `config` on the local devices, evaluating on the whole test set (and the validation
+  split, when `config.data.validation_split` holds one out) after each logged epoch.
 
   With a `workdir`, resumes from its latest checkpoint when it holds this same run (a different
   config is an error unless `restart`, which starts over), checkpoints every
@@ -133,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     workdirs.prepare(workdir, config, restart)
   if dataset is None:
     dataset = data.load_dataset(config.data)
-  (train_images, train_labels), (test_images, test_labels) = dataset['train'], dataset['test']
+  dataset = data.hold_out_validation(data.as_dataset(dataset), config.data.validation_split)
+  (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
   data_sec = time.time() - start
   num_train = len(train_labels)
   trainer = Trainer(config, devices)
@@ -142,9 +156,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   steps_per_call = (console.steps_per_call(steps_per_epoch, config.logging.bar_updates_per_epoch)
                     if show_bar else None)
 
-  state = steps.create_train_state(config, jax.random.PRNGKey(config.seed), steps_per_epoch)
-  state, train_data, test_data = parallel.replicate(
-      (state, (train_images, train_labels), (test_images, test_labels)), devices)
+  state = steps.create_train_state(config, jax.random.PRNGKey(config.seed), steps_per_epoch,
+                                   dataset.image_shape, dataset.num_classes)
+  state, train_data, test_data, validation_data = parallel.replicate(
+      (state, (train_images, train_labels), (test_images, test_labels), dataset.validation),
+      devices)
   checkpointer, history, first_epoch, resumed_step = None, [], 1, None
   if workdir:
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
@@ -152,15 +168,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     if restored:
       state, resumed_step, run = restored
       history, first_epoch = run['history'], run['epoch'] + 1
-  recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step)
+  recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step,
+                                  dataset.info())
   test_indices = trainer.eval_indices(len(test_labels))
+  validation_indices = (trainer.eval_indices(len(dataset.validation[1]))
+                        if validation_data is not None else None)
   compile_start = time.time()
   if first_epoch <= config.num_epochs:
     trainer.compile(state, train_data, test_data, test_indices, steps_per_call)
+    if validation_data is not None:
+      trainer.compile_evaluation(state, validation_data, validation_indices)
   book = epochs.EpochLog(config, steps_per_epoch, num_train, start,
                          {'data_sec': data_sec, 'compile_sec': time.time() - compile_start})
   processes = f' in {jax.process_count()} processes' if parallel.is_multiprocess() else ''
-  log(f'{num_train} training examples, {len(test_labels)} test examples, '
+  held_out = (f'{len(dataset.validation[1])} validation examples, '
+              if validation_data is not None else '')
+  log(f'{num_train} training examples, {held_out}{len(test_labels)} test examples, '
       f'{trainer.num_devices} {devices[0].platform} device(s){processes}, '
       f'{steps_per_epoch} steps per epoch; '
       f'data ready in {data_sec:.1f}s, compiled in {book.timings["compile_sec"]:.1f}s.')
@@ -178,9 +201,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                                       trainer.epoch_indices(epoch, num_train), steps_per_call, bar)
     epoch_sec = book.last_sec
     if book.logs(epoch):
+      validation_totals = None
+      if validation_data is not None:
+        with book.timed('validation_sec'):
+          validation_totals = jax.device_get(
+              trainer.evaluate(state, *validation_data, validation_indices))
       with book.timed('eval_sec'):
         eval_totals = jax.device_get(trainer.evaluate(state, *test_data, test_indices))
-      record = book.record(epoch, step_metrics, eval_totals, epoch_sec)
+      record = book.record(epoch, step_metrics, eval_totals, epoch_sec, validation_totals)
       history.append(record)
       recorder.write_epoch(record)
       log(console.format_epoch(record))
@@ -195,7 +223,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   recorder.finish({**history[-1], 'num_train_examples': num_train, 'timings': timings})
   if first_epoch > config.num_epochs:
     log(f'{workdir} already holds the final checkpoint of this run; nothing to train.')
-  log(f'Final test accuracy: {history[-1]["test_accuracy"]:.2%} (training '
+  final = history[-1]
+  validation = (f'validation accuracy {final["validation_accuracy"]:.2%}, '
+                if 'validation_accuracy' in final else '')
+  log(f'Final {validation}test accuracy: {final["test_accuracy"]:.2%} (training '
       f'{timings["train_sec"]:.1f}s, evaluation {timings["eval_sec"]:.1f}s, '
       f'total {timings["total_sec"]:.1f}s).')
   return {'state': state, 'history': history, 'timings': timings}

@@ -10,8 +10,8 @@ these). `--quick`: 4 trials, 1 epoch, at most 2,048 training and 1,000 test exam
 process (the commands train on the whole dataset).
 """
 
+import dataclasses
 import os
-
 import sys
 
 # The benchmarks live beside the package, in the checkout, not in what is installed.
@@ -54,8 +54,8 @@ def main(argv):
     if _QUICK.value:
       config.num_epochs = 1
       num_trials = num_trials or 4
-      dataset = {'train': tuple(a[:2048] for a in dataset['train']),
-                 'test': tuple(a[:1000] for a in dataset['test'])}
+      dataset = dataclasses.replace(dataset, train=tuple(a[:2048] for a in dataset.train),
+                                    test=tuple(a[:1000] for a in dataset.test))
     trials = sweep_files.sweep_trials(config, _SWEEP.value)[:num_trials or None]
     sweep_speed.compare(trials, dataset)
     if _COMMANDS.value:

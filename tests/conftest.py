@@ -29,12 +29,13 @@ def dataset():
 
 
 def write_dataset_cache(cache_dir, dataset, name: str = 'mnist', version: str = '3.0.1') -> None:
-  """Writes `dataset` where `data.load_dataset` reads its decoded cache, so scripts run
-  on it (`--config.data.cache_dir=cache_dir`) without TFDS."""
-  os.makedirs(cache_dir, exist_ok=True)
-  np.savez(os.path.join(cache_dir, f'{name}-{version}.npz'),
-           **{f'{split}_{kind}': array for split, (images, labels) in dataset.items()
-              for kind, array in (('images', images), ('labels', labels))})
+  """Writes `dataset` where `data.load_dataset` reads its decoded cache, so scripts run on it
+  (`--config.data.cache_dir=cache_dir`, TFDS' default data_dir and no local_dir) without TFDS."""
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.data import cache  # pylint: disable=g-import-not-at-top
+  data_config = default.get_config().data
+  data_config.update(dict(name=name, version=version, cache_dir=str(cache_dir)))
+  cache.write(cache.cache_path(data_config), data.as_dataset(dataset))
 
 
 def draw_digit(digit: int, size: tuple[int, int] = (96, 96), font_size: int = 56,

@@ -8,7 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from mlp_mnist import data
+from mlp_mnist.data import cache
+from mlp_mnist.data import idx
 from mlp_mnist.data import pipeline
+from mlp_mnist.data import tfds_source
 
 from conftest import synthetic_dataset
 
@@ -16,10 +20,10 @@ from conftest import synthetic_dataset
 def _write_idx_dir(path, dataset, compress=('train',)):
   """Writes the four IDX files; the splits in `compress` gzip-compressed."""
   os.makedirs(path, exist_ok=True)
-  for split, (images_name, labels_name) in pipeline.IDX_FILES.items():
+  for split, (images_name, labels_name) in idx.IDX_FILES.items():
     images, labels = dataset[split]
-    for name, magic, array in ((images_name, pipeline.IMAGES_MAGIC, images),
-                               (labels_name, pipeline.LABELS_MAGIC, labels)):
+    for name, magic, array in ((images_name, idx.IMAGES_MAGIC, images),
+                               (labels_name, idx.LABELS_MAGIC, labels)):
       content = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
       content += np.asarray(array, np.uint8).tobytes()
       if split in compress:
@@ -49,20 +53,28 @@ def test_offline_preparation_writes_a_real_tfds_dataset(config, tmp_path):
   _write_idx_dir(tmp_path / 'idx', expected)
   data_config = _data_config(config, tmp_path, local_dir=str(tmp_path / 'idx'))
   dataset = pipeline.load_dataset(data_config)
+  assert (dataset.image_shape, dataset.num_classes) == ((28, 28), 10)
+  assert dataset.class_names == tuple(str(c) for c in range(10))
   for split in ('train', 'test'):
     images, labels = dataset[split]
     assert images.dtype == np.uint8 and labels.dtype == np.int32
     for got, want in zip(_sorted(images, labels), _sorted(*expected[split])):
       np.testing.assert_array_equal(got, want)
   # The registered TFDS builder now reads it with download=False, as tfds.load would.
-  tfds = pipeline.import_tfds()
+  tfds = tfds_source.import_tfds()
   test = tfds.as_numpy(tfds.load('mnist', split='test', data_dir=data_config.data_dir, download=False,
                                  batch_size=-1))
   assert test['image'].shape == (12, 28, 28, 1)
-  # The decoded cache was written and serves the next load.
-  assert os.path.exists(tmp_path / 'cache' / 'mnist-3.0.1.npz')
+  # The decoded cache was written, named after the IDX files, and serves the next load.
+  path = cache.cache_path(data_config, idx.files_identity(data_config.local_dir))
+  assert os.listdir(tmp_path / 'cache') == [os.path.basename(path)]
   cached = pipeline.load_dataset(data_config)
   np.testing.assert_array_equal(cached['train'][0], dataset['train'][0])
+  assert (cached.num_classes, cached.class_names) == (10, dataset.class_names)
+  # Other IDX files (here: the same path, rewritten) never reuse that cache.
+  _write_idx_dir(tmp_path / 'idx', synthetic_dataset(num_train=40, num_test=12, seed=4))
+  os.utime(tmp_path / 'idx' / 't10k-labels-idx1-ubyte', ns=(1, 1))
+  assert cache.cache_path(data_config, idx.files_identity(data_config.local_dir)) != path
 
 
 def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):
@@ -74,7 +86,8 @@ def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):
   code = ('import sys, ml_collections; from mlp_mnist.data import pipeline as ip; '
           f'd = ip.load_dataset(ml_collections.ConfigDict(dict(name="mnist", version="3.0.1", '
           f'data_dir="", local_dir="", cache_dir="{tmp_path / "cache"}", use_cache=True, '
-          'download=False))); assert d["train"][0].shape == (20, 28, 28); '
+          'download=False, npz_path=""))); assert d["train"][0].shape == (20, 28, 28); '
+          'assert (d.image_shape, d.num_classes) == ((28, 28), 10); '
           'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
   subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
 
@@ -85,6 +98,8 @@ def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):
     ('magic', 'has IDX magic number 2049, expected 2051'),
     ('count', 'holds 12 images but'),
     ('not_gzip', 'cannot be read'),
+    ('damaged_gzip', 'the file is damaged: replace it with an intact copy'),
+    ('truncated_gzip', 'the file is damaged: replace it with an intact copy'),
 ])
 def test_bad_idx_files_fail_clearly_before_tfds_writes(config, tmp_path, corruption, message):
   idx = tmp_path / 'idx'
@@ -105,10 +120,17 @@ def test_bad_idx_files_fail_clearly_before_tfds_writes(config, tmp_path, corrupt
     (idx / 't10k-labels-idx1-ubyte').write_bytes(content)
   elif corruption == 'not_gzip':
     (idx / 'train-labels-idx1-ubyte.gz').write_bytes(b'not a gzip file at all')
+  elif corruption == 'damaged_gzip':  # A valid gzip header, then damaged compressed data.
+    content = bytearray((idx / 'train-images-idx3-ubyte.gz').read_bytes())
+    content[len(content) // 2:len(content) // 2 + 40] = bytes(40)
+    (idx / 'train-images-idx3-ubyte.gz').write_bytes(bytes(content))
+  elif corruption == 'truncated_gzip':
+    content = (idx / 'train-images-idx3-ubyte.gz').read_bytes()
+    (idx / 'train-images-idx3-ubyte.gz').write_bytes(content[:len(content) // 2])
   data_config = _data_config(config, tmp_path, local_dir=str(idx))
-  with pytest.raises(pipeline.DataError) as e:
+  with pytest.raises(data.DataError) as e:
     pipeline.load_dataset(data_config)
-  assert message in str(e.value)
+  assert message in str(e.value) and '\n' not in str(e.value)
   assert not (tmp_path / 'tfds').exists()
 
 
@@ -116,11 +138,11 @@ def test_no_network_and_no_local_files_fails_within_seconds(config, tmp_path, mo
   def unreachable(*args, **kwargs):
     raise socket.gaierror(-2, 'Name or service not known')
 
-  monkeypatch.setattr(pipeline.socket, 'create_connection', unreachable)
+  monkeypatch.setattr(tfds_source.socket, 'create_connection', unreachable)
   data_config = _data_config(config, tmp_path)
-  pipeline.import_tfds()  # Its import time is not what this test measures.
+  tfds_source.import_tfds()  # Its import time is not what this test measures.
   start = time.time()
-  with pytest.raises(pipeline.DataError) as e:
+  with pytest.raises(data.DataError) as e:
     pipeline.load_dataset(data_config)
   assert time.time() - start < 10
   assert 'download host storage.googleapis.com is unreachable' in str(e.value)
@@ -128,13 +150,13 @@ def test_no_network_and_no_local_files_fails_within_seconds(config, tmp_path, mo
 
 
 def test_downloads_off_and_nothing_prepared_says_how_to_provide_data(config, tmp_path):
-  with pytest.raises(pipeline.DataError, match='downloads are off;.*local_dir'):
+  with pytest.raises(data.DataError, match='downloads are off;.*local_dir'):
     pipeline.load_dataset(_data_config(config, tmp_path, download=False))
 
 
 def test_tfds_pipeline_under_mock_data(config, tmp_path, monkeypatch):
-  tfds = pipeline.import_tfds()
-  monkeypatch.setattr(pipeline, '_check_reachable', lambda *args: None)
+  tfds = tfds_source.import_tfds()
+  monkeypatch.setattr(tfds_source, 'check_reachable', lambda *args: None)
   with tfds.testing.mock_data(num_examples=24):
     dataset = pipeline.load_dataset(_data_config(config, tmp_path, use_cache=False))
   for split in ('train', 'test'):

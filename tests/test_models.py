@@ -13,7 +13,7 @@ def _num_params(params):
 
 
 def test_seed_model_has_keras_parameter_count(config):
-  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), 10, (28, 28), 10)
   assert _num_params(state.params) == 101_770
   assert state.params['Dense_0']['kernel'].shape == (784, 128)
   assert state.params['Dense_1']['kernel'].shape == (128, 10)
@@ -23,7 +23,7 @@ def test_seed_model_has_keras_parameter_count(config):
 @pytest.mark.parametrize('hidden_sizes,expected', [((), 7_850), ((256, 256), 269_322)])
 def test_parameter_count_follows_hidden_sizes(config, hidden_sizes, expected):
   config.model.hidden_sizes = hidden_sizes
-  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), 10, (28, 28), 10)
   assert _num_params(state.params) == expected
 
 

@@ -124,9 +124,9 @@ def test_predict_files_reads_drawn_digits_and_reports_bad_files(font_run, tmp_pa
     if result['path'] in bad:
       assert result['error'].startswith(f"{result['path']}: not a readable image ("), result
       continue
-    assert result['digit'] == expected[result['path']], result
+    assert result['label'] == expected[result['path']], result
     digits, probabilities = zip(*result['top'])
-    assert len(set(digits)) == 3 and digits[0] == result['digit']
+    assert len(set(digits)) == 3 and digits[0] == result['label']
     assert list(probabilities) == sorted(probabilities, reverse=True)
     assert sum(probabilities) <= 1.0 + 1e-6 and probabilities[0] > 0.5
   assert prediction.format_result(results[0]).startswith('error: ')
@@ -150,4 +150,4 @@ def test_predict_script_exit_status_and_json(font_run, tmp_path):
   result = subprocess.run(command[:-2] + ['--json'], capture_output=True, text=True, timeout=120,
                           cwd=REPO)
   assert result.returncode == 0, result.stderr
-  assert json.loads(result.stdout)['digit'] == expected[good[0]]
+  assert json.loads(result.stdout)['label'] == expected[good[0]]

@@ -141,7 +141,7 @@ def test_all_diverged_stops_early(config):
 
 @pytest.mark.parametrize('platform,expected', [('cpu', 2), ('gpu', 16), ('tpu', 16)])
 def test_chunks_fit_the_cpu_cache_and_fill_accelerators(config, platform, expected):
-  state = steps.create_train_state(config, jax.random.PRNGKey(0), 10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), 10, (28, 28), 10)
   state_bytes = vectorized.tree_bytes(state)
   assert vectorized.default_chunk_size(16, state_bytes, platform) == expected
   assert vectorized.default_chunk_size(1, state_bytes, platform) == 1

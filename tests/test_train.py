@@ -24,7 +24,7 @@ def _batch(dataset, n, split='train'):
 
 
 def test_train_step_lowers_the_loss(config, dataset):
-  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), 10, (28, 28), 10)
   batch = _batch(dataset, 32)
   step = jax.jit(steps.train_step)
   losses = []
@@ -38,7 +38,7 @@ def test_train_step_lowers_the_loss(config, dataset):
 
 
 def test_eval_step_matches_numpy_exactly(config, dataset):
-  state = steps.create_train_state(config, jax.random.PRNGKey(7), steps_per_epoch=10)
+  state = steps.create_train_state(config, jax.random.PRNGKey(7), 10, (28, 28), 10)
   images, labels = dataset['test']
   mask = np.arange(len(labels)) % 7 != 3  # Padding entries must not count.
   batch = {'image': images, 'label': labels, 'mask': mask, 'index': np.arange(len(labels))}
@@ -81,7 +81,7 @@ def test_one_two_and_four_devices_agree(config):
 
 def test_evaluation_counts_every_example_once_on_any_device_count(config):
   dataset = synthetic_dataset(num_train=64, num_test=101)
-  state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=2)
+  state = steps.create_train_state(config, jax.random.PRNGKey(0), 2, (28, 28), 10)
   expected = jax.device_get(jax.jit(steps.eval_step)(state, _batch(dataset, 101, 'test')))
   for n in (1, 3, 4):
     devices = jax.devices()[:n]
@@ -100,7 +100,7 @@ def test_vmapped_train_step_equals_single_trials(config, dataset):
   states = []
   for seed, lr, dropout in ((0, 1e-3, 0.1), (1, 3e-3, 0.4)):
     config.seed, config.optimizer.learning_rate, config.model.dropout_rate = seed, lr, dropout
-    states.append(steps.create_train_state(config, jax.random.PRNGKey(seed), 10))
+    states.append(steps.create_train_state(config, jax.random.PRNGKey(seed), 10, (28, 28), 10))
   batch = _batch(dataset, 32)
   rngs = jnp.stack([jax.random.PRNGKey(5), jax.random.PRNGKey(6)])
   stacked = vectorized.stack_trials(states)

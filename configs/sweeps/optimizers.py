@@ -1,13 +1,19 @@
 r"""Optimizer comparison: Adam, AdamW, SGD (plain and Nesterov momentum) and RMSProp, each at three
 learning rates suited to it (12 trials; one program per optimizer, 4 groups).
 
+Every trial holds out the same 10,000 training examples as a validation split (the sweep file
+fixes `data.validation_split`, whatever the base config says): the leaderboard, the tables and the
+progress line choose by validation accuracy and show test accuracy beside it, never choosing by it.
+
     python scripts/sweep.py --config configs/default.py --sweep configs/sweeps/optimizers.py \
         --workdir runs/optimizers
 """
 
+VALIDATION_EXAMPLES = 10_000
+
 
 def get_sweep(hyper):
-  return hyper.chain([
+  optimizers = hyper.chain([
       hyper.product([hyper.fixed('optimizer.name', 'adam'),
                      hyper.sweep('optimizer.learning_rate', [3e-4, 1e-3, 3e-3])]),
       hyper.product([hyper.fixed('optimizer.name', 'adamw'),
@@ -23,3 +29,4 @@ def get_sweep(hyper):
                      hyper.fixed('optimizer.b2', 0.9), hyper.fixed('optimizer.momentum', 0.0),
                      hyper.sweep('optimizer.learning_rate', [3e-4, 1e-3, 3e-3])]),
   ])
+  return hyper.product([hyper.fixed('data.validation_split', VALIDATION_EXAMPLES), optimizers])

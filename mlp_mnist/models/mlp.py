@@ -34,8 +34,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, dropout_rate: jax.Array | float = 0.0,
                dropout_rngs: jax.Array | None = None) -> jax.Array:
-    """Logits for `images` [..., 28, 28]; dropout only when `dropout_rngs` [batch] are given."""
-    x = images.reshape(images.shape[:-2] + (-1,))
+    """Logits for `images` [batch, H, W] or [batch, H, W, C]; dropout only when `dropout_rngs`
+    [batch] are given."""
+    x = images.reshape(images.shape[0], -1)
     for layer, width in enumerate(self.hidden_sizes):
       x = nn.Dense(width, kernel_init=nn.initializers.glorot_uniform())(x)
       x = ACTIVATIONS[self.activation](x)

@@ -66,8 +66,10 @@ class EpochBar:
 
 
 def format_epoch(record: dict) -> str:
-  """The console line of an epoch record."""
+  """The console line of an epoch record (validation beside test when the run holds some out)."""
+  validation = (f"validation loss {record['validation_loss']:.4f} "
+                f"acc {record['validation_accuracy']:.2%}  " if 'validation_loss' in record else '')
   return (f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
-          f"acc {record['train_accuracy']:.2%}  test loss {record['test_loss']:.4f} "
+          f"acc {record['train_accuracy']:.2%}  {validation}test loss {record['test_loss']:.4f} "
           f"acc {record['test_accuracy']:.2%}  {record['examples_per_sec']:,.0f} ex/s  "
           f"{record['elapsed_sec']:.1f}s")

@@ -13,6 +13,7 @@ METRIC_KEYS = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'te
 # The fields of a record that measure time; every other field is a deterministic result.
 TIMING_KEYS = ('examples_per_sec', 'elapsed_sec')
 METRICS_FILE = 'metrics.jsonl'
+DATASET_FILE = 'dataset.json'
 SUMMARY_FILE = 'summary.json'
 
 
@@ -46,6 +47,18 @@ def write_metrics(workdir: str, records: list[dict]) -> None:
 def write_summary(workdir: str, summary: dict) -> None:
   """Writes `summary.json`: the final epoch's record and where the time went."""
   (epath.Path(workdir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+
+
+def write_dataset_info(workdir: str, info: dict) -> None:
+  """Writes `dataset.json`: what the run trained on (`data.Dataset.info()`: name, image shape,
+  class count and names, split sizes), so evaluation and prediction need not load the data."""
+  write_text_atomic(epath.Path(workdir) / DATASET_FILE, json.dumps(info, indent=2) + '\n')
+
+
+def read_dataset_info(workdir: str) -> dict | None:
+  """The run's `dataset.json` as a dict, or None for runs written before it existed."""
+  path = epath.Path(workdir) / DATASET_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_metrics(workdir: str) -> list[dict]:

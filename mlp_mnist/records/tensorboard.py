@@ -12,6 +12,8 @@ from etils import epath
 SCALAR_TAGS = {
     'train_loss': 'train/loss',
     'train_accuracy': 'train/accuracy',
+    'validation_loss': 'validation/loss',
+    'validation_accuracy': 'validation/accuracy',
     'test_loss': 'test/loss',
     'test_accuracy': 'test/accuracy',
     'learning_rate': 'train/learning_rate',
@@ -19,7 +21,8 @@ SCALAR_TAGS = {
     'param_norm': 'train/param_norm',
     'examples_per_sec': 'train/examples_per_sec',
 }
-HPARAM_METRICS = ('test/accuracy', 'test/loss', 'train/accuracy', 'train/loss')
+HPARAM_METRICS = ('validation/accuracy', 'validation/loss', 'test/accuracy', 'test/loss',
+                  'train/accuracy', 'train/loss')
 
 
 class _EpathRecordWriterFactory:

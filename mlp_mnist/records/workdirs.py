@@ -1,7 +1,7 @@
 """A run's workdir: whether it may be resumed, and everything the run writes into it.
 
 Only JAX process 0 writes (`is_lead_process`), so multi-host runs do not collide; checkpoints are the
-exception, being orbax's collective saves. The workdir holds `config.json`, `provenance.json`,
+exception, being orbax's collective saves. The workdir holds `config.json`, `dataset.json`, `provenance.json`,
 `metrics.jsonl`, `summary.json`, TensorBoard event files, `plots/` and `checkpoints/`.
 """
 
@@ -22,7 +22,7 @@ from mlp_mnist.records import tensorboard
 
 PLOTS_DIR = 'plots'
 # What `restart` removes: the outputs of an earlier run, nothing else the user may keep there.
-RUN_OUTPUTS = ('config.json', provenance.PROVENANCE_FILE, run_files.METRICS_FILE,
+RUN_OUTPUTS = ('config.json', run_files.DATASET_FILE, provenance.PROVENANCE_FILE, run_files.METRICS_FILE,
                run_files.SUMMARY_FILE, PLOTS_DIR,
                checkpointing.CHECKPOINTS_DIR, checkpointing.CORRUPT_DIR, 'events.out.tfevents.*')
 
@@ -104,18 +104,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 class RunRecorder:
   """Writes the run's records into `workdir`; does nothing without one or off process 0.
 
-  Starting writes `config.json`, adds to `provenance.json`, rewrites `metrics.jsonl` to the
+  Starting writes `config.json` and `dataset.json` (`dataset_info`), adds to `provenance.json`, rewrites `metrics.jsonl` to the
   restored `history` (dropping epochs of an interrupted run after its checkpoint) and opens the
   TensorBoard writer, which hides the interrupted run's later events.
   """
 
   def __init__(self, workdir: str | None, config: ml_collections.ConfigDict,
-               devices: Sequence[jax.Device], history: list[dict], resumed_step: int | None):
+               devices: Sequence[jax.Device], history: list[dict], resumed_step: int | None,
+               dataset_info: dict | None = None):
     self.workdir = workdir if workdir and is_lead_process() else None
     self._history = list(history)
     if not self.workdir:
       return
     run_files.write_config(self.workdir, config)
+    if dataset_info is not None:
+      run_files.write_dataset_info(self.workdir, dataset_info)
     provenance.append(self.workdir, provenance.collect(devices, resumed_step))
     run_files.write_metrics(self.workdir, self._history)
     self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,

@@ -118,7 +118,7 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     progress.end_group([results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
     return
   statuses = []
-  num_train = len(dataset['train'][1])
+  num_train = result['num_train']
   steps_per_epoch = -(-num_train // trials[0].config.batch_size)
   for directory, history, diverged, step in zip(dirs, result['history'], result['diverged'],
                                                 result['diverged_step']):
@@ -181,9 +181,15 @@ class Progress:
   def epoch(self, epoch: int, records: dict[int, dict], diverged: list[bool]) -> None:
     best = ''
     if records:
-      i, record = max(records.items(), key=lambda item: item[1]['test_accuracy'])
-      best = (f'; best test accuracy {record["test_accuracy"]:.2%} '
-              f'({self.running[i].name})')
+      # Chosen by validation accuracy when the sweep holds a split out; test is only reported.
+      key = ('validation_accuracy' if all('validation_accuracy' in r for r in records.values())
+             else 'test_accuracy')
+      i, record = max(records.items(), key=lambda item: item[1][key])
+      if key == 'validation_accuracy':
+        best = (f'; best validation accuracy {record[key]:.2%} '
+                f'(test {record["test_accuracy"]:.2%}, {self.running[i].name})')
+      else:
+        best = f'; best test accuracy {record[key]:.2%} ({self.running[i].name})'
     num_epochs = self.running[0].config.num_epochs
     self.log(f'{self._counts(len(self.running))} | group {self.group_index}/{self.num_groups} '
              f'epoch {epoch}/{num_epochs}, {sum(diverged)} diverged{best}')

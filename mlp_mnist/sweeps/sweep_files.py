@@ -30,6 +30,9 @@ from mlp_mnist import config_files
 from mlp_mnist import errors
 
 Overrides = dict[str, Any]
+# Data keys a sweep file may set, with one value for all its trials (hyper.fixed): the validation
+# split that chooses between them must be the same for every trial.
+FIXED_DATA_KEYS = ('data.validation_split',)
 
 
 class SweepError(errors.UserError, ValueError):
@@ -152,6 +155,7 @@ def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
     for key, value in normalized[-1].items():
       _check_key(key, value, known, source)
   _check_unique(normalized, source)
+  _check_fixed_data_keys(base_config, normalized, source)
   names = trial_names(normalized)
   result = []
   for index, (name, overrides) in enumerate(builtins.zip(names, normalized)):
@@ -191,13 +195,24 @@ def _check_key(key: str, value: Any, known: dict[str, Any], source: str) -> None
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise SweepError(f'{source}: unknown config key {key!r}{hint}; sweep keys are the dotted keys '
                      'of the config (configs/default.py).')
-  if key.startswith('data.'):
+  if key.startswith('data.') and key not in FIXED_DATA_KEYS:
     raise SweepError(f'{source}: {key!r} cannot be swept: every trial trains on the dataset of the '
                      'base config; set it with --config.' + key + '.')
   if key in config_checks.SCHEMA and not config_checks.has_valid_type(key, value):
     requirement = config_checks.SCHEMA[key][2]
     raise SweepError(f'{source}: {key}={value!r} has type {type(value).__name__}; it must be '
                      f'{requirement}.')
+
+
+def _check_fixed_data_keys(base_config: ml_collections.ConfigDict, trials: list[Overrides],
+                           source: str) -> None:
+  known = config_checks.flatten_config(base_config)
+  for key in FIXED_DATA_KEYS:
+    values = {repr(t.get(key, known[key])) for t in trials}
+    if len(values) > 1:
+      raise SweepError(f'{source}: {key!r} takes {len(values)} values ({", ".join(sorted(values))}); '
+                       'it must be one value for every trial (hyper.fixed), so that all trials '
+                       'are chosen between on the same examples.')
 
 
 def _check_unique(trials: list[Overrides], source: str) -> None:

@@ -156,7 +156,7 @@ def tree_bytes(tree) -> int:
   return sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
 
-def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset,
+def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset | dict,
                  devices=None, on_epoch: Callable[..., Any] | None = None,
                  chunk_size: int = 0) -> dict[str, Any]:
   """Trains trials that share one program together, spread over `devices`.
@@ -164,8 +164,10 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   After each epoch calls `on_epoch(epoch, records, diverged)`: `records` maps the index of each
   trial still training to its epoch record (the keys `train_and_evaluate` writes), on the epochs it
   logs; `diverged` flags every trial. `chunk_size` (0: `default_chunk_size`) sets how many of a
-  device's trials train side by side. Returns per trial its `history` (the records), `diverged`
-  and `diverged_step` (the first step not applied, or None); the stacked final `state`; `timings`.
+  device's trials train side by side. With `config.data.validation_split`, every trial validates
+  on the same held-out examples (`data.hold_out_validation`). Returns per trial its `history`
+  (the records), `diverged` and `diverged_step` (the first step not applied, or None); the stacked
+  final `state`; the examples trained on (`num_train`, after any validation split); `timings`.
   """
   start = time.time()
   devices = parallel.local_devices(devices)
@@ -173,19 +175,24 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   if any(program_key(c) != program_key(first) for c in configs):
     raise ValueError('train_trials needs configs of one program; group them by program_key.')
   num_trials, num_devices = len(configs), len(devices)
-  (train_images, train_labels), (test_images, test_labels) = dataset['train'], dataset['test']
+  dataset = data.hold_out_validation(data.as_dataset(dataset), first.data.validation_split)
+  (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
   num_train = len(train_labels)
   steps_per_epoch = -(-num_train // first.batch_size)
 
-  states = [steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch)
+  states = [steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch,
+                                     dataset.image_shape, dataset.num_classes)
             for c in configs]
   chunk = chunk_size or default_chunk_size(-(-num_trials // num_devices), tree_bytes(states[0]),
                                            devices[0].platform)
   carry = parallel.split_trials((stack_trials(states), np.zeros(num_trials, bool)),
                                 num_devices, chunk)
-  train_data, test_data, test_indices = parallel.replicate(
-      ((train_images, train_labels), (test_images, test_labels),
-       parallel.eval_batch_indices(len(test_labels), first.eval_batch_size, 1)[0]), devices)
+  eval_indices = lambda split: parallel.eval_batch_indices(len(split[1]), first.eval_batch_size,
+                                                           1)[0]
+  validation = dataset.validation
+  train_data, test_data, test_indices, validation_data, validation_indices = parallel.replicate(
+      ((train_images, train_labels), (test_images, test_labels), eval_indices(dataset.test),
+       validation, eval_indices(validation) if validation is not None else None), devices)
   train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
                                   donate_argnums=(0,))
   eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
@@ -200,6 +207,11 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   with book.timed('compile_sec'):
     train_fn = compilation.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)),
                                            platform, first.batch_size)
+    validation_fn = None
+    if validation is not None:  # The same program, compiled for the validation set's shapes.
+      validation_fn = compilation.compile_program(
+          eval_fn.lower(carry[0], *validation_data, validation_indices), platform,
+          first.eval_batch_size)
     eval_fn = compilation.compile_program(eval_fn.lower(carry[0], *test_data, test_indices),
                                           platform, first.eval_batch_size)
 
@@ -213,12 +225,18 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
     epoch_sec = book.last_sec
     records = {}
     if book.logs(epoch):
+      validation_totals = None
+      if validation_fn is not None:
+        with book.timed('validation_sec'):
+          validation_totals = parallel.merge_trials(jax.device_get(
+              validation_fn(carry[0], *validation_data, validation_indices)), num_trials)
       with book.timed('eval_sec'):
         totals = parallel.merge_trials(
             jax.device_get(eval_fn(carry[0], *test_data, test_indices)), num_trials)
       for i in np.flatnonzero(~diverged_now):
-        record = book.record(epoch, jax.tree.map(lambda x: x[i], step_metrics),
-                             jax.tree.map(lambda x: x[i], totals), epoch_sec)
+        pick = lambda tree: jax.tree.map(lambda x: x[i], tree)  # pylint: disable=cell-var-from-loop
+        record = book.record(epoch, pick(step_metrics), pick(totals), epoch_sec,
+                             pick(validation_totals) if validation_totals is not None else None)
         history[i].append(record)
         records[int(i)] = record
     diverged = diverged_now
@@ -235,5 +253,6 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
       'diverged': diverged.tolist(),
       'diverged_step': [int(s) + 1 if d else None for s, d in zip(final_steps, diverged)],
       'state': state,
+      'num_train': num_train,
       'timings': timings,
   }

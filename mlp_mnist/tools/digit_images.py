@@ -9,9 +9,8 @@ gray, always with `'light'`, never with `'dark'`.
 
 import numpy as np
 
-from mlp_mnist import data
-
 BACKGROUNDS = ('auto', 'dark', 'light')
+MNIST_FRAME = (28, 28)  # The conversion's frame: MNIST's recipe, used for runs of this shape.
 DIGIT_BOX = 20
 INK_THRESHOLD = 0.1  # Pixels above this fraction of the brightest count as the digit.
 
@@ -76,7 +75,7 @@ def to_mnist(gray: np.ndarray, background: str = 'auto') -> np.ndarray:
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
-  height, width = data.IMAGE_SHAPE
+  height, width = MNIST_FRAME
   total = digit.sum()
   ys, xs = np.indices(digit.shape)
   centre_y, centre_x = (ys * digit).sum() / total, (xs * digit).sum() / total

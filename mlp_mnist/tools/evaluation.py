@@ -23,23 +23,35 @@ from mlp_mnist.records import workdirs
 PREDICT_BATCH = 1000
 
 
+def dataset_info(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What the run in `workdir` trained on (`data.Dataset.info()`): its `dataset.json`, or, for a
+  run written before that file existed, the dataset its config names, loaded."""
+  info = run_files.read_dataset_info(workdir)
+  if info is None:
+    info = data.load_dataset(config.data).info()
+  return {**info, 'image_shape': tuple(info['image_shape'])}
+
+
 def load_run(workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None
              ) -> tuple[ml_collections.ConfigDict, steps.TrainState, int, dict[str, Any]]:
   """Returns (config, train state replicated on `devices`, step, run record) of a checkpoint.
 
   `step` defaults to the latest checkpoint. The checkpoint is opened read-only, so a training run
-  still writing into `workdir` is not disturbed.
+  still writing into `workdir` is not disturbed. The run record holds the checkpoint's `epoch`
+  and `history`, and the run's `dataset` (`dataset_info`).
   """
   config = workdirs.load_config(workdir)
+  info = dataset_info(workdir, config)
   devices = parallel.local_devices(devices)
   # The schedule's horizon does not change the state's structure, which is all a restore needs.
-  target = parallel.replicate(steps.create_train_state(config, jax.random.PRNGKey(0), 1), devices)
+  target = parallel.replicate(steps.create_train_state(
+      config, jax.random.PRNGKey(0), 1, info['image_shape'], info['num_classes']), devices)
   checkpoints = checkpointing.Checkpointer(workdir, read_only=True)
   try:
     state, step, run = checkpoints.restore(target, step)
   finally:
     checkpoints.close()
-  return config, state, step, run
+  return config, state, step, {**run, 'dataset': info}
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -47,10 +59,11 @@ def _probabilities(model: models.MLP, params, images: jax.Array) -> jax.Array:
   return jax.nn.softmax(model.apply({'params': params}, images))
 
 
-def predict_probabilities(config: ml_collections.ConfigDict, params,
-                          images: np.ndarray) -> np.ndarray:
-  """Class probabilities [N, 10] for uint8 or [0, 255] float images [N, 28, 28]."""
-  model = models.create_model(config.model, data.NUM_CLASSES)
+def predict_probabilities(config: ml_collections.ConfigDict, params, images: np.ndarray,
+                          num_classes: int) -> np.ndarray:
+  """Class probabilities [N, num_classes] for uint8 or [0, 255] float images of the run's input
+  shape ([N, H, W] or [N, H, W, C])."""
+  model = models.create_model(config.model, num_classes)
   params = jax.device_put(jax.device_get(params), jax.local_devices()[0])
   outputs = []
   for start in range(0, len(images), PREDICT_BATCH):
@@ -58,11 +71,11 @@ def predict_probabilities(config: ml_collections.ConfigDict, params,
     padded = np.zeros((PREDICT_BATCH,) + batch.shape[1:], np.float32)
     padded[:len(batch)] = batch  # One batch shape: one compiled program.
     outputs.append(np.asarray(_probabilities(model, params, jnp.asarray(padded)))[:len(batch)])
-  return np.concatenate(outputs) if outputs else np.zeros((0, data.NUM_CLASSES), np.float32)
+  return np.concatenate(outputs) if outputs else np.zeros((0, num_classes), np.float32)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int = data.NUM_CLASSES) -> np.ndarray:
+                     num_classes: int) -> np.ndarray:
   """Counts [true, predicted]."""
   matrix = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(matrix, (labels, predictions), 1)
@@ -92,16 +105,23 @@ def evaluate_run(workdir: str, step: int | None = None, devices=None,
   devices = parallel.local_devices(devices)
   if dataset is None:
     dataset = data.load_dataset(config.data)
-  images, labels = dataset['test']
+  dataset = data.as_dataset(dataset)
+  info = run['dataset']
+  if (dataset.image_shape, dataset.num_classes) != (info['image_shape'], info['num_classes']):
+    raise data.DataError(
+        f'{workdir} was trained on {info["num_classes"]} classes of images {info["image_shape"]}, '
+        f'but its config now reads {dataset.num_classes} classes of {dataset.image_shape}; '
+        'point the config.json of the run back at its data.')
+  images, labels = dataset.test
   trainer = train.Trainer(config, devices)
   test_data = parallel.replicate((images, labels), devices)
   test_indices = trainer.eval_indices(len(labels))
   trainer.compile_evaluation(state, test_data, test_indices)  # The program training ran.
   metrics = epochs.summarize_eval_metrics(trainer.evaluate(state, *test_data, test_indices))
 
-  probabilities = predict_probabilities(config, state.params, images)
+  probabilities = predict_probabilities(config, state.params, images, dataset.num_classes)
   predictions = probabilities.argmax(1)
-  matrix = confusion_matrix(labels, predictions)
+  matrix = confusion_matrix(labels, predictions, dataset.num_classes)
   mistakes = most_confident_mistakes(labels, probabilities, num_mistakes)
   epoch = run['epoch']
   reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
@@ -109,11 +129,12 @@ def evaluate_run(workdir: str, step: int | None = None, devices=None,
   title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
   paths = {
       'confusion_matrix': plots.save_confusion_matrix(
-          matrix, str(plots_dir / 'confusion_matrix.png'), title),
+          matrix, str(plots_dir / 'confusion_matrix.png'), title, info['class_names']),
       'misclassified': plots.save_misclassified(
           images[mistakes], labels[mistakes], predictions[mistakes],
           probabilities[mistakes, predictions[mistakes]], str(plots_dir / 'misclassified.png'),
-          f'{title}\nmost confident of {len(np.flatnonzero(predictions != labels))} mistakes'),
+          f'{title}\nmost confident of {len(np.flatnonzero(predictions != labels))} mistakes',
+          info['class_names']),
   }
   return {
       'workdir': str(workdir),
@@ -122,6 +143,7 @@ def evaluate_run(workdir: str, step: int | None = None, devices=None,
       'num_examples': int(len(labels)),
       **metrics,
       'per_class_accuracy': (np.diag(matrix) / np.maximum(matrix.sum(1), 1)).tolist(),
+      'class_names': list(info['class_names']),
       'confusion_matrix': matrix.tolist(),
       'training_reported': run_files.without_timing(reported) if reported else None,
       'plots': paths,
@@ -137,7 +159,9 @@ def format_report(report: dict[str, Any]) -> str:
   if reported:
     lines.append(f"training reported test loss {reported['test_loss']:.4f}  "
                  f"test accuracy {reported['test_accuracy']:.2%}")
+  names = report.get('class_names') or []
   lines.append('per-class accuracy: ' + '  '.join(
-      f'{c}: {a:.2%}' for c, a in enumerate(report['per_class_accuracy'])))
+      f'{names[c] if c < len(names) else c}: {a:.2%}'
+      for c, a in enumerate(report['per_class_accuracy'])))
   lines.extend(f'wrote {path}' for path in report['plots'].values())
   return '\n'.join(lines)

@@ -1,0 +1,61 @@
+"""What every source returns: uint8 images and int32 labels per split, with the shape of one image
+and the number of classes, both taken from the data itself."""
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from mlp_mnist import errors
+
+Split = tuple[np.ndarray, np.ndarray]
+SPLITS = ('train', 'test')
+
+
+class DataError(errors.UserError, RuntimeError):
+  """The dataset cannot be found, read or prepared; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Images `uint8[N, H, W]` (one channel) or `uint8[N, H, W, C]`, labels `int32[N]` in
+  `0..num_classes-1`, per split; `validation` is held out of the training examples (or None).
+
+  `dataset['train']` also works, as for the plain dicts of splits that older callers pass.
+  """
+
+  train: Split
+  test: Split
+  num_classes: int
+  validation: Split | None = None
+  name: str = ''
+  class_names: tuple[str, ...] = ()
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    """One example's shape, e.g. (28, 28) or (32, 32, 3): what the model is built for."""
+    return tuple(int(d) for d in self.train[0].shape[1:])
+
+  def __getitem__(self, split: str) -> Split:
+    value = getattr(self, split, None) if split in ('train', 'validation', 'test') else None
+    if value is None:
+      raise KeyError(split)
+    return value
+
+  def info(self) -> dict[str, Any]:
+    """The dataset's description as JSON values (a run's `dataset.json`)."""
+    return {'name': self.name, 'image_shape': list(self.image_shape),
+            'num_classes': self.num_classes, 'class_names': list(self.class_names),
+            'num_train': len(self.train[1]),
+            'num_validation': len(self.validation[1]) if self.validation is not None else 0,
+            'num_test': len(self.test[1])}
+
+
+def as_dataset(dataset: 'Dataset | Mapping[str, Split]') -> Dataset:
+  """`dataset` as a `Dataset`; a dict of splits gets as many classes as its largest label says."""
+  if isinstance(dataset, Dataset):
+    return dataset
+  splits = {s: (np.asarray(x), np.asarray(y)) for s, (x, y) in dataset.items()}
+  largest = max(int(y.max()) for _, y in splits.values() if y.size)
+  return Dataset(train=splits['train'], test=splits['test'], validation=splits.get('validation'),
+                 num_classes=largest + 1)
