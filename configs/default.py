@@ -50,7 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.use_cache = True
   config.data.download = True
   config.data.npz_path = ''  # Your own arrays instead of TFDS (docs/extending.md).
-  config.data.validation_split = 0  # Training examples held out: a count, or a fraction in (0, 1).
+  # Training examples held out for validation: a count (10000) or a fraction in (0, 1); 0: none.
+  config.data.validation_split = 0.0  # A float field, so the command line takes either.
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1  # 0: no checkpoints. The last epoch is always saved.

@@ -66,9 +66,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'data.use_cache': ((bool,), lambda v: True, 'True or False'),
     'data.download': ((bool,), lambda v: True, 'True or False'),
     'data.npz_path': ((str,), lambda v: True, "a .npz file of your own arrays, or '' for TFDS"),
-    'data.validation_split': ((int, float), lambda v: v >= 0 if isinstance(v, int) else 0 < v < 1,
-                              'a non-negative number of held-out training examples (0: none) or '
-                              'a fraction in (0, 1)'),
+    'data.validation_split': ((float, int), lambda v: v == 0 or 0 < v < 1 or (
+        v >= 1 and float(v).is_integer()), 'a whole number of held-out training examples (0: '
+                              'none) or a fraction in (0, 1)'),
     'checkpoint.every_epochs': ((int,), _non_negative, 'a non-negative integer (0: off)'),
     'checkpoint.keep': ((int,), _positive, 'a positive integer'),
     'logging.log_every_epochs': ((int,), _positive, 'a positive integer'),

@@ -30,11 +30,16 @@ def load(path: str) -> dataset_lib.Dataset:
   if not os.path.isfile(path):
     raise DataError(f'{shown} does not exist; set --config.data.npz_path to a .npz file holding '
                     f'{", ".join(REQUIRED)}.')
+  with open(path, 'rb') as f:
+    magic = f.read(6)
+  if magic == b'\x93NUMPY':
+    raise DataError(f'{shown} is a single .npy array, not an .npz archive; save your arrays '
+                    'with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).')
+  if not magic.startswith(b'PK'):
+    raise DataError(f'{shown} is not an .npz file (not a zip archive); save your arrays with '
+                    'np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).')
   try:
     with np.load(path, allow_pickle=False) as f:
-      if not isinstance(f, np.lib.npyio.NpzFile):
-        raise DataError(f'{shown} is a single .npy array, not an .npz archive; save your arrays '
-                        'with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).')
       missing = [k for k in REQUIRED if k not in f.files]
       if missing:
         raise DataError(f'{shown} has no array {missing[0]} (it holds {sorted(f.files)}); it needs '
@@ -46,10 +51,11 @@ def load(path: str) -> dataset_lib.Dataset:
     if 'pickle' in str(e):
       raise DataError(f'{shown} holds Python objects (pickled arrays); save plain numeric arrays '
                       'with np.savez.') from None
-    raise DataError(f'{shown} is not a .npz file ({e}); save your arrays with np.savez.') from None
+    raise DataError(f'{shown} is not a readable .npz file ({_one_line(e)}); save your arrays '
+                    'with np.savez again.') from None
   except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-    raise DataError(f'{shown} is not a readable .npz file ({type(e).__name__}: {e}); save your '
-                    'arrays with np.savez.') from None
+    raise DataError(f'{shown} is not a readable .npz file ({_one_line(e)}); it is damaged or '
+                    'truncated: save your arrays with np.savez again.') from None
   train = _split(shown, arrays, 'train')
   test = _split(shown, arrays, 'test')
   if train[0].shape[1:] != test[0].shape[1:]:
@@ -70,6 +76,10 @@ def load(path: str) -> dataset_lib.Dataset:
     train, test = ((x[..., 0], y) for x, y in (train, test))
   return dataset_lib.Dataset(train=train, test=test, num_classes=num_classes,
                              name=os.path.basename(path), class_names=class_names)
+
+
+def _one_line(error: Exception) -> str:
+  return ' '.join(f'{type(error).__name__}: {error}'.split())
 
 
 def _split(shown: str, arrays: dict, split: str) -> dataset_lib.Split:

@@ -50,8 +50,18 @@ def builder(tfds, data_config):
   try:
     return tfds.builder(spec, data_dir=data_dir(data_config))
   except Exception as e:  # tfds raises several types for unknown names and versions.
-    raise DataError(f'TFDS has no dataset {spec} ({type(e).__name__}: {e}); set '
-                    '--config.data.name and --config.data.version to one it has.') from None
+    error = e
+  try:
+    version = tfds.builder_cls(data_config.name.split('/')[0]).VERSION
+  except Exception:  # pylint: disable=broad-except
+    raise DataError(f'TFDS has no dataset named {data_config.name!r} (tfds.list_builders() lists '
+                    'them); set --config.data.name to one of them, or train on your own arrays '
+                    'with --config.data.npz_path=FILE.npz.') from None
+  if str(version) != data_config.version:
+    raise DataError(f'this TFDS release has {data_config.name}:{version}, not {spec}; set '
+                    f'--config.data.version={version}.') from None
+  reason = ' '.join(f'{type(error).__name__}: {error}'.split())[:300]
+  raise DataError(f'TFDS cannot build {spec} ({reason}); check --config.data.data_dir.') from None
 
 
 def download_and_prepare(tfds_builder, data_config) -> None:
@@ -114,9 +124,9 @@ def read(tfds, tfds_builder, split: str, image_shape: tuple[int, ...]) -> datase
 def read_dataset(tfds, tfds_builder, data_config) -> dataset_lib.Dataset:
   """The prepared builder's train and test splits, with its shape and classes."""
   image_shape, num_classes, class_names = features(tfds_builder)
-  splits = tfds_builder.info.splits
+  splits = tfds_builder.info.splits  # Empty under tfds.testing.mock_data: nothing to check.
   for split in dataset_lib.SPLITS:
-    if split not in splits:
+    if splits and split not in splits:
       raise DataError(f'TFDS dataset {tfds_builder.info.full_name} has splits {list(splits)}, '
                       "no 'train' and 'test'; choose one that has both.")
   train, test = (read(tfds, tfds_builder, s, image_shape) for s in dataset_lib.SPLITS)

@@ -1,10 +1,10 @@
 """The validation split: training examples held out by a fixed draw, the same for every seed.
 
-`config.data.validation_split` is 0 (none), a count (an int >= 1) or a fraction in (0, 1), as in
-Keras' `validation_split` (`n - int(n * (1 - fraction))` examples). Unlike Keras, which holds out
-the last examples, the held-out ones are a uniform draw with a fixed generator: data files sorted
-by class still give a representative split, and every trial of a sweep, whatever its seed,
-validates on the same examples and trains on the same others.
+`config.data.validation_split` is 0 (none), a count (a whole number >= 1: 10000 or 10000.0) or a
+fraction in (0, 1), as in Keras' `validation_split` (`n - int(n * (1 - fraction))` examples).
+Unlike Keras, which holds out the last examples, the held-out ones are a uniform draw with a fixed
+generator: data files sorted by class still give a representative split, and every trial of a
+sweep, whatever its seed, validates on the same examples and trains on the same others.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ _DRAW_SEED = 20240613  # Fixed on purpose: never config.seed.
 
 def validation_size(validation_split: int | float, num_train: int) -> int:
   """How many of `num_train` training examples `validation_split` holds out."""
-  if isinstance(validation_split, float) and 0 < validation_split < 1:
+  if 0 < validation_split < 1:
     size = num_train - int(num_train * (1 - validation_split))
   else:
     size = int(validation_split)
