@@ -33,7 +33,7 @@ def _data_config(args):
   import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(dict(
       name='mnist', version='3.0.1', data_dir=args.data_dir, local_dir=args.local_dir,
-      cache_dir=args.cache_dir, use_cache=True, download=True))
+      cache_dir=args.cache_dir, use_cache=True, download=True, npz_path=''))
 
 
 def run_keras(args) -> dict[str, Any]:
@@ -98,8 +98,9 @@ def run_naive_jax(args) -> dict[str, Any]:
   x_test = x_test.astype(np.float32) / 255.0
   data_sec = time.perf_counter() - start
 
-  model = models.MLP(hidden_sizes=(128,))
-  params = model.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 28, 28)))['params']
+  model = models.MLP(num_classes=dataset.num_classes, hidden_sizes=(128,))
+  params = model.init(jax.random.PRNGKey(args.seed),
+                      jnp.zeros((1,) + dataset.image_shape))['params']
   state = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                         tx=optax.adam(1e-3, eps=1e-7))
 

@@ -147,6 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   if dataset is None:
     dataset = data.load_dataset(config.data)
   dataset = data.hold_out_validation(data.as_dataset(dataset), config.data.validation_split)
+  if workdir:
+    workdirs.check_dataset(workdir, dataset.info())
   (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
   data_sec = time.time() - start
   num_train = len(train_labels)
@@ -224,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   if first_epoch > config.num_epochs:
     log(f'{workdir} already holds the final checkpoint of this run; nothing to train.')
   final = history[-1]
-  validation = (f'validation accuracy {final["validation_accuracy"]:.2%}, '
+  validation = (f'validation accuracy: {final["validation_accuracy"]:.2%}, '
                 if 'validation_accuracy' in final else '')
   log(f'Final {validation}test accuracy: {final["test_accuracy"]:.2%} (training '
       f'{timings["train_sec"]:.1f}s, evaluation {timings["eval_sec"]:.1f}s, '

@@ -6,8 +6,9 @@ Images may be grayscale or colour, of any size. For a run on one-channel 28x28 i
 its kin) they are converted the way MNIST digits were made (light digit on a dark ground, 20x20
 box, centred by mass in 28x28): a dark digit on a light ground is inverted automatically when the
 image's border is light (--background=auto); --background=light or dark forces it. For any other
-input shape they are resized to the run's H x W, in grayscale or RGB as the run's images are. An unreadable file gets an error line and the others are still predicted; the
-exit status is then 1.
+input shape they are resized to the run's H x W, in grayscale or RGB as the run's images are.
+An unreadable file gets an error line and the others are still predicted; the exit status is
+then 1.
 """
 
 import json

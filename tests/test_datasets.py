@@ -42,7 +42,7 @@ def _shapes_examples(count: int, seed: int):
 
 @pytest.fixture(scope='module')
 def shapes_tfds(tmp_path_factory):
-  """A real TFDS dataset, 'tiny_shapes:1.0.0' (32x32x3, 5 classes), prepared offline in a data_dir."""
+  """A real TFDS dataset, 'tiny_shapes:1.0.0' (32x32x3, 5 classes), prepared offline."""
   tfds = tfds_source.import_tfds()
 
   class TinyShapes(tfds.core.GeneratorBasedBuilder):

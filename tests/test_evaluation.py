@@ -38,10 +38,11 @@ def test_evaluate_reports_what_training_reported(font_run, epoch, tmp_path):
 
 
 def test_predictions_agree_with_the_evaluated_accuracy(font_run):
-  config, state, step, _ = evaluation.load_run(font_run['workdir'], devices=font_run['devices'])
+  config, state, step, run = evaluation.load_run(font_run['workdir'], devices=font_run['devices'])
   assert step == 6 * STEPS_PER_EPOCH
+  assert (run['dataset']['image_shape'], run['dataset']['num_classes']) == ((28, 28), 10)
   images, labels = font_run['dataset']['test']
-  probabilities = evaluation.predict_probabilities(config, state.params, images)
+  probabilities = evaluation.predict_probabilities(config, state.params, images, 10)
   assert probabilities.shape == (len(labels), 10)
   np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
   accuracy = np.mean(probabilities.argmax(1) == labels)

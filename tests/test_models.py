@@ -28,7 +28,7 @@ def test_parameter_count_follows_hidden_sizes(config, hidden_sizes, expected):
 
 
 def test_glorot_uniform_bound():
-  model = models.MLP(hidden_sizes=(128,))
+  model = models.MLP(num_classes=10, hidden_sizes=(128,))
   params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28)))['params']
   bound = np.sqrt(6 / (784 + 128))
   kernel = np.asarray(params['Dense_0']['kernel'])
@@ -38,14 +38,14 @@ def test_glorot_uniform_bound():
 
 @pytest.mark.parametrize('activation', sorted(models.ACTIVATIONS))
 def test_every_activation_runs(activation):
-  model = models.MLP(hidden_sizes=(8,), activation=activation)
+  model = models.MLP(num_classes=10, hidden_sizes=(8,), activation=activation)
   x = jnp.linspace(0, 1, 2 * 784).reshape(2, 28, 28)
   params = model.init(jax.random.PRNGKey(0), x)
   assert model.apply(params, x).shape == (2, 10)
 
 
 def test_dropout_rate_is_a_traced_argument():
-  model = models.MLP(hidden_sizes=(64,), use_dropout=True)
+  model = models.MLP(num_classes=10, hidden_sizes=(64,), use_dropout=True)
   x = jnp.ones((4, 28, 28))
   params = model.init(jax.random.PRNGKey(0), x)
   rngs = jax.random.split(jax.random.PRNGKey(3), 4)
@@ -58,7 +58,7 @@ def test_dropout_rate_is_a_traced_argument():
 
 
 def test_dropout_mask_of_an_example_does_not_depend_on_its_batch():
-  model = models.MLP(hidden_sizes=(64,), use_dropout=True)
+  model = models.MLP(num_classes=10, hidden_sizes=(64,), use_dropout=True)
   x = jax.random.uniform(jax.random.PRNGKey(1), (6, 28, 28))
   params = model.init(jax.random.PRNGKey(0), x)
   rngs = jax.random.split(jax.random.PRNGKey(3), 6)
@@ -73,3 +73,11 @@ def test_dropout_drops_the_expected_fraction():
   out = jax.vmap(mlp.dropout, (0, None, 0))(x, 0.25, rngs)
   assert abs(float((out == 0).mean()) - 0.25) < 0.01
   np.testing.assert_allclose(np.unique(out), [0.0, 1 / 0.75], rtol=1e-6)
+
+
+def test_mlp_takes_grayscale_and_colour_images_of_any_size(config):
+  for shape, num_classes in (((28, 28), 10), ((32, 32, 3), 5), ((6, 9, 2), 37)):
+    state = steps.create_train_state(config, jax.random.PRNGKey(0), 10, shape, num_classes)
+    assert state.params['Dense_0']['kernel'].shape == (int(np.prod(shape)), 128)
+    logits = state.apply_fn({'params': state.params}, np.zeros((3,) + shape, np.float32))
+    assert logits.shape == (3, num_classes)

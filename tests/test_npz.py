@@ -1,4 +1,4 @@
-"""Your own arrays (`config.data.npz_path`): the format, training on it, and every bad file's error."""
+"""Your own arrays (`config.data.npz_path`): the format, training on it, every bad file's error."""
 
 import json
 import os

@@ -36,7 +36,8 @@ def cache_path(data_config, idx_identity: str = '') -> str | None:
 
 
 def read(path: str) -> dataset_lib.Dataset | None:
-  """The cached dataset; None when there is none, or, after a one-line warning, when the file is damaged or not ours."""
+  """The cached dataset; None when there is none, or, after a one-line warning, when the file is
+  damaged or not ours."""
   if not os.path.exists(path):
     return None
   try:

@@ -75,7 +75,8 @@ def download_and_prepare(tfds_builder, data_config) -> None:
 
 
 def check_reachable(host: str, name: str, where: str) -> None:
-  """Fails within seconds, instead of tfds' minutes of retries, when the download host is unreachable."""
+  """Fails within seconds, instead of tfds' minutes of retries, when the download host is
+  unreachable."""
 
   def connect():
     socket.create_connection((host, 443), timeout=_NETWORK_PROBE_TIMEOUT_SEC).close()

@@ -26,7 +26,7 @@ class MLP(nn.Module):
   lands in. `use_dropout=False` leaves the dropout ops out of the program altogether.
   """
 
-  num_classes: int = 10
+  num_classes: int
   hidden_sizes: Sequence[int] = (128,)
   activation: str = 'relu'
   use_dropout: bool = False
@@ -55,5 +55,5 @@ def dropout(x: jax.Array, rate: jax.Array | float, rng: jax.Array) -> jax.Array:
 
 def from_config(model_config, num_classes: int) -> MLP:
   """Builds the MLP described by `config.model`, with `num_classes` outputs."""
-  return MLP(num_classes=num_classes, hidden_sizes=tuple(model_config.hidden_sizes), activation=model_config.activation,
-             use_dropout=model_config.dropout_rate > 0)
+  return MLP(num_classes=num_classes, hidden_sizes=tuple(model_config.hidden_sizes),
+             activation=model_config.activation, use_dropout=model_config.dropout_rate > 0)

@@ -77,6 +77,20 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> N
         'to resume it, pass --restart to discard it and start over, or choose another --workdir.')
 
 
+def check_dataset(workdir: str, info: dict) -> None:
+  """Refuses to resume a run on data of another image shape or class count (its `dataset.json`)."""
+  saved = run_files.read_dataset_info(workdir)
+  if saved is None:
+    return
+  was = (tuple(saved['image_shape']), saved['num_classes'])
+  now = (tuple(info['image_shape']), info['num_classes'])
+  if was != now:
+    raise WorkdirError(
+        f'workdir {workdir} holds a run on {was[1]} classes of images {was[0]}, but the data now '
+        f'has {now[1]} classes of {now[0]}; pass --restart to start over on it, or choose another '
+        '--workdir.')
+
+
 def clear(workdir: str) -> None:
   """Removes an earlier run's outputs (`RUN_OUTPUTS`) from `workdir`."""
   root = epath.Path(workdir)
@@ -104,9 +118,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 class RunRecorder:
   """Writes the run's records into `workdir`; does nothing without one or off process 0.
 
-  Starting writes `config.json` and `dataset.json` (`dataset_info`), adds to `provenance.json`, rewrites `metrics.jsonl` to the
-  restored `history` (dropping epochs of an interrupted run after its checkpoint) and opens the
-  TensorBoard writer, which hides the interrupted run's later events.
+  Starting writes `config.json` and `dataset.json` (`dataset_info`), adds to `provenance.json`,
+  rewrites `metrics.jsonl` to the restored `history` (dropping epochs of an interrupted run after
+  its checkpoint) and opens the TensorBoard writer, which hides the interrupted run's later events.
   """
 
   def __init__(self, workdir: str | None, config: ml_collections.ConfigDict,

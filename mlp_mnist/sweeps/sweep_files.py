@@ -210,7 +210,8 @@ def _check_fixed_data_keys(base_config: ml_collections.ConfigDict, trials: list[
   for key in FIXED_DATA_KEYS:
     values = {repr(t.get(key, known[key])) for t in trials}
     if len(values) > 1:
-      raise SweepError(f'{source}: {key!r} takes {len(values)} values ({", ".join(sorted(values))}); '
+      shown = ', '.join(sorted(values))
+      raise SweepError(f'{source}: {key!r} takes {len(values)} values ({shown}); '
                        'it must be one value for every trial (hyper.fixed), so that all trials '
                        'are chosen between on the same examples.')
 
