@@ -30,6 +30,10 @@ RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'dat
                        'logging.log_every_epochs', 'logging.progress_bar',
                        'logging.bar_updates_per_epoch')
 
+# Keys added after runs were recorded, with the value that reproduces those runs: a saved
+# config.json without them still loads, resumes and compares equal to today's defaults.
+LATER_KEYS = {'data.npz_path': '', 'data.validation_split': 0.0}
+
 # dotted key -> (accepted types, check, what a valid value is)
 SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'seed': ((int,), _non_negative, 'a non-negative integer'),

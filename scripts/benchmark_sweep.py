@@ -7,8 +7,8 @@ By default: the 32 trials of configs/sweeps/lr_seed.py (8 learning rates x 4 see
 recipe, timed in one process (vectorized training against a loop of single runs) and then as
 commands (`scripts/sweep.py` once against `scripts/train.py` once per trial; `--nocommands` skips
 these). `--quick`: 4 trials, 1 epoch, at most 2,048 training and 1,000 test examples in the one
-process, a sixth of them held out when the sweep holds out a number of examples (the commands train
-on the whole dataset).
+process (the commands train on the whole dataset); a sweep that holds out a number of examples
+holds out a sixth of them instead, on both sides.
 """
 
 import dataclasses
@@ -62,6 +62,7 @@ def main(argv):
       for trial in trials:  # A count of held-out examples (10,000) need not fit in 2,048.
         if trial.config.data.validation_split >= 1:
           trial.config.data.validation_split = 1 / 6  # As 10,000 of MNIST's 60,000.
+          trial.overrides['data.validation_split'] = 1 / 6  # The commands' trials too.
     sweep_speed.compare(trials, dataset)
     if _COMMANDS.value:
       sweep_speed.compare_commands(_config_args(config.num_epochs), trials, _CPU_DEVICES.value)

@@ -16,6 +16,7 @@ from mlp_mnist.data import tfds_source
 from mlp_mnist.data import validation
 from mlp_mnist.records import plots
 from mlp_mnist.records import run_files
+from mlp_mnist.records import workdirs
 from mlp_mnist.sweeps import runner
 from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.sweeps import vectorized
@@ -292,3 +293,15 @@ def test_default_recipe_metrics_are_unchanged(config, tmp_path):
   assert [list(r) for r in records] == [list(r) for r in HOUSE_RECORDS]
   for got, want in zip(records, HOUSE_RECORDS):
     assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_runs_recorded_before_the_new_data_keys_still_load_and_resume(config, tmp_path):
+  run_files.write_config(str(tmp_path), config)
+  saved = run_files.read_config(str(tmp_path))
+  del saved['data']['npz_path'], saved['data']['validation_split']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  loaded = workdirs.load_config(str(tmp_path))
+  assert (loaded.data.npz_path, loaded.data.validation_split) == ('', 0.0)
+  assert workdirs.config_differences(saved, config) == []
+  config.data.validation_split = 100
+  assert workdirs.config_differences(saved, config) == ['data.validation_split: 0.0 -> 100.0']

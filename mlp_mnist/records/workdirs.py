@@ -51,7 +51,8 @@ def _flat_json(config) -> dict[str, Any]:
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Keys that affect results and differ between a saved config and `config`, as 'key: a -> b'."""
-  saved, requested = _flat_json(saved), _flat_json(config)
+  saved = {**config_checks.LATER_KEYS, **_flat_json(saved)}
+  requested = _flat_json(config)
   missing = '(absent)'
   return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
           for key in sorted(set(saved) | set(requested))
@@ -110,6 +111,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     raise WorkdirError(f'{workdir} has no config.json; is it the --workdir of a training run?')
   config = ml_collections.ConfigDict(saved)
+  for key, value in config_checks.LATER_KEYS.items():  # Runs recorded before these keys existed.
+    section, leaf = key.rsplit('.', 1)
+    if leaf not in config[section]:
+      config[section][leaf] = value
   config.model.hidden_sizes = tuple(config.model.hidden_sizes)
   config_checks.validate_config(config)
   return config
