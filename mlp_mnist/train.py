@@ -152,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     if restored:
       state, resumed_step, run = restored
       history, first_epoch = run['history'], run['epoch'] + 1
-  recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step)
+  recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step, warn=log)
   test_indices = trainer.eval_indices(len(test_labels))
   compile_start = time.time()
   if first_epoch <= config.num_epochs:
