@@ -103,7 +103,8 @@ def tree_differences(saved: Any, target: Any) -> list[str]:
   have = flat(saved)
   want = flat(ocp.tree.serialize_tree(abstract_like(target), keep_empty_nodes=True))
   differences = []
-  for key in sorted(set(have) | set(want)):
+  # Parameters first: what a person recognises.
+  for key in sorted(set(have) | set(want), key=lambda k: (not k.startswith('params.'), k)):
     if key not in have:
       differences.append(f'{key} is missing from the checkpoint')
     elif key not in want:
@@ -157,11 +158,12 @@ def _decide(outcome: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(decision))
 
 
-def move_tree(source: epath.Path, target: epath.Path) -> None:
-  """Moves directory `source` to `target`; on remote storage, by copying every file and then
-  removing the source, so an interruption leaves the files in one place or both, never lost."""
+def move_tree(source: epath.Path, target: epath.Path, remote: bool | None = None) -> None:
+  """Moves directory `source` to `target`; on remote storage (default: a path with '://'), by
+  copying every file and then removing the source, so an interruption leaves the files in one
+  place or both, never lost."""
   target.parent.mkdir(parents=True, exist_ok=True)
-  if '://' not in str(source):
+  if not (('://' in str(source)) if remote is None else remote):
     source.rename(target)
     return
   for root, _, files in source.walk():
@@ -247,7 +249,7 @@ class Checkpointer:
     return tree_differences(getattr(metadata, 'tree', metadata), target)
 
   def restore_latest(self, target: Any, warn: Callable[[str], Any],
-                     sleep: Callable[[float], Any] = time.sleep,
+                     sleep: Callable[[float], Any] | None = None,
                      retry_delays_sec: tuple[float, ...] | None = None,
                      ) -> tuple[Any, int, dict] | None:
     """The newest checkpoint that can be read, or None when there is none.
@@ -258,6 +260,7 @@ class Checkpointer:
     stays where it is.
     """
     delays = RETRY_DELAYS_SEC if retry_delays_sec is None else retry_delays_sec
+    sleep = sleep or time.sleep
     # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
     _ignore_reads_finishing_after_a_failed_restore()
     for step in reversed(self.steps()):
@@ -294,7 +297,8 @@ class Checkpointer:
     try:
       differences = self.differences(target, step)
       if differences:
-        shown = '; '.join(differences[:3]) + ('; ...' if len(differences) > 3 else '')
+        more = len(differences) - 3
+        shown = '; '.join(differences[:3]) + (f'; and {more} more' if more > 0 else '')
         return MISMATCH, None, shown
       state, step, run = self.restore(target, step)
       if not (isinstance(run, dict) and isinstance(run.get('epoch'), int)
@@ -325,6 +329,12 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *unused_exc_info) -> None:
+    self.close()
+
 
 @contextlib.contextmanager
 def _storage_errors(what: str):
@@ -344,17 +354,21 @@ def _storage_advice() -> str:
 
 
 def _ignore_reads_finishing_after_a_failed_restore() -> None:
-  """Silences tensorstore reads of a failed restore that finish after orbax closed its event loop.
+  """Silences tensorstore reads of a failed restore that finish after orbax closed its event loop,
+  or whose own errors orbax never collects once the first one failed the restore.
 
-  Each would otherwise print a 'RuntimeError: Event loop is closed' traceback, dozens per damaged
-  checkpoint, although nothing is wrong beyond the warning already given.
+  Each would otherwise print a traceback ('RuntimeError: Event loop is closed', or 'Exception
+  ignored in: <coroutine ...>'), dozens per damaged checkpoint, although nothing is wrong beyond
+  the warning already given.
   """
   previous = sys.unraisablehook
   if getattr(previous, 'ignores_closed_event_loop', False):
     return
 
   def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
+    code = getattr(unraisable.object, 'cr_code', None)
+    orbax_read = code is not None and 'orbax' in code.co_filename
+    if not (orbax_read or isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == 'Event loop is closed'):
       previous(unraisable)
 
