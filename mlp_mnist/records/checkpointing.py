@@ -199,6 +199,13 @@ class Checkpointer:
         raise
       raise CheckpointError(f'cannot open {self.directory} ({type(e).__name__}: '
                             f'{_first_line(e)}); {_storage_advice()}') from e
+    # orbax removes unfinished saves on a thread; waiting here keeps an error that ends the run
+    # right after (a damaged record, a mismatch) from leaving it to die with the interpreter, which
+    # prints a traceback under the one-line error.
+    cleanup = getattr(self._manager, '_cleanup_tmp_directory_future', None)
+    if cleanup is not None:
+      with _storage_errors(f'cannot clean up unfinished saves in {self.directory}'):
+        cleanup.result()
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
