@@ -1,5 +1,5 @@
 r"""Kills a small 3-epoch run with SIGKILL at random moments, resumes it each time, and checks that
-it ends bit for bit where an uninterrupted run ends (see benchmarks/soak.py and docs/reliability.md).
+it ends bit for bit where an uninterrupted run ends (benchmarks/soak.py, docs/reliability.md).
 
     python scripts/soak.py [--kills 20] [--seed 0] [--root /tmp/soak] [--json soak.json]
 """
