@@ -1,5 +1,6 @@
 """Checks a config completely before any work starts: every key known, typed and in range."""
 
+import math
 from typing import Any, Callable
 
 import ml_collections
@@ -110,6 +111,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     if key not in flat:
       raise ConfigError(f'config is missing {key!r}; start from configs/default.py.')
     value = flat[key]
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'config.{key}={value!r} is not a finite number: it must be '
+                        f'{requirement}.')
     if not has_valid_type(key, value) or not check(value):
       raise ConfigError(f'config.{key}={value!r} is invalid: it must be {requirement}.')
   if config.optimizer.name != 'adamw' and config.optimizer.weight_decay:

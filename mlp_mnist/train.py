@@ -171,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       state, resumed_step, run = restored
       history, first_epoch = run['history'], run['epoch'] + 1
   recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step,
-                                  dataset.info())
+                                  dataset.info(), warn=log)
   test_indices = trainer.eval_indices(len(test_labels))
   validation_indices = (trainer.eval_indices(len(dataset.validation[1]))
                         if validation_data is not None else None)

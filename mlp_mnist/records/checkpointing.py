@@ -1,16 +1,30 @@
-"""Checkpoints of the whole train state with orbax: saves, restore with fallback.
+"""Checkpoints of the whole train state with orbax: saves, and a restore that never loses work.
 
 A checkpoint is numbered by the optimizer step at the end of its epoch and holds the train state
 (parameters, optimizer state, step, dropout key and rate) and a small JSON record of the run so far
 (`epoch` and the per-epoch `history`), so a resumed run can rewrite `metrics.jsonl` exactly. orbax
 writes each checkpoint into a temporary directory and renames it when complete, so a process killed
-mid-save leaves no partial checkpoint behind; a checkpoint that is damaged later is set aside with a
-warning and the previous one is used. Paths may be local or `gs://`.
+mid-save leaves no partial checkpoint behind. `restore_latest` tells three failures apart:
+
+- damaged files (truncated, garbled, missing): the checkpoint is moved to `corrupt_checkpoints/`
+  beside `checkpoints/` (on remote storage too: copied there, then removed), never deleted, with a
+  warning, and the previous one is tried;
+- a checkpoint of another structure, shape or dtype than this code and config make (found from
+  its metadata before reading any array): a CheckpointError naming the difference, nothing moved;
+- a transient storage error (I/O, permission, timeout, unavailable): retried after
+  `RETRY_DELAYS_SEC`, then a CheckpointError, nothing moved.
+
+In a multi-process run every process takes the decision process 0 takes from all their outcomes.
+Paths may be local or `gs://`.
 """
 
+import contextlib
+import errno
 import os
+import re
 import sys
 import time
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -23,10 +37,40 @@ from mlp_mnist.devices import parallel
 
 CHECKPOINTS_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
+# Waits before the retries of a restore that met a transient storage error: 5 attempts, ~15 s.
+RETRY_DELAYS_SEC = (1.0, 2.0, 4.0, 8.0)
+# Errors of storage that may pass (or that a person fixes) rather than of the checkpoint's content.
+TRANSIENT_ERRNOS = frozenset(getattr(errno, name) for name in (
+    'EIO', 'EAGAIN', 'EBUSY', 'EINTR', 'ETIMEDOUT', 'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED',
+    'ENETDOWN', 'ENETUNREACH', 'ENETRESET', 'EHOSTUNREACH', 'EHOSTDOWN', 'ESTALE', 'ENOLCK',
+    'EACCES', 'EPERM', 'EROFS', 'ENOMEM', 'ENOSPC', 'EDQUOT') if hasattr(errno, name))
+# tensorstore raises ValueError('<absl status code>: ... <strerror>') for storage errors.
+_TRANSIENT_MESSAGE = re.compile(
+    r'\b(UNAVAILABLE|DEADLINE_EXCEEDED|PERMISSION_DENIED|UNAUTHENTICATED|ABORTED|'
+    r'RESOURCE_EXHAUSTED)\b|'
+    + '|'.join(re.escape(os.strerror(e)) for e in sorted(TRANSIENT_ERRNOS)))
+# Outcomes of one restore attempt, by precedence: the processes of a run take the highest.
+RESTORED, DAMAGED, TRANSIENT, MISMATCH = range(4)
 
 
 class CheckpointError(errors.UserError, RuntimeError):
-  """A requested checkpoint does not exist or cannot be read; the message says what to do."""
+  """A checkpoint cannot be read, written or used by this code; the message says what to do."""
+
+
+def is_storage_error(error: BaseException) -> bool:
+  """Whether `error` (or an error it was raised from) is one of storage, not of a file's content:
+  permission, I/O, timeout, full disk, unavailable service (`TRANSIENT_ERRNOS`)."""
+  seen = 0
+  while error is not None and seen < 5:
+    if isinstance(error, (PermissionError, TimeoutError, ConnectionError, InterruptedError,
+                          BlockingIOError, MemoryError)):
+      return True
+    if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+      return True
+    if not isinstance(error, OSError) and _TRANSIENT_MESSAGE.search(str(error)):
+      return True
+    error, seen = error.__cause__ or error.__context__, seen + 1
+  return False
 
 
 def _absolute(path: str) -> str:
@@ -51,12 +95,83 @@ def abstract_like(state: Any) -> Any:
                       state)
 
 
+def tree_differences(saved: Any, target: Any) -> list[str]:
+  """How a checkpoint's tree metadata (`saved`) differs from `target`'s structure, shapes and
+  dtypes, one phrase per difference."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  flat = lambda tree: {'.'.join(map(str, k)): v for k, v in ocp.tree.to_flat_dict(tree).items()}
+  have = flat(saved)
+  want = flat(ocp.tree.serialize_tree(abstract_like(target), keep_empty_nodes=True))
+  differences = []
+  # Parameters first: what a person recognises.
+  for key in sorted(set(have) | set(want), key=lambda k: (not k.startswith('params.'), k)):
+    if key not in have:
+      differences.append(f'{key} is missing from the checkpoint')
+    elif key not in want:
+      differences.append(f'the checkpoint has {key}, which this code does not make')
+    elif hasattr(have[key], 'shape') and hasattr(want[key], 'shape'):
+      for field in ('shape', 'dtype'):
+        there, here = getattr(have[key], field), getattr(want[key], field)
+        if field == 'shape' and tuple(there) != tuple(here) or field == 'dtype' and np.dtype(
+            there) != np.dtype(here):
+          differences.append(f'{key} has {field} {_show(there)} in the checkpoint, '
+                             f'{_show(here)} here')
+  return differences
+
+
+def state_checksum(state: Any) -> str:
+  """CRC-32 of every array of `state` (one copy of each; dtypes and shapes included), as hex.
+
+  orbax's compressed chunks carry no checksum of their own: a flipped byte can decode to other
+  numbers without an error.
+  """
+  crc = 0
+  for leaf in jax.tree.leaves(state):
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0)
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    crc = zlib.crc32(f'{array.dtype}{array.shape}'.encode(), crc)
+    crc = zlib.crc32(array.reshape(-1).view(np.uint8), crc)
+  return f'{crc:08x}'
+
+
+def _show(value) -> str:
+  return str(tuple(value)) if isinstance(value, (tuple, list)) else str(np.dtype(value))
+
+
 def _global(state: Any) -> Any:
   """A pmap-replicated state as arrays orbax can save collectively from several processes."""
   if not parallel.is_multiprocess():
     return state
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
+
+
+def _decide(outcome: int) -> int:
+  """The outcome every process acts on: process 0's decision from all processes' outcomes (the
+  highest in precedence). Free in a single-process run."""
+  if not parallel.is_multiprocess():
+    return outcome
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  outcomes = multihost_utils.process_allgather(np.int32(outcome))
+  decision = np.int32(np.max(outcomes)) if jax.process_index() == 0 else np.int32(0)
+  return int(multihost_utils.broadcast_one_to_all(decision))
+
+
+def move_tree(source: epath.Path, target: epath.Path, remote: bool | None = None) -> None:
+  """Moves directory `source` to `target`; on remote storage (default: a path with '://'), by
+  copying every file and then removing the source, so an interruption leaves the files in one
+  place or both, never lost."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if not (('://' in str(source)) if remote is None else remote):
+    source.rename(target)
+    return
+  for root, _, files in source.walk():
+    destination = target / root.relative_to(source)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in files:
+      (root / name).copy(destination / name, overwrite=True)
+  source.rmtree()
 
 
 class Checkpointer:
@@ -77,22 +192,41 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=True, cleanup_tmp_directories=True,
           enable_async_checkpointing=jax.default_backend() != 'cpu')
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_storage_error(e):
+        raise
+      raise CheckpointError(f'cannot open {self.directory} ({type(e).__name__}: '
+                            f'{_first_line(e)}); {_storage_advice()}') from e
+    # orbax removes unfinished saves on a thread; waiting here keeps an error that ends the run
+    # right after (a damaged record, a mismatch) from leaving it to die with the interpreter, which
+    # prints a traceback under the one-line error.
+    cleanup = getattr(self._manager, '_cleanup_tmp_directory_future', None)
+    if cleanup is not None:
+      with _storage_errors(f'cannot clean up unfinished saves in {self.directory}'):
+        cleanup.result()
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, epoch: int, history: list[dict]) -> None:
-    """Saves (in the background off CPU); the state may be donated right after this returns."""
+    """Saves (in the background off CPU); the state may be donated right after this returns.
+
+    A storage error (full disk, no permission) is a CheckpointError; earlier checkpoints stay.
+    """
     ocp = self._ocp
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_global(state)),
-        run=ocp.args.JsonSave({'epoch': epoch, 'history': history})))
+    run = {'epoch': epoch, 'history': history, 'checksum': state_checksum(state)}
+    with _storage_errors(f'cannot save checkpoint {step} in {self.directory}'):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_global(state)), run=ocp.args.JsonSave(run)))
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, int, dict]:
     """Returns (state, step, run record) of checkpoint `step` (default: the latest).
 
     `target` is a train state of the same structure (its static fields and placement are kept).
+    Arrays that differ from the checksum saved with them (damaged files that still decode) are a
+    CheckpointError.
     """
     steps = self.steps()
     if not steps:
@@ -105,63 +239,143 @@ class Checkpointer:
     ocp = self._ocp
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_like(target)), run=ocp.args.JsonRestore()))
+    saved = restored.run.get('checksum') if isinstance(restored.run, dict) else None
+    if saved is not None and saved != state_checksum(restored.state):
+      raise CheckpointError(f'checkpoint {step} in {self.directory} is damaged: its arrays do '
+                            'not match the checksum saved with them; use another checkpoint.')
     return restored.state, step, restored.run
 
-  def restore_latest(self, target: Any,
-                     warn: Callable[[str], Any]) -> tuple[Any, int, dict] | None:
+  def differences(self, target: Any, step: int) -> list[str]:
+    """How checkpoint `step`'s structure, shapes and dtypes differ from `target`'s (its metadata
+    only: no array is read)."""
+    handler = self._ocp.StandardCheckpointHandler()
+    try:
+      metadata = handler.metadata(self.directory / str(step) / 'state')
+    finally:
+      handler.close()
+    return tree_differences(getattr(metadata, 'tree', metadata), target)
+
+  def restore_latest(self, target: Any, warn: Callable[[str], Any],
+                     sleep: Callable[[float], Any] | None = None,
+                     retry_delays_sec: tuple[float, ...] | None = None,
+                     ) -> tuple[Any, int, dict] | None:
     """The newest checkpoint that can be read, or None when there is none.
 
-    A checkpoint that fails to restore is reported through `warn`, moved out of the way (into
-    `corrupt_checkpoints/` beside `checkpoints/`, or deleted on remote storage) and the next older
-    one is tried.
+    A damaged checkpoint is reported through `warn`, set aside (`set_aside`) and the next older
+    one is tried; one that does not match `target`, or that storage errors keep from being read
+    after the retries (`retry_delays_sec`, default `RETRY_DELAYS_SEC`), is a CheckpointError and
+    stays where it is.
     """
+    delays = RETRY_DELAYS_SEC if retry_delays_sec is None else retry_delays_sec
+    sleep = sleep or time.sleep
     # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
     _ignore_reads_finishing_after_a_failed_restore()
     for step in reversed(self.steps()):
-      try:
-        return self.restore(target, step)
-      except Exception as e:  # pylint: disable=broad-except
-        # orbax and tensorstore raise many types for damaged files; any of them means unusable.
-        where = self._set_aside(step)
-        warn(f'warning: checkpoint {step} in {self.directory} cannot be restored '
-             f'({type(e).__name__}: {_first_line(e)}); {where}, trying the previous one.')
+      for attempt in range(len(delays) + 1):
+        outcome, result, detail = self._attempt(target, step)
+        decision = _decide(outcome)
+        if decision == RESTORED:
+          return result
+        if decision != TRANSIENT:
+          break
+        if attempt < len(delays):
+          warn(f'warning: checkpoint {step} in {self.directory} cannot be read now ({detail}); '
+               f'retrying in {delays[attempt]:g}s.')
+          sleep(delays[attempt])
+      if decision == MISMATCH:
+        raise CheckpointError(
+            f'checkpoint {step} in {self.directory} does not match this code and config '
+            f'({detail or "on another process"}): it was written by another version of the '
+            'code or config. Resume with that version, or pass --restart to start over (this '
+            'discards the checkpoints).')
+      if decision == TRANSIENT:
+        raise CheckpointError(
+            f'cannot read checkpoint {step} in {self.directory} after {len(delays) + 1} '
+            f'attempts ({detail or "on another process"}); it is left in place: '
+            f'{_storage_advice()}')
+      moved = self.set_aside(step)
+      warn(f'warning: checkpoint {step} in {self.directory} cannot be restored: its files are '
+           f'damaged ({detail or "on another process"}); moved it to {moved}, trying the '
+           'previous one.')
     return None
 
-  def _set_aside(self, step: int) -> str:
-    """Process 0 moves (or, on remote storage, deletes) the checkpoint; all processes then agree."""
+  def _attempt(self, target: Any, step: int) -> tuple[int, Any, str]:
+    """One try at restoring `step` on this process: (outcome, result, what went wrong)."""
+    try:
+      differences = self.differences(target, step)
+      if differences:
+        more = len(differences) - 3
+        shown = '; '.join(differences[:3]) + (f'; and {more} more' if more > 0 else '')
+        return MISMATCH, None, shown
+      state, step, run = self.restore(target, step)
+      if not (isinstance(run, dict) and isinstance(run.get('epoch'), int)
+              and isinstance(run.get('history'), list)):
+        return DAMAGED, None, 'its run record has no epoch and history'
+      return RESTORED, (state, step, run), ''
+    except Exception as e:  # pylint: disable=broad-except
+      # orbax and tensorstore raise many types for damaged files; all but storage errors mean
+      # the files are unusable (a mismatch with this code was ruled out above).
+      return (TRANSIENT if is_storage_error(e) else DAMAGED), None, (
+          f'{type(e).__name__}: {_first_line(e)}')
+
+  def set_aside(self, step: int) -> epath.Path:
+    """Moves checkpoint `step` into `corrupt_checkpoints/` (process 0; the others wait)."""
     source = self.directory / str(step)
-    remote = '://' in str(self.directory)
     target = self.directory.parent / CORRUPT_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
     if jax.process_index() == 0:
-      if remote:
-        source.rmtree()
-      else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source.rename(target)
+      move_tree(source, target)
     parallel.sync(f'set_aside_checkpoint_{step}')
     self._manager.reload()
-    return 'deleted it' if remote else f'moved it to {target}'
+    return target
 
   def wait(self) -> None:
-    """Blocks until background saves are complete."""
-    self._manager.wait_until_finished()
+    """Blocks until background saves are complete (a failed one is a CheckpointError)."""
+    with _storage_errors(f'cannot save a checkpoint in {self.directory}'):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
 
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *unused_exc_info) -> None:
+    self.close()
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str):
+  """Turns a storage error (full disk, no permission, I/O) into a one-line CheckpointError."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_storage_error(e):
+      raise
+    raise CheckpointError(f'{what} ({type(e).__name__}: {_first_line(e)}); the earlier '
+                          f'checkpoints are kept. {_storage_advice()}') from e
+
+
+def _storage_advice() -> str:
+  return ('Free disk space, fix the permissions or wait for the storage to come back, then rerun '
+          'the same command to resume from the latest checkpoint.')
+
 
 def _ignore_reads_finishing_after_a_failed_restore() -> None:
-  """Silences tensorstore reads of a failed restore that finish after orbax closed its event loop.
+  """Silences tensorstore reads of a failed restore that finish after orbax closed its event loop,
+  or whose own errors orbax never collects once the first one failed the restore.
 
-  Each would otherwise print a 'RuntimeError: Event loop is closed' traceback, dozens per damaged
-  checkpoint, although nothing is wrong beyond the warning already given.
+  Each would otherwise print a traceback ('RuntimeError: Event loop is closed', or 'Exception
+  ignored in: <coroutine ...>'), dozens per damaged checkpoint, although nothing is wrong beyond
+  the warning already given.
   """
   previous = sys.unraisablehook
   if getattr(previous, 'ignores_closed_event_loop', False):
     return
 
   def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
+    code = getattr(unraisable.object, 'cr_code', None)
+    orbax_read = code is not None and 'orbax' in code.co_filename
+    if not (orbax_read or isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == 'Event loop is closed'):
       previous(unraisable)
 

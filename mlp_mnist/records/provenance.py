@@ -8,10 +8,13 @@ import platform
 import socket
 import subprocess
 import sys
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import jax
 from etils import epath
+
+from mlp_mnist.records import run_files
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
             'numpy', 'ml-collections')
@@ -61,12 +64,31 @@ def collect(devices: Sequence[jax.Device], resumed_from_step: int | None) -> dic
   }
 
 
-def append(workdir: str, record: dict[str, Any]) -> None:
-  """Adds `record` to the workdir's `provenance.json`: one entry per start, resumes included."""
+def append(workdir: str, record: dict[str, Any],
+           warn: Callable[[str], Any] = print) -> None:
+  """Adds `record` to the workdir's `provenance.json`: one entry per start, resumes included.
+
+  The file is informational: a damaged one is renamed `provenance.json.damaged-<time>` (kept for
+  a person to read), reported through `warn`, and started afresh rather than stopping the run.
+  """
   path = epath.Path(workdir) / PROVENANCE_FILE
-  records = json.loads(path.read_text()) if path.exists() else []
-  path.write_text(json.dumps(records + [record], indent=2) + '\n')
+  records = []
+  if path.exists():
+    try:
+      records = read(workdir)
+    except run_files.WorkdirError as e:
+      kept = path.parent / f'{PROVENANCE_FILE}.damaged-{time.strftime("%Y%m%d-%H%M%S")}'
+      path.rename(kept)
+      warn(f'warning: {path} is damaged ({e.__cause__ or "not a list of records"}); moved it to '
+           f'{kept} and started a new one.')
+  run_files.write_text_atomic(path, json.dumps(records + [record], indent=2) + '\n')
 
 
 def read(workdir: str) -> list[dict[str, Any]]:
-  return json.loads((epath.Path(workdir) / PROVENANCE_FILE).read_text())
+  """The records of `provenance.json`; a damaged file is a WorkdirError."""
+  records = run_files.read_json(epath.Path(workdir) / PROVENANCE_FILE,
+                                'delete it (it only describes earlier starts)')
+  if not isinstance(records, list):
+    raise run_files.WorkdirError(f'{epath.Path(workdir) / PROVENANCE_FILE} is damaged (not a '
+                                 'list of records); delete it (it only describes earlier starts).')
+  return records

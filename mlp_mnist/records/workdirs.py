@@ -6,14 +6,13 @@ exception, being orbax's collective saves. The workdir holds `config.json`, `dat
 """
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 from etils import epath
 
 from mlp_mnist import config_checks
-from mlp_mnist import errors
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import provenance
@@ -22,13 +21,13 @@ from mlp_mnist.records import tensorboard
 
 PLOTS_DIR = 'plots'
 # What `restart` removes: the outputs of an earlier run, nothing else the user may keep there.
-RUN_OUTPUTS = ('config.json', run_files.DATASET_FILE, provenance.PROVENANCE_FILE, run_files.METRICS_FILE,
-               run_files.SUMMARY_FILE, PLOTS_DIR,
-               checkpointing.CHECKPOINTS_DIR, checkpointing.CORRUPT_DIR, 'events.out.tfevents.*')
+RUN_OUTPUTS = (run_files.CONFIG_FILE, run_files.DATASET_FILE, provenance.PROVENANCE_FILE,
+               f'{provenance.PROVENANCE_FILE}.damaged-*', run_files.METRICS_FILE,
+               run_files.SUMMARY_FILE, PLOTS_DIR, checkpointing.CHECKPOINTS_DIR,
+               checkpointing.CORRUPT_DIR, 'events.out.tfevents.*', '.*.tmp-*')
 
-
-class WorkdirError(errors.UserError, RuntimeError):
-  """The workdir holds a different run; the message says how to proceed."""
+# The workdir holds a different run, or a record that cannot be read or written.
+WorkdirError = run_files.WorkdirError
 
 
 def is_lead_process() -> bool:
@@ -130,7 +129,7 @@ class RunRecorder:
 
   def __init__(self, workdir: str | None, config: ml_collections.ConfigDict,
                devices: Sequence[jax.Device], history: list[dict], resumed_step: int | None,
-               dataset_info: dict | None = None):
+               dataset_info: dict | None = None, warn: Callable[[str], Any] = print):
     self.workdir = workdir if workdir and is_lead_process() else None
     self._history = list(history)
     if not self.workdir:
@@ -138,7 +137,7 @@ class RunRecorder:
     run_files.write_config(self.workdir, config)
     if dataset_info is not None:
       run_files.write_dataset_info(self.workdir, dataset_info)
-    provenance.append(self.workdir, provenance.collect(devices, resumed_step))
+    provenance.append(self.workdir, provenance.collect(devices, resumed_step), warn=warn)
     run_files.write_metrics(self.workdir, self._history)
     self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,
                                                          purge_step=(resumed_step or 0) + 1)

@@ -142,8 +142,8 @@ def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) ->
   for trial in trials:
     try:
       saved = run_files.read_config(_dir(workdir, trial))
-    except json.JSONDecodeError:
-      continue  # Written by a run that died mid-write: it is rerun.
+    except run_files.WorkdirError:
+      continue  # Damaged: the trial is rerun, which rewrites it.
     differences = workdirs.config_differences(saved, trial.config) if saved else []
     if differences:
       raise sweep_files.SweepError(
@@ -158,9 +158,8 @@ def _write_sweep_file(workdir: str, sweep_path: str, keys, trials, groups) -> No
   content = {'sweep_file': os.path.abspath(sweep_path), 'swept_keys': list(keys),
              'trials': [{'name': t.name, 'overrides': t.overrides, 'program_group': program[i]}
                         for i, t in enumerate(trials)]}
-  root = epath.Path(workdir)
-  root.mkdir(parents=True, exist_ok=True)
-  (root / 'sweep.json').write_text(json.dumps(content, indent=2) + '\n')
+  run_files.write_text_atomic(epath.Path(workdir) / 'sweep.json',
+                              json.dumps(content, indent=2) + '\n')
 
 
 class Progress:

@@ -1,0 +1,366 @@
+"""Fault injection: damaged files of every kind in a workdir, storage errors, a code change.
+
+Each test starts from a copy of one tiny trained workdir (checkpoints at steps 8 and 16) and checks
+what issue 12 promises: damage is set aside and the previous checkpoint used, a mismatch or a
+storage error stops with one line, and no good checkpoint is ever moved or deleted.
+"""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mlp_mnist import config_checks
+from mlp_mnist import train
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import provenance
+from mlp_mnist.records import run_files
+from mlp_mnist.records import workdirs
+
+import default
+from conftest import REPO, synthetic_dataset, write_dataset_cache
+
+NUM_DEVICES = 2
+STEPS = [8, 16]  # 256 examples in batches of 32, two epochs.
+QUIET = pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
+
+
+def _config(**overrides):
+  config = default.get_config()
+  config.update_from_flattened_dict({'num_epochs': 2, 'model.hidden_sizes': (16,),
+                                     'eval_batch_size': 50, **overrides})
+  return config
+
+
+def _run(config, workdir, log=lambda _: None, **kwargs):
+  return train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:NUM_DEVICES],
+                                  dataset=synthetic_dataset(), log=log, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A finished two-epoch run: {'workdir', 'result'}; tests work on copies (`workdir` below)."""
+  root = tmp_path_factory.mktemp('trained') / 'run'
+  return {'workdir': root, 'result': _run(_config(), root)}
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  copy = tmp_path / 'run'
+  shutil.copytree(trained['workdir'], copy)
+  return copy
+
+
+def _snapshot(root):
+  """Every file under `root` with its bytes, by path relative to `root`."""
+  return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob('*') if p.is_file()}
+
+
+def _checkpoint_files(workdir):
+  """Every checkpoint file, wherever it is now (kept or set aside), by step and relative path."""
+  files = {}
+  for parent in (checkpointing.CHECKPOINTS_DIR, checkpointing.CORRUPT_DIR):
+    for step_dir in (workdir / parent).glob('*'):
+      if step_dir.is_dir():
+        step = step_dir.name.split('-')[0]
+        files.update({(step, k): v for k, v in _snapshot(step_dir).items()})
+  return files
+
+
+def _steps(workdir):
+  checkpoints = checkpointing.Checkpointer(str(workdir), read_only=True)
+  try:
+    return checkpoints.steps()
+  finally:
+    checkpoints.close()
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_array_equal(x, y)
+
+
+def _one_line(error):
+  message = str(error.value)
+  assert '\n' not in message and 'Traceback' not in message, message
+  return message
+
+
+def _damage(path, how):
+  data = path.read_bytes()
+  if how == 'truncate':
+    path.write_bytes(data[:len(data) // 2])
+  else:  # Flip 16 bytes in the middle: the size stays, the content does not.
+    middle = len(data) // 2
+    path.write_bytes(data[:middle] + bytes(b ^ 0x5A for b in data[middle:middle + 16])
+                     + data[middle + 16:])
+
+
+@QUIET
+@pytest.mark.parametrize('how', ['truncate', 'garble'])
+def test_each_damaged_checkpoint_file_restores_exactly_or_falls_back(trained, tmp_path, how):
+  """Every file orbax writes, damaged in turn: the newest checkpoint restores bit for bit (the file
+  is not needed) or it is set aside whole and the previous one restores; nothing is lost."""
+  target = trained['result']['state']
+  newest = trained['workdir'] / checkpointing.CHECKPOINTS_DIR / '16'
+  names = sorted(str(p.relative_to(newest)) for p in newest.rglob('*') if p.is_file())
+  assert {'_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt',
+          'run/metadata'} <= set(names)
+  with checkpointing.Checkpointer(str(trained['workdir']), read_only=True) as reader:
+    previous = jax.device_get(reader.restore(target, 8)[0])
+  fell_back = []
+  for name in names:
+    workdir = tmp_path / name.replace('/', '_')
+    shutil.copytree(trained['workdir'], workdir)
+    _damage(workdir / checkpointing.CHECKPOINTS_DIR / '16' / name, how)
+    before = _checkpoint_files(workdir)
+    warnings = []
+    with checkpointing.Checkpointer(str(workdir)) as checkpoints:
+      state, step, run = checkpoints.restore_latest(target, warnings.append)
+    assert _checkpoint_files(workdir) == before, name  # Moved at most, never changed or deleted.
+    if step == 16:
+      assert not warnings and run['epoch'] == 2, name
+      _assert_same(state, target)
+    else:
+      assert step == 8 and run['epoch'] == 1, name
+      assert len(warnings) == 1 and 'cannot be restored' in warnings[0], (name, warnings)
+      assert '\n' not in warnings[0]
+      assert os.listdir(workdir / checkpointing.CORRUPT_DIR)[0].startswith('16-')
+      assert _steps(workdir) == [8]
+      _assert_same(state, previous)
+      fell_back.append(name)
+  # The array data, its index and orbax's metadata are needed; garbled data is caught by the
+  # checksum saved with the run record, where orbax alone would restore other numbers.
+  assert {'state/_METADATA', 'state/manifest.ocdbt', 'run/metadata'} <= set(fell_back)
+  assert any(name.startswith('state/ocdbt.process_0/d/') for name in fell_back)
+
+
+def test_structure_change_with_the_same_config_stops_with_one_line(workdir):
+  """A code change that alters the state (here: a wider layer) while config.json says the same:
+  one line naming the difference and --restart; nothing moved."""
+  config = _config(**{'model.hidden_sizes': (24,)})
+  run_files.write_config(str(workdir), config)  # As if the code's default had changed.
+  before = _snapshot(workdir / checkpointing.CHECKPOINTS_DIR)
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    _run(config, workdir)
+  message = _one_line(error)
+  assert message.startswith(f'checkpoint 16 in {workdir / "checkpoints"} does not match this code')
+  assert 'params.Dense_0.kernel has shape (784, 16) in the checkpoint, (784, 24) here' in message
+  assert '--restart' in message
+  assert _snapshot(workdir / checkpointing.CHECKPOINTS_DIR) == before
+  assert not (workdir / checkpointing.CORRUPT_DIR).exists()
+
+
+def test_dtype_and_tree_differences_are_named(trained):
+  target = trained['result']['state']
+  with checkpointing.Checkpointer(str(trained['workdir']), read_only=True) as checkpoints:
+    half = target.replace(params=jax.tree.map(lambda x: x.astype(np.float16), target.params))
+    assert ('params.Dense_0.bias has dtype float32 in the checkpoint, float16 here'
+            in checkpoints.differences(half, 16))
+    extra = target.replace(params={**target.params, 'Dense_9': {'bias': target.params[
+        'Dense_0']['bias']}})
+    assert 'params.Dense_9.bias is missing from the checkpoint' in checkpoints.differences(
+        extra, 16)
+    assert checkpoints.differences(target, 16) == []
+
+
+@pytest.mark.parametrize('error', [
+    OSError(errno.EIO, 'Input/output error'), TimeoutError('read timed out'),
+    ValueError('UNAVAILABLE: Error reading "gs://bucket/run/checkpoints/16/state": 503')])
+def test_transient_read_error_is_retried_and_resumes_normally(trained, workdir, monkeypatch,
+                                                              error):
+  original, calls = checkpointing.Checkpointer.restore, []
+
+  def flaky(self, target, step=None):
+    calls.append(step)
+    if len(calls) <= 2:
+      raise error
+    return original(self, target, step)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'restore', flaky)
+  monkeypatch.setattr(checkpointing, 'RETRY_DELAYS_SEC', (0.125, 0.25, 5.0))
+  lines = []
+  result = _run(_config(), workdir, log=lines.append)
+  assert calls == [16, 16, 16]
+  retries = [line for line in lines if 'retrying' in line]
+  assert [line.split('retrying in ')[1] for line in retries] == ['0.125s.', '0.25s.']
+  assert f'({type(error).__name__}: ' in retries[0]
+  assert any('Resumed from the checkpoint at step 16' in line for line in lines)
+  _assert_same(result['state'], trained['result']['state'])
+  assert _steps(workdir) == STEPS and not (workdir / checkpointing.CORRUPT_DIR).exists()
+
+
+def test_lasting_storage_error_stops_with_one_line_and_moves_nothing(workdir, monkeypatch):
+  def denied(self, target, step=None):
+    raise PermissionError(errno.EACCES, 'Permission denied')
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'restore', denied)
+  monkeypatch.setattr(checkpointing, 'RETRY_DELAYS_SEC', (0, 0))
+  before = _snapshot(workdir)
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    _run(_config(), workdir)
+  message = _one_line(error)
+  assert 'cannot read checkpoint 16' in message and 'after 3 attempts' in message
+  assert 'left in place' in message
+  assert _snapshot(workdir) == before
+
+
+def test_damaged_config_json_is_one_line_naming_it(workdir):
+  _damage(workdir / 'config.json', 'truncate')
+  before = _snapshot(workdir)
+  with pytest.raises(workdirs.WorkdirError) as error:
+    _run(_config(), workdir)
+  message = _one_line(error)
+  assert message.startswith(f'{workdir / "config.json"} is damaged (JSONDecodeError')
+  assert '--restart' in message and 'delete it' in message
+  assert _snapshot(workdir) == before
+  with pytest.raises(workdirs.WorkdirError):
+    workdirs.load_config(str(workdir))  # What evaluate.py and predict.py read.
+
+
+def test_damaged_metrics_jsonl_is_rewritten_from_the_checkpoint_on_resume(trained, workdir):
+  path = workdir / run_files.METRICS_FILE
+  good = path.read_text()
+  path.write_text(good.replace('"epoch": 1', '"epoch": 1}}garbage', 1))
+  with pytest.raises(workdirs.WorkdirError) as error:
+    run_files.read_metrics(str(workdir))
+  assert f'{path} is damaged at line 1' in _one_line(error)
+  # An append cut short (no final newline) is left out, not an error.
+  path.write_text(good + '{"epoch": 3, "ste')
+  assert run_files.read_metrics(str(workdir)) == run_files.read_metrics(
+      str(trained['workdir']))
+  path.write_text('\0garbage' * 10)
+  lines = []
+  _run(_config(), workdir, log=lines.append)  # The checkpoint holds the history.
+  assert any('nothing to train' in line for line in lines)
+  assert path.read_text() == good
+
+
+def test_damaged_provenance_is_kept_aside_and_started_afresh(workdir):
+  path = workdir / provenance.PROVENANCE_FILE
+  _damage(path, 'truncate')
+  damaged = path.read_bytes()
+  with pytest.raises(workdirs.WorkdirError) as error:
+    provenance.read(str(workdir))
+  assert str(path) in _one_line(error)
+  lines = []
+  _run(_config(), workdir, log=lines.append)
+  warning = next(line for line in lines if line.startswith('warning: '))
+  assert f'{path} is damaged' in warning and 'started a new one' in warning
+  kept = list(workdir.glob('provenance.json.damaged-*'))
+  assert len(kept) == 1 and kept[0].read_bytes() == damaged
+  assert [p['resumed_from_step'] for p in provenance.read(str(workdir))] == [16]
+
+
+@pytest.mark.parametrize('error, remedy', [
+    (PermissionError(errno.EACCES, 'Permission denied'), 'make the workdir writable'),
+    (OSError(errno.EROFS, 'Read-only file system'), 'make the workdir writable'),
+    (OSError(errno.ENOSPC, 'No space left on device'), 'free disk space')])
+def test_unwritable_workdir_is_one_line_and_changes_nothing(workdir, monkeypatch, error, remedy):
+  def fail(path, text):
+    raise error
+
+  monkeypatch.setattr(run_files, 'write_file', fail)
+  before = _snapshot(workdir)
+  with pytest.raises(workdirs.WorkdirError) as raised:
+    _run(_config(), workdir)
+  message = _one_line(raised)
+  assert message.startswith(f'cannot write {workdir / "config.json"} ({error.strerror}); {remedy}')
+  assert 'rerun the same command' in message
+  assert _snapshot(workdir) == before
+
+
+def test_disk_full_mid_run_keeps_every_checkpoint_and_record(trained, workdir, monkeypatch):
+  """The disk fills while epoch 3 is written: its metrics, or its checkpoint."""
+  run_files.write_config(str(workdir), _config(num_epochs=3))  # A 3-epoch run stopped after 2.
+  write_file = run_files.write_file
+
+  def full_for_metrics(path, text):
+    if path.name.startswith(f'.{run_files.METRICS_FILE}') and '"epoch": 3' in text:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    write_file(path, text)
+
+  monkeypatch.setattr(run_files, 'write_file', full_for_metrics)
+  with pytest.raises(workdirs.WorkdirError) as error:
+    _run(_config(num_epochs=3), workdir)
+  assert 'metrics.jsonl (No space left on device); free disk space' in _one_line(error)
+  assert _steps(workdir) == STEPS
+  assert (run_files.read_metrics(str(workdir))
+          == run_files.read_metrics(str(trained['workdir'])))
+  assert not list(workdir.glob('.*.tmp-*'))
+
+  monkeypatch.setattr(run_files, 'write_file', write_file)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  def full(*args, **kwargs):
+    raise ValueError('UNKNOWN: Error writing local file "/x/d/3a73": No space left on device')
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full)
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    _run(_config(num_epochs=3), workdir)
+  message = _one_line(error)
+  assert message.startswith(f'cannot save checkpoint 24 in {workdir / "checkpoints"}')
+  assert 'the earlier checkpoints are kept' in message
+  assert _steps(workdir) == STEPS
+
+
+def test_full_disk_in_the_train_script_is_one_line_and_exit_2(tmp_path):
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset())
+  code = ('import errno, runpy, sys\n'
+          'from mlp_mnist.records import run_files\n'
+          'def full(path, text):\n'
+          '  raise OSError(errno.ENOSPC, "No space left on device")\n'
+          'run_files.write_file = full\n'
+          'sys.argv = sys.argv[1:]\n'
+          'runpy.run_path(sys.argv[0], run_name="__main__")\n')
+  result = subprocess.run(
+      [sys.executable, '-c', code, os.path.join(REPO, 'scripts', 'train.py'),
+       f'--config={os.path.join(REPO, "configs", "default.py")}', '--config.num_epochs=1',
+       f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={tmp_path / "run"}',
+       '--config.model.hidden_sizes=(16,)', '--jax_cache_dir='],
+      capture_output=True, text=True, timeout=180, cwd=REPO,
+      env={**os.environ, 'PYTHONPATH': REPO})
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.startswith(f'error: cannot write {tmp_path / "run" / "config.json"} '
+                                  '(No space left on device); free disk space'), result.stderr
+  assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('key', ['optimizer.learning_rate', 'optimizer.weight_decay',
+                                 'model.dropout_rate', 'optimizer.warmup_epochs'])
+@pytest.mark.parametrize('value', [float('inf'), float('-inf'), float('nan')])
+def test_non_finite_config_floats_are_one_line_errors(key, value):
+  config = _config(**{key: value})
+  with pytest.raises(config_checks.ConfigError) as error:
+    config_checks.validate_config(config)
+  assert _one_line(error).startswith(f'config.{key}={value!r} is not a finite number')
+
+
+def test_remote_set_aside_copies_then_removes(tmp_path, monkeypatch):
+  """On remote storage a checkpoint is copied under corrupt_checkpoints/ file by file, and the
+  source removed only after every copy (a local path stands in for gs:// here)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'checkpoints' / '16'
+  (source / 'state' / 'd').mkdir(parents=True)
+  (source / 'state' / 'd' / 'chunk').write_bytes(b'\1\2\3')
+  (source / '_CHECKPOINT_METADATA').write_text('{}')
+  before = _snapshot(source)
+  path_type = type(epath.Path(tmp_path))
+  original = path_type.copy
+  copied = []
+
+  def copy(self, dst, overwrite=False):
+    copied.append(self.name)
+    assert source.exists()  # Nothing removed before every file is copied.
+    return original(self, dst, overwrite=overwrite)
+
+  monkeypatch.setattr(path_type, 'copy', copy)
+  target = epath.Path(tmp_path) / 'corrupt_checkpoints' / '16-x'
+  checkpointing.move_tree(epath.Path(source), target, remote=True)
+  assert sorted(copied) == ['_CHECKPOINT_METADATA', 'chunk']
+  assert not source.exists() and _snapshot(tmp_path / 'corrupt_checkpoints' / '16-x') == before
