@@ -22,16 +22,20 @@ def enable_compilation_cache(cache_dir: str) -> None:
 
 def define_jax_flags() -> None:
   """The flags of every training entry point: the compilation cache and the multi-process set-up
-  (see mlp_mnist/distributed.py). `set_up_jax` acts on them."""
+  (see mlp_mnist/devices/distributed.py). `set_up_jax` acts on them."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('jax_cache_dir', DEFAULT_COMPILATION_CACHE,
                       "JAX's persistent compilation cache; '' turns it off.")
   flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
-                    'Multi-process JAX: auto (when the flags below, their JAX_* environment '
-                    'variables, a TPU pod slice, SLURM or Open MPI say so), on, or off.')
-  flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process runs).')
-  flags.DEFINE_integer('num_processes', 0, 'Number of processes (multi-process runs).')
-  flags.DEFINE_integer('process_id', -1, 'This process, in [0, num_processes).')
+                    "Multi-process JAX: auto (when the flags below or their environment "
+                    "variables say so, or JAX's cluster detection finds several processes: Cloud "
+                    "TPU VM slices, GKE, SLURM, Open MPI, Kubernetes), on, or off.")
+  flags.DEFINE_string('coordinator_address', '',
+                      'host:port of process 0 (multi-process runs; or JAX_COORDINATOR_ADDRESS).')
+  flags.DEFINE_integer('num_processes', 0,
+                       'Number of processes (multi-process runs; or JAX_NUM_PROCESSES).')
+  flags.DEFINE_integer('process_id', -1,
+                       'This process, in [0, num_processes) (or JAX_PROCESS_ID).')
   flags.DEFINE_integer('heartbeat_timeout_sec', 60,
                        'A process that stops answering for this long fails the whole run.')
 

@@ -3,6 +3,7 @@
     python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR NUM_TRAIN EPOCHS
 
 Two simulated CPU devices per process, synthetic data; the result goes to WORKDIR/result-ID.json.
+PORT `auto` leaves the set-up to JAX's cluster detection (`--distributed=auto`, no other settings).
 """
 
 import json
@@ -19,8 +20,12 @@ jax.config.update('jax_num_cpu_devices', 2)
 from mlp_mnist import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mlp_mnist.devices import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-distributed.initialize('on', f'localhost:{port}', int(num_processes), int(process_id),
-                       initialization_timeout_sec=60, heartbeat_timeout_sec=5)
+if port == 'auto':
+  assert distributed.initialize('auto', initialization_timeout_sec=60, heartbeat_timeout_sec=5)
+else:
+  distributed.initialize('on', f'localhost:{port}', int(num_processes), int(process_id),
+                         initialization_timeout_sec=60, heartbeat_timeout_sec=5)
+assert (jax.process_index(), jax.process_count()) == (int(process_id), int(num_processes))
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'configs'))

@@ -30,11 +30,47 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# What JAX's cluster detection reads: none of it may leak into a test from the machine.
+CLUSTER_VARIABLES = ('SLURM_', 'OMPI_', 'PMI_', 'PMIX_', 'MV2_', 'TPU_', 'MEGASCALE_',
+                     'KUBERNETES_SERVICE_HOST', 'JAX_COORDINATOR', 'JAX_NUM_PROCESSES',
+                     'JAX_PROCESS_ID', 'JAX_LOCAL_DEVICE_IDS')
+# JAX's SLURM detection puts the coordinator on this port range's SLURM_JOB_ID % 4096-th port.
+SLURM_PORTS = 65536 - 4096
+
+
+def _without_cluster(env):
+  return {k: v for k, v in env.items() if not k.startswith(CLUSTER_VARIABLES)}
+
+
+def _free_slurm_job_id() -> str:
+  """A job id whose coordinator port (as JAX's SLURM detection derives it) is free here."""
+  for port in np.random.default_rng(time.time_ns()).permutation(np.arange(SLURM_PORTS, 65536)):
+    with socket.socket() as s:
+      try:
+        s.bind(('localhost', int(port)))
+      except OSError:
+        continue
+    return str(4096 * 1234 + int(port) - SLURM_PORTS)
+  raise AssertionError('no free port in the SLURM range')
+
+
+def _slurm_env(job_id, process_id, num_tasks, step_tasks=None):
+  """What `srun` gives each task of a one-node step (the variables JAX's SLURM detection reads)."""
+  return {'SLURM_JOB_ID': job_id, 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_NODELIST': 'localhost',
+          'SLURM_NTASKS': str(num_tasks), 'SLURM_STEP_NUM_TASKS': str(step_tasks or num_tasks),
+          'SLURM_PROCID': str(process_id), 'SLURM_LOCALID': str(process_id),
+          'SLURM_STEP_NUM_NODES': '1'}
+
+
 @contextlib.contextmanager
-def _processes(workdir, num_train, epochs, log_dir):
-  """Starts both processes; always kills whatever is left on the way out."""
-  port = _free_port()
-  env = {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'}
+def _processes(workdir, num_train, epochs, log_dir, slurm=False):
+  """Starts both processes; always kills whatever is left on the way out.
+
+  With `slurm`, each process gets only a simulated SLURM task environment and no coordinator.
+  """
+  port = 'auto' if slurm else _free_port()
+  job_id = _free_slurm_job_id() if slurm else None
+  env = {**_without_cluster(os.environ), 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'}
   env.pop('XLA_FLAGS', None)
   procs = []
   try:
@@ -42,7 +78,8 @@ def _processes(workdir, num_train, epochs, log_dir):
       with open(os.path.join(log_dir, f'process{i}-{time.time_ns()}.log'), 'w') as log:
         procs.append(subprocess.Popen(
             [sys.executable, WORKER, str(i), '2', str(port), str(workdir), str(num_train),
-             str(epochs)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
+             str(epochs)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**env, **(_slurm_env(job_id, i, 2) if slurm else {})}))
     yield procs
   finally:
     for p in procs:
@@ -78,10 +115,11 @@ def _assert_same_history(got, want):
       np.testing.assert_allclose(g[key], w[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
-def test_two_processes_match_one_process_with_four_devices(config, tmp_path):
+@pytest.mark.parametrize('slurm', [False, True], ids=['explicit', 'slurm_detected'])
+def test_two_processes_match_one_process_with_four_devices(config, tmp_path, slurm):
   logs = tmp_path / 'logs'
   logs.mkdir()
-  with _processes(tmp_path / 'run', 250, 2, logs) as procs:
+  with _processes(tmp_path / 'run', 250, 2, logs, slurm=slurm) as procs:
     assert _wait(procs, timeout=180) == [0, 0], _logs(logs)
   results = [json.load(open(tmp_path / 'run' / f'result-{i}.json')) for i in range(2)]
   # Every process reports the same metrics.
@@ -128,18 +166,52 @@ def test_a_dead_process_stops_the_other_and_a_rerun_resumes(config, tmp_path):
     (dict(mode='sometimes'), "--distributed='sometimes'"),
 ])
 def test_incomplete_multiprocess_settings_fail_clearly(monkeypatch, kwargs, message):
-  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
-    monkeypatch.delenv(name, raising=False)
+  _clear_cluster_env(monkeypatch)
   with pytest.raises(distributed.DistributedError, match=re.escape(message)):
     distributed.initialize(**kwargs)
 
 
+def _clear_cluster_env(monkeypatch):
+  for name in os.environ:
+    if name.startswith(CLUSTER_VARIABLES):
+      monkeypatch.delenv(name)
+
+
 def test_single_process_needs_no_set_up(monkeypatch):
-  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'TPU_WORKER_HOSTNAMES',
-               'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
-    monkeypatch.delenv(name, raising=False)
+  _clear_cluster_env(monkeypatch)
+  assert distributed.detected_cluster() is None
+  # TPU_WORKER_HOSTNAMES alone (not on a TPU VM) is no cluster for JAX, nor for us.
+  monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'host0,host1')
+  started = time.perf_counter()
   assert distributed.initialize('auto') is False
+  assert time.perf_counter() - started < 0.5
   assert distributed.initialize('off', num_processes=4) is False
   monkeypatch.setenv('JAX_NUM_PROCESSES', 'four')
   with pytest.raises(distributed.DistributedError, match="JAX_NUM_PROCESSES='four'"):
     distributed.initialize('auto')
+
+
+@pytest.mark.parametrize('num_tasks,step_tasks', [(1, 1), (4, 1)])
+def test_a_single_slurm_task_trains_alone(monkeypatch, num_tasks, step_tasks):
+  # `srun -n1` inside an allocation of 4 tasks: JAX would wait for 3 peers that never start.
+  _clear_cluster_env(monkeypatch)
+  for name, value in _slurm_env('77', 0, num_tasks, step_tasks).items():
+    monkeypatch.setenv(name, value)
+  assert distributed.detected_cluster().name == 'slurm'
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **_: pytest.fail('initialized'))
+  assert distributed.initialize('auto') is False
+
+
+def test_a_detected_cluster_is_left_to_jax(monkeypatch):
+  _clear_cluster_env(monkeypatch)
+  for name, value in _slurm_env('77', 1, 8, step_tasks=2).items():
+    monkeypatch.setenv(name, value)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(jax.config, 'update', lambda *_: None)
+  distributed.initialize('auto')
+  # The step's own task count; the coordinator and the id come from JAX's SLURM detection.
+  assert [(c['coordinator_address'], c['num_processes'], c['process_id'],
+           c['cluster_detection_method']) for c in calls] == [(None, 2, None, 'slurm')]
+  with pytest.raises(distributed.DistributedError, match=re.escape('--process_id=5 must be in')):
+    distributed.initialize('auto', process_id=5)

@@ -25,11 +25,27 @@ HPARAM_METRICS = ('validation/accuracy', 'validation/loss', 'test/accuracy', 'te
                   'train/accuracy', 'train/loss')
 
 
+class _RemoteEventFile:
+  """An epath file without `fileno`: tensorboardX fsyncs files that have one, and gcsfs' raise."""
+
+  def __init__(self, file):
+    self._file = file
+
+  def write(self, data):
+    self._file.write(data)
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
 class _EpathRecordWriterFactory:
   """tensorboardX's own gs:// writer needs google-cloud-storage; epath reaches buckets already."""
 
   def open(self, path):
-    return epath.Path(path).open('wb')
+    return _RemoteEventFile(epath.Path(path).open('wb'))
 
   def directory_check(self, path):
     epath.Path(path).mkdir(parents=True, exist_ok=True)
