@@ -96,7 +96,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     raise WorkdirError(f'{workdir} has no config.json; is it the --workdir of a training run?')
   config = ml_collections.ConfigDict(saved)
-  config.model.hidden_sizes = tuple(config.model.hidden_sizes)
+  config.model.hidden_sizes = tuple(config.model.hidden_sizes)  # JSON has lists.
+  config.model.cnn.features = tuple(config.model.cnn.features)
+  config.hooks = tuple(config.hooks)
   config_checks.validate_config(config)
   return config
 

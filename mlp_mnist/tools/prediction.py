@@ -10,7 +10,7 @@ from mlp_mnist.tools import evaluation
 TOP_K = 3
 
 
-def predict_files(workdir: str, paths: Sequence[str], step: int | None = None,
+def predict_files(workdir: str, paths: Sequence[str], step: int | str | None = None,
                   background: str = 'auto', devices=None) -> list[dict[str, Any]]:
   """One result per path, in order: {'path', 'digit', 'top': [(digit, probability)] * 3}, or
   {'path', 'error'} for a file that is not a readable image (the others are still predicted)."""
