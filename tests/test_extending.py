@@ -287,3 +287,29 @@ def test_bad_hooks_are_one_line_errors(config):
     hooks.run_hooks([lambda record, state: {'test_loss': 1.0}], {'test_loss': 0.5}, None)
   with pytest.raises(hooks.HookError, match='must be scalars'):
     hooks.run_hooks([lambda record, state: {'x': [1, 2]}], {}, None)
+
+
+def test_sweep_records_stopped_trials_and_skips_them_on_resume(config, tmp_path):
+  from mlp_mnist.sweeps import results  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
+  dataset = synthetic_dataset(num_train=96, num_test=40)
+  config = _stopping_config(config)
+  config.num_epochs = 4
+  sweep_path = tmp_path / 'patience.py'
+  sweep_path.write_text("def get_sweep(hyper):\n"
+                        "  return hyper.sweep('early_stopping.patience', [2, 5])\n")
+  log = []
+  rows = runner.run_sweep(config, str(sweep_path), str(tmp_path / 'run'),
+                          devices=jax.devices()[:1], dataset=dataset, log=log.append)
+  assert [r['status'] for r in rows] == ['stopped', 'done']
+  assert '1 stopped early' in '\n'.join(log)
+  stopped_dir = results.trial_dir(str(tmp_path / 'run'), rows[0]['trial'])
+  with open(f'{stopped_dir}/status') as f:
+    assert f.read().startswith('stopped\nearly stopping after epoch 3: test_loss did not improve')
+  with open(f'{stopped_dir}/summary.json') as f:
+    summary = json.load(f)
+  assert summary['epoch'] == 1 and summary['early_stopping']['stopped_epoch'] == 3
+  log.clear()
+  runner.run_sweep(config, str(sweep_path), str(tmp_path / 'run'), devices=jax.devices()[:1],
+                   dataset=dataset, log=log.append)
+  assert '2 already finished, 0 to train' in log[0]
