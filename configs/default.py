@@ -22,9 +22,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
 
   config.model = ml_collections.ConfigDict()
+  config.model.name = 'mlp'  # A name in mlp_mnist/models MODELS: 'mlp' or 'cnn'.
+  config.model.dropout_rate = 0.0  # Every model's (a value in the train state).
+  # The MLP's keys.
   config.model.hidden_sizes = (128,)
   config.model.activation = 'relu'
-  config.model.dropout_rate = 0.0
+  # The CNN's keys (configs/cnn.py): conv blocks, then a dense layer before the logits.
+  config.model.cnn = ml_collections.ConfigDict()
+  config.model.cnn.features = (16, 32)  # Channels of each conv + 2x2 max-pool block.
+  config.model.cnn.kernel_size = 3
+  config.model.cnn.dense_width = 128  # 0: no hidden dense layer.
+  config.model.cnn.activation = 'relu'
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'
@@ -56,6 +64,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1  # 0: no checkpoints. The last epoch is always saved.
   config.checkpoint.keep = 3
+  # Also keep the best checkpoint by the early-stopping monitor (when early stopping is off: the
+  # validation loss, else the test loss); `scripts/evaluate.py --step best` reads it.
+  config.checkpoint.keep_best = True
+
+  # As Keras' EarlyStopping callback (mlp_mnist/early_stopping.py).
+  config.early_stopping = ml_collections.ConfigDict()
+  config.early_stopping.monitor = 'auto'  # 'auto': validation_loss with a validation split, else off.
+  config.early_stopping.mode = 'auto'  # 'min', 'max'; 'auto': 'max' for accuracies, else 'min'.
+  config.early_stopping.patience = 3  # Evaluated epochs without improvement before stopping.
+  config.early_stopping.min_delta = 0.0
+  config.early_stopping.restore_best_weights = False
+
+  # Code run after each evaluated epoch (mlp_mnist/hooks.py): registered names such as
+  # 'per_layer_weight_norms', or 'module:function' paths; their metrics join the epoch record.
+  config.hooks = ()
 
   config.logging = ml_collections.ConfigDict()
   config.logging.log_every_epochs = 1

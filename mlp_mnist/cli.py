@@ -99,6 +99,20 @@ def parse_flags(argv: list[str]) -> list[str]:
   return argv
 
 
+def checkpoint_step(value: str | None) -> int | str | None:
+  """The `--step` flag of scripts that read a checkpoint: None (the latest), 'best' or a step."""
+  if value is None or value == 'best':
+    return value
+  try:
+    step = int(value)
+  except ValueError:
+    step = -1
+  if step < 0:
+    raise errors.UserError(f"--step={value!r} is not a checkpoint step: give a step number "
+                           "(see the workdir's checkpoints/) or 'best'.")
+  return step
+
+
 def run_training(config, workdir: str, restart: bool = False) -> None:
   from mlp_mnist import train  # pylint: disable=g-import-not-at-top
   with exit_on_user_error():

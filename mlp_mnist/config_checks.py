@@ -5,7 +5,9 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlp_mnist import early_stopping
 from mlp_mnist import errors
+from mlp_mnist import hooks
 from mlp_mnist import models
 from mlp_mnist import optimizers
 
@@ -29,11 +31,19 @@ PROGRESS_BAR_MODES = ('auto', 'on', 'off')
 RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'data.use_cache',
                        'data.download', 'checkpoint.every_epochs', 'checkpoint.keep',
                        'logging.log_every_epochs', 'logging.progress_bar',
-                       'logging.bar_updates_per_epoch')
+                       'logging.bar_updates_per_epoch', 'checkpoint.keep_best')
 
-# Keys added after runs were recorded, with the value that reproduces those runs: a saved
-# config.json without them still loads, resumes and compares equal to today's defaults.
-LATER_KEYS = {'data.npz_path': '', 'data.validation_split': 0.0}
+# Keys added after runs were recorded, with the value (as JSON) that reproduces those runs: a saved
+# config.json without them still loads, resumes and compares equal to today's defaults. (Early
+# stopping's 'auto' is off for them: only runs with a validation split turn it on.)
+LATER_KEYS = {
+    'data.npz_path': '', 'data.validation_split': 0.0,
+    'model.name': 'mlp', 'model.cnn.features': [16, 32], 'model.cnn.kernel_size': 3,
+    'model.cnn.dense_width': 128, 'model.cnn.activation': 'relu',
+    'checkpoint.keep_best': False, 'early_stopping.monitor': 'auto', 'early_stopping.mode': 'auto',
+    'early_stopping.patience': 3, 'early_stopping.min_delta': 0.0,
+    'early_stopping.restore_best_weights': False, 'hooks': [],
+}
 
 # dotted key -> (accepted types, check, what a valid value is)
 SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
@@ -41,11 +51,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'batch_size': ((int,), _positive, 'a positive integer'),
     'num_epochs': ((int,), _positive, 'a positive integer'),
     'eval_batch_size': ((int,), _positive, 'a positive integer'),
-    'model.hidden_sizes': ((tuple, list), lambda v: all(
-        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in v),
-                           "a tuple of positive integers, e.g. '(256,256)'"),
-    'model.activation': ((str,), lambda v: v in models.ACTIVATIONS,
-                         f'one of {sorted(models.ACTIVATIONS)}'),
+    'model.name': ((str,), lambda v: v in models.MODELS, f'one of {sorted(models.MODELS)}'),
     'model.dropout_rate': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
     'optimizer.name': ((str,), lambda v: v in optimizers.OPTIMIZERS,
                        f'one of {list(optimizers.OPTIMIZERS)}'),
@@ -76,11 +82,24 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
                               'none) or a fraction in (0, 1)'),
     'checkpoint.every_epochs': ((int,), _non_negative, 'a non-negative integer (0: off)'),
     'checkpoint.keep': ((int,), _positive, 'a positive integer'),
+    'checkpoint.keep_best': ((bool,), lambda v: True, 'True or False'),
+    'early_stopping.monitor': ((str,), bool, f'a metric of the epoch records, or one of '
+                               f'{list(early_stopping.MONITOR_MODES)}'),
+    'early_stopping.mode': ((str,), lambda v: v in early_stopping.MODES,
+                            f'one of {list(early_stopping.MODES)}'),
+    'early_stopping.patience': ((int,), _non_negative, 'a non-negative integer'),
+    'early_stopping.min_delta': ((float, int), _non_negative, 'a non-negative number'),
+    'early_stopping.restore_best_weights': ((bool,), lambda v: True, 'True or False'),
+    'hooks': ((tuple, list), lambda v: all(isinstance(h, str) for h in v),
+              f"a tuple of hook names ({sorted(hooks.HOOKS)}) or 'module:function' paths"),
     'logging.log_every_epochs': ((int,), _positive, 'a positive integer'),
     'logging.progress_bar': ((str,), lambda v: v in PROGRESS_BAR_MODES,
                              f'one of {list(PROGRESS_BAR_MODES)}'),
     'logging.bar_updates_per_epoch': ((int,), _positive, 'a positive integer'),
 }
+# Every model's own keys, under config.model.
+SCHEMA.update({f'model.{key}': spec for model in models.MODELS.values()
+               for key, spec in model.CONFIG_SCHEMA.items()})
 
 
 def flatten_config(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
@@ -119,6 +138,34 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   if config.optimizer.name != 'adamw' and config.optimizer.weight_decay:
     raise ConfigError(f'config.optimizer.weight_decay={config.optimizer.weight_decay} only '
                       "applies to optimizer.name='adamw'; set it to 0 or switch optimizer.")
+  _check_early_stopping(config)
+  for name in config.hooks:
+    try:
+      hooks.resolve(name)
+    except hooks.HookError as e:
+      raise ConfigError(f'config.hooks: {e}') from None
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{num_devices} devices; use a multiple of {num_devices}.')
+
+
+def _check_early_stopping(config: ml_collections.ConfigDict) -> None:
+  """The monitored metric exists in this run; the best weights can survive a resume."""
+  es = config.early_stopping
+  if es.monitor not in early_stopping.MONITOR_MODES:
+    available = early_stopping.record_metrics(config)
+    if es.monitor not in available:
+      without_split = (' (validation metrics need a validation split: set '
+                       'data.validation_split)' if es.monitor.startswith('validation_') else '')
+      raise ConfigError(f'config.early_stopping.monitor={es.monitor!r} is not a metric of this '
+                        f'run{without_split}; choose one of {list(available)}, '
+                        f'or one of {list(early_stopping.MONITOR_MODES)}.')
+  every, log_every = config.checkpoint.every_epochs, config.logging.log_every_epochs
+  if es.restore_best_weights and every and not config.checkpoint.keep_best:
+    raise ConfigError('config.early_stopping.restore_best_weights needs checkpoint.keep_best=True '
+                      '(a resumed run restores the best weights from the best checkpoint).')
+  if es.restore_best_weights and every and log_every % every:
+    raise ConfigError(f'config.early_stopping.restore_best_weights needs a checkpoint at every '
+                      f'evaluated epoch (a resumed run restores the best weights from it): '
+                      f'make logging.log_every_epochs={log_every} a multiple of '
+                      f'checkpoint.every_epochs={every}.')

@@ -4,15 +4,18 @@ epoch by epoch, and hands each epoch's record to the run's records (`records/`).
 import functools
 import sys
 import time
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mlp_mnist import config_checks
 from mlp_mnist import data
+from mlp_mnist import early_stopping
 from mlp_mnist import epochs
+from mlp_mnist import hooks as hooks_lib
 from mlp_mnist import steps
 from mlp_mnist.devices import compilation
 from mlp_mnist.devices import parallel
@@ -126,19 +129,25 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        devices=None, dataset: data.Dataset | dict | None = None,
                        log: Callable[[str], Any] = print, restart: bool = False,
-                       stream: TextIO | None = None) -> dict[str, Any]:
+                       stream: TextIO | None = None,
+                       hooks: Sequence[hooks_lib.Hook] = ()) -> dict[str, Any]:
   """Trains `config` on the local devices, evaluating on the whole test set (and the validation
   split, when `config.data.validation_split` holds one out) after each logged epoch.
 
   With a `workdir`, resumes from its latest checkpoint when it holds this same run (a different
   config is an error unless `restart`, which starts over), checkpoints every
   `config.checkpoint.every_epochs` and writes the run's records there (`records/`). A progress
-  bar goes to `stream` (default stdout) when `config.logging.progress_bar` asks for one. Returns
-  the final `state`, the per-epoch records (`history`) and where the time went (`timings`).
+  bar goes to `stream` (default stdout) when `config.logging.progress_bar` asks for one. After
+  each evaluated epoch, `config.hooks` and then `hooks` (`hooks.py`) may add metrics to its record,
+  and `config.early_stopping` may end training. Returns the final `state`, the per-epoch records
+  (`history`), where the time went (`timings`) and, with early stopping, its `early_stopping`
+  summary.
   """
   start = time.time()
   devices = parallel.local_devices(devices)
   config_checks.validate_config(config, num_devices=parallel.axis_size(devices))
+  epoch_hooks = hooks_lib.resolve_all(config.hooks, hooks)
+  stopper = early_stopping.EarlyStopping(config)
   lead = workdirs.is_lead_process()
   log = log if lead else (lambda _: None)
   stream = stream or sys.stdout
@@ -165,11 +174,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       devices)
   checkpointer, history, first_epoch, resumed_step = None, [], 1, None
   if workdir:
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
+    best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, best=best)
     restored = checkpointer.restore_latest(state, warn=log)
     if restored:
       state, resumed_step, run = restored
       history, first_epoch = run['history'], run['epoch'] + 1
+  stopping = stopper.replay(history)  # Where an uninterrupted run stood at this epoch.
+  best_weights = _best_weights_on_resume(stopper, history, state, checkpointer, first_epoch - 1)
   recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step,
                                   dataset.info(), warn=log)
   test_indices = trainer.eval_indices(len(test_labels))
@@ -194,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         f'{checkpointer.directory}.')
 
   for epoch in range(first_epoch, config.num_epochs + 1):
+    if stopping.stopped:
+      break
     if epoch == config.num_epochs:
       recorder.prepare_plots()  # The host is idle while the device trains.
     bar = (console.EpochBar(stream, epoch, config.num_epochs, steps_per_epoch)
@@ -211,24 +225,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       with book.timed('eval_sec'):
         eval_totals = jax.device_get(trainer.evaluate(state, *test_data, test_indices))
       record = book.record(epoch, step_metrics, eval_totals, epoch_sec, validation_totals)
+      if epoch_hooks:
+        record = hooks_lib.run_hooks(epoch_hooks, record, state)
       history.append(record)
       recorder.write_epoch(record)
       log(console.format_epoch(record))
+      stopping = stopper.update(stopping, record)
+      if stopper.restore_best_weights and early_stopping.best_record(
+          history, stopper.monitor, stopper.mode) is record:
+        best_weights = jax.tree.map(jnp.copy, state)  # The next epoch donates `state`.
     every = config.checkpoint.every_epochs
-    if checkpointer and every and (epoch % every == 0 or epoch == config.num_epochs):
+    if checkpointer and every and (epoch % every == 0 or epoch == config.num_epochs
+                                   or stopping.stopped):
       checkpointer.save(epoch * steps_per_epoch, state, epoch, history)
+    if stopping.stopped:
+      log(f'Early stopping after epoch {epoch}: {stopper.reason(stopping)}.')
   if checkpointer:
     checkpointer.wait()
     checkpointer.close()
   recorder.plot_curves()
   timings = book.finish()
-  recorder.finish({**history[-1], 'num_train_examples': num_train, 'timings': timings})
-  if first_epoch > config.num_epochs:
-    log(f'{workdir} already holds the final checkpoint of this run; nothing to train.')
   final = history[-1]
+  if best_weights is not None:
+    state = best_weights
+    final = early_stopping.best_record(history, stopper.monitor, stopper.mode)
+    log(f'Restored the best weights: epoch {final["epoch"]}, {stopper.monitor} '
+        f'{final[stopper.monitor]:.4f}.')
+  summary = {**final, 'num_train_examples': num_train, 'timings': timings}
+  if stopper.enabled:
+    summary['early_stopping'] = stopper.summary(stopping)
+  recorder.finish(summary)
+  if first_epoch > config.num_epochs or (stopping.stopped and stopping.stopped_epoch < first_epoch):
+    log(f'{workdir} already holds the final checkpoint of this run; nothing to train.')
   validation = (f'validation accuracy: {final["validation_accuracy"]:.2%}, '
                 if 'validation_accuracy' in final else '')
   log(f'Final {validation}test accuracy: {final["test_accuracy"]:.2%} (training '
       f'{timings["train_sec"]:.1f}s, evaluation {timings["eval_sec"]:.1f}s, '
       f'total {timings["total_sec"]:.1f}s).')
-  return {'state': state, 'history': history, 'timings': timings}
+  result = {'state': state, 'history': history, 'timings': timings}
+  if stopper.enabled:
+    result['early_stopping'] = summary['early_stopping']
+  return result
+
+
+def _best_weights_on_resume(stopper: early_stopping.EarlyStopping, history: list[dict], state,
+                            checkpointer: checkpointing.Checkpointer | None, epoch: int):
+  """The best weights so far of a resumed run (`state` is that of `epoch`), for
+  `restore_best_weights`: the restored state's, or the best checkpoint's; None when not needed."""
+  best = (early_stopping.best_record(history, stopper.monitor, stopper.mode)
+          if stopper.restore_best_weights else None)
+  if best is None:
+    return None
+  if best['epoch'] == epoch:
+    return jax.tree.map(jnp.copy, state)
+  step = checkpointer.best_step() if checkpointer else None
+  if step != best['step']:
+    raise checkpointing.CheckpointError(
+        f'{checkpointer.directory if checkpointer else "the run"} lacks the best checkpoint '
+        f'(step {best["step"]}, epoch {best["epoch"]}) that restore_best_weights needs; rerun '
+        'with --restart.')
+  return checkpointer.restore(state, step)[0]

@@ -1,6 +1,6 @@
 r"""Evaluates a checkpoint of a training run on its test set.
 
-    python scripts/evaluate.py --workdir runs/x [--step N] [--json]
+    python scripts/evaluate.py --workdir runs/x [--step N|best] [--json]
 
 Reports test loss and accuracy (what training reported for that step), per-class accuracy, and
 writes plots/confusion_matrix.png and plots/misclassified.png into the workdir.
@@ -14,7 +14,9 @@ from absl import flags
 from mlp_mnist import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (optimizer steps); default: latest.')
+_STEP = flags.DEFINE_string(
+    'step', None, "Checkpoint step (optimizer steps), or 'best' (the best checkpoint by the "
+    'monitored metric); default: the latest.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
 _NUM_MISTAKES = flags.DEFINE_integer('num_mistakes', 24, 'Mistakes shown in misclassified.png.',
                                      lower_bound=0)
@@ -25,7 +27,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from mlp_mnist.tools import evaluation  # pylint: disable=g-import-not-at-top
   with cli.exit_on_user_error():
-    report = evaluation.evaluate_run(_WORKDIR.value, _STEP.value,
+    report = evaluation.evaluate_run(_WORKDIR.value, cli.checkpoint_step(_STEP.value),
                                      num_mistakes=_NUM_MISTAKES.value)
   print(json.dumps(report) if _JSON.value else evaluation.format_report(report))
 

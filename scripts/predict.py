@@ -1,6 +1,6 @@
 r"""Predicts the class of each image file with a trained run's checkpoint.
 
-    python scripts/predict.py --workdir runs/x digit.png [more.jpg ...] [--background=light]
+    python scripts/predict.py --workdir runs/x [--step N|best] digit.png [more.jpg ...] [--background=light]
 
 Images may be grayscale or colour, of any size. For a run on one-channel 28x28 images (MNIST and
 its kin) they are converted the way MNIST digits were made (light digit on a dark ground, 20x20
@@ -21,7 +21,9 @@ from mlp_mnist import cli
 from mlp_mnist.tools import digit_images
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (optimizer steps); default: latest.')
+_STEP = flags.DEFINE_string(
+    'step', None, "Checkpoint step (optimizer steps), or 'best' (the best checkpoint by the "
+    'monitored metric); default: the latest.')
 _BACKGROUND = flags.DEFINE_enum(
     'background', 'auto', digit_images.BACKGROUNDS,
     "The inputs' ground: 'dark' (MNIST-like), 'light' (dark ink on paper: inverted) or 'auto' "
@@ -34,7 +36,8 @@ def main(argv):
     raise app.UsageError('Give one or more image files after the flags.')
   from mlp_mnist.tools import prediction  # pylint: disable=g-import-not-at-top
   with cli.exit_on_user_error():
-    results = prediction.predict_files(_WORKDIR.value, argv[1:], _STEP.value, _BACKGROUND.value)
+    results = prediction.predict_files(_WORKDIR.value, argv[1:], cli.checkpoint_step(_STEP.value),
+                                       _BACKGROUND.value)
   for result in results:
     if _JSON.value:
       print(json.dumps(result))

@@ -1,4 +1,4 @@
-r"""Trains and evaluates an MLP on MNIST.
+r"""Trains and evaluates a model (config.model.name: the MLP, the CNN) on MNIST.
 
     python scripts/train.py --config configs/default.py --config.data.local_dir=/path/to/mnist_idx \
         [--config.optimizer.learning_rate=3e-4] [--workdir runs/x] [--restart]

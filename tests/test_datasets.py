@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mlp_mnist import data
+from mlp_mnist import config_checks
 from mlp_mnist import train
 from mlp_mnist.data import cache
 from mlp_mnist.data import tfds_source
@@ -305,3 +306,23 @@ def test_runs_recorded_before_the_new_data_keys_still_load_and_resume(config, tm
   assert workdirs.config_differences(saved, config) == []
   config.data.validation_split = 100
   assert workdirs.config_differences(saved, config) == ['data.validation_split: 0.0 -> 100.0']
+
+
+def test_runs_recorded_before_any_later_key_still_load_and_resume(config, tmp_path):
+  config.checkpoint.keep_best = False  # What those runs did; today's default keeps the best too.
+  run_files.write_config(str(tmp_path), config)
+  saved = run_files.read_config(str(tmp_path))
+  for key in config_checks.LATER_KEYS:  # As config.json was before each key existed.
+    *sections, leaf = key.split('.')
+    parent = saved
+    for section in sections:
+      parent = parent[section]
+    del parent[leaf]
+  drop_empty = lambda d: {k: drop_empty(v) for k, v in d.items() if v != {}} if isinstance(
+      d, dict) else d
+  saved = drop_empty(drop_empty(saved))  # Whole sections were added too (model.cnn, early_stopping).
+  assert 'early_stopping' not in saved and 'cnn' not in saved['model']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  loaded = workdirs.load_config(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()
+  assert workdirs.config_differences(saved, config) == []

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(REPO, 'mlp_mnist')
 # of one layer never import each other.
 LAYERS = (
     ('errors', 'config_files'),
-    ('models', 'optimizers', 'data', 'devices', 'epochs'),
+    ('models', 'optimizers', 'data', 'devices', 'epochs', 'early_stopping', 'hooks'),
     ('config_checks',),
     ('steps', 'records'),
     ('train', 'sweeps'),

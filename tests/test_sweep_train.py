@@ -117,8 +117,8 @@ def test_divergence_is_isolated(config):
                                     on_epoch=lambda *args: epochs.append(args))
   assert result['diverged'] == [False, True, False]
   assert result['diverged_step'] == [None, 3, None]
-  assert [sorted(records) for _, records, _ in epochs] == [[0, 1, 2], [0, 2], [0, 2]]
-  assert [diverged for _, _, diverged in epochs][1] == [False, True, False]
+  assert [sorted(records) for _, records, *_ in epochs] == [[0, 1, 2], [0, 2], [0, 2]]
+  assert [diverged for _, _, diverged, _ in epochs][1] == [False, True, False]
   assert [r['epoch'] for r in result['history'][1]] == [1]  # The epoch before it diverged.
   assert int(result['state'].step[1]) == 2
   assert all(np.isfinite(np.asarray(x[1])).all() for x in jax.tree.leaves(result['state']))

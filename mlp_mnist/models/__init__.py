@@ -1,21 +1,28 @@
-"""Models by name: `create_model(config.model)` builds the one `config.model.name` selects.
+"""Models by name: `create_model(config.model, num_classes)` builds the one `config.model.name`
+selects.
 
 A model is a flax.linen module called as `model.apply({'params': p}, images, dropout_rate,
-dropout_rngs)`: images uint8-scaled floats, the dropout rate a value (not a Python constant, so
-vectorized sweeps over it share one program) and one dropout key per example (so results do not
-depend on how a batch is split over devices). Adding one is a file here and a line in `MODELS`.
+dropout_rngs)`: images [batch, *input_shape] scaled to [0, 1], the dropout rate a value (not a
+Python constant, so vectorized sweeps over it share one program) and one dropout key per example (so
+results do not depend on how a batch is split over devices). Its input shape and class count come
+from the data. Adding one is a file here (with `from_config(model_config, num_classes)` and the
+`CONFIG_SCHEMA` of its keys under `config.model`) and a line in `MODELS`; docs/extending.md works
+through the CNN.
 """
 
-from typing import Any, Callable
+import types
 
+from mlp_mnist.models import cnn
 from mlp_mnist.models import mlp
 
-# name -> function building the module from `config.model`.
-MODELS: dict[str, Callable[[Any], Any]] = {
-    'mlp': mlp.from_config,
+# name -> the module defining it: `from_config(model_config, num_classes)` and `CONFIG_SCHEMA`.
+MODELS: dict[str, types.ModuleType] = {
+    'mlp': mlp,
+    'cnn': cnn,
 }
 ACTIVATIONS = mlp.ACTIVATIONS
 MLP = mlp.MLP
+CNN = cnn.CNN
 
 
 def create_model(model_config, num_classes: int):
@@ -23,5 +30,5 @@ def create_model(model_config, num_classes: int):
   `num_classes` outputs."""
   name = model_config.get('name', 'mlp')
   if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODELS)}')
-  return MODELS[name](model_config, num_classes)
+    raise ValueError(f'unknown model {name!r} (config.model.name); choose one of {sorted(MODELS)}.')
+  return MODELS[name].from_config(model_config, num_classes)

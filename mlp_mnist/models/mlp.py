@@ -16,6 +16,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'leaky_relu': nn.leaky_relu,
 }
 
+# config.model keys -> (accepted types, check, what a valid value is), as config_checks has them.
+# The MLP's keys predate the registry and stay at the top of config.model.
+CONFIG_SCHEMA = {
+    'hidden_sizes': ((tuple, list), lambda v: all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in v),
+                     "a tuple of positive integers, e.g. '(256,256)'"),
+    'activation': ((str,), lambda v: v in ACTIVATIONS, f'one of {sorted(ACTIVATIONS)}'),
+}
+
 
 class MLP(nn.Module):
   """Flatten -> [Dense -> activation -> dropout] * len(hidden_sizes) -> Dense(num_classes) logits.

@@ -16,6 +16,10 @@ mid-save leaves no partial checkpoint behind. `restore_latest` tells three failu
 
 In a multi-process run every process takes the decision process 0 takes from all their outcomes.
 Paths may be local or `gs://`.
+
+Besides the latest `keep` checkpoints, the best one by a monitored metric is kept when `best`
+names it: the metric goes with each save and orbax's own `BestN` preservation policy keeps the
+checkpoint with the best value (the latest of equal ones); `restore(target, 'best')` reads it.
 """
 
 import contextlib
@@ -177,21 +181,35 @@ def move_tree(source: epath.Path, target: epath.Path, remote: bool | None = None
 class Checkpointer:
   """Saves and restores the train state of the run in `workdir` (orbax is imported lazily)."""
 
-  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
+               best: tuple[str, str] | None = None):
+    """`best`: (metric, 'min' or 'max') to keep the best checkpoint by, besides the latest."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     self._ocp = ocp
     self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
+    self.best_metric = best[0] if best else None
+    tracking = {}
+    if best:
+      metric, mode = best
+      tracking = dict(best_fn=lambda metrics: metrics[metric], best_mode=mode)
     if read_only:  # Not orbax's read_only option, which warns on every use.
       options = ocp.CheckpointManagerOptions(save_interval_steps=0, max_to_keep=None,
-                                             create=False, save_root_metadata=False)
+                                             create=False, save_root_metadata=False, **tracking)
     else:
+      policies = ocp.checkpoint_managers
+      # The latest `keep`, and the best one among the checkpoints saved with metrics.
+      keeping = (dict(preservation_policy=policies.AnyPreservationPolicy([
+          policies.LatestN(n=keep),
+          policies.BestN(get_metric_fn=tracking['best_fn'], reverse=best[1] == 'min', n=1,
+                         keep_checkpoints_without_metrics=False)]), **tracking)
+                 if best else dict(max_to_keep=keep))
       # Leftover temporary directories are saves that a killed process never finished.
       # In the background on accelerators, where the host is otherwise idle; on a CPU the
       # background writer would take cores from the training it overlaps.
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-          enable_async_checkpointing=jax.default_backend() != 'cpu')
+          create=True, cleanup_tmp_directories=True,
+          enable_async_checkpointing=jax.default_backend() != 'cpu', **keeping)
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
@@ -213,16 +231,28 @@ class Checkpointer:
   def save(self, step: int, state: Any, epoch: int, history: list[dict]) -> None:
     """Saves (in the background off CPU); the state may be donated right after this returns.
 
+    With a best metric, the checkpoint of an evaluated epoch carries its value, for the best one.
     A storage error (full disk, no permission) is a CheckpointError; earlier checkpoints stay.
     """
     ocp = self._ocp
+    last = history[-1] if history else {}
+    metrics = ({self.best_metric: last[self.best_metric]}
+               if self.best_metric and last.get('epoch') == epoch else None)
     run = {'epoch': epoch, 'history': history, 'checksum': state_checksum(state)}
     with _storage_errors(f'cannot save checkpoint {step} in {self.directory}'):
-      self._manager.save(step, args=ocp.args.Composite(
+      self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
           state=ocp.args.StandardSave(_global(state)), run=ocp.args.JsonSave(run)))
 
-  def restore(self, target: Any, step: int | None = None) -> tuple[Any, int, dict]:
-    """Returns (state, step, run record) of checkpoint `step` (default: the latest).
+  def best_step(self) -> int | None:
+    """The step of the best checkpoint by the best metric (None: none was saved with it)."""
+    if not self.best_metric or not self.steps():
+      return None
+    best = self._manager.best_step()
+    return best if best is not None and self._manager.metrics(best) is not None else None
+
+  def restore(self, target: Any, step: int | str | None = None) -> tuple[Any, int, dict]:
+    """Returns (state, step, run record) of checkpoint `step` (default: the latest; 'best': the
+    best by the best metric).
 
     `target` is a train state of the same structure (its static fields and placement are kept).
     Arrays that differ from the checksum saved with them (damaged files that still decode) are a
@@ -232,6 +262,13 @@ class Checkpointer:
     if not steps:
       raise CheckpointError(f'{self.workdir} has no checkpoint in {self.directory}; train first '
                             '(scripts/train.py --workdir) or check the path.')
+    if step == 'best':
+      step = self.best_step()
+      if step is None:
+        raise CheckpointError(f'{self.workdir} has no best checkpoint (none was saved with '
+                              f'{self.best_metric or "a monitored metric"}; the run had '
+                              'checkpoint.keep_best=False or predates it); give a --step of '
+                              f'{", ".join(map(str, steps))}.')
     step = steps[-1] if step is None else step
     if step not in steps:
       raise CheckpointError(f'{self.workdir} has no checkpoint at step {step}; it has steps '

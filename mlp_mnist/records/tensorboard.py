@@ -21,6 +21,8 @@ SCALAR_TAGS = {
     'param_norm': 'train/param_norm',
     'examples_per_sec': 'train/examples_per_sec',
 }
+# Record fields that are not curves.
+NOT_SCALARS = ('epoch', 'step', 'elapsed_sec')
 HPARAM_METRICS = ('validation/accuracy', 'validation/loss', 'test/accuracy', 'test/loss',
                   'train/accuracy', 'train/loss')
 
@@ -74,9 +76,11 @@ class TensorBoardWriter:
       self._writer.file_writer.add_summary(summary)
 
   def write_scalars(self, step: int, record: dict[str, float]) -> None:
-    for key, tag in SCALAR_TAGS.items():
-      if key in record:
-        self._writer.add_scalar(tag, record[key], step)
+    """The record's metrics: the built-in ones under `SCALAR_TAGS`, others (a hook's, say) tagged
+    by their key."""
+    for key, value in record.items():
+      if key not in NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writer.add_scalar(SCALAR_TAGS.get(key, key), value, step)
     self._writer.flush()
 
   def close(self) -> None:

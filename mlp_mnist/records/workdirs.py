@@ -111,10 +111,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise WorkdirError(f'{workdir} has no config.json; is it the --workdir of a training run?')
   config = ml_collections.ConfigDict(saved)
   for key, value in config_checks.LATER_KEYS.items():  # Runs recorded before these keys existed.
-    section, leaf = key.rsplit('.', 1)
-    if leaf not in config[section]:
-      config[section][leaf] = value
-  config.model.hidden_sizes = tuple(config.model.hidden_sizes)
+    *sections, leaf = key.split('.')
+    parent = config
+    for section in sections:
+      if section not in parent:
+        parent[section] = ml_collections.ConfigDict()
+      parent = parent[section]
+    if leaf not in parent:
+      parent[leaf] = value
+  config.model.hidden_sizes = tuple(config.model.hidden_sizes)  # JSON has lists.
+  config.model.cnn.features = tuple(config.model.cnn.features)
+  config.hooks = tuple(config.hooks)
   config_checks.validate_config(config)
   return config
 

@@ -20,7 +20,8 @@ from mlp_mnist import config_checks
 from mlp_mnist.records import run_files
 
 DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
-FINISHED = (DONE, DIVERGED)  # Final results: a re-run skips them (and reruns the others).
+STOPPED = 'stopped'  # Ended by early stopping.
+FINISHED = (DONE, DIVERGED, STOPPED)  # Final results: a re-run skips them (and reruns the others).
 METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
 
 

@@ -1,7 +1,7 @@
 """Running a sweep: trials grouped by program, each group trained at once, one folder per trial.
 
 `run_sweep` expands the sweep file over the base config, takes this worker's share of the trials,
-skips those already finished (status `done` or `diverged`), trains the others one program group
+skips those already finished (status `done`, `diverged` or `stopped` by early stopping), trains the others one program group
 after another, and rebuilds the sweep's tables, leaderboard and plots from every trial folder.
 """
 
@@ -15,6 +15,7 @@ import ml_collections
 from etils import epath
 
 from mlp_mnist import data
+from mlp_mnist import early_stopping
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
 from mlp_mnist.records import workdirs
@@ -103,10 +104,10 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     results.write_status(directory, results.RUNNING)
   progress.start_group(trials)
 
-  def on_epoch(epoch, records, diverged):
+  def on_epoch(epoch, records, diverged, stopped):
     for i, record in records.items():
       run_files.append_metrics(dirs[i], record)
-    progress.epoch(epoch, records, diverged)
+    progress.epoch(epoch, records, diverged, stopped)
 
   try:
     result = vectorized.train_trials([t.config for t in trials], dataset, devices, on_epoch)
@@ -120,21 +121,39 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
   statuses = []
   num_train = result['num_train']
   steps_per_epoch = -(-num_train // trials[0].config.batch_size)
-  for directory, history, diverged, step in zip(dirs, result['history'], result['diverged'],
-                                                result['diverged_step']):
+  for i, directory in enumerate(dirs):
+    history, diverged, step = (result['history'][i], result['diverged'][i],
+                               result['diverged_step'][i])
+    stopping = result['early_stopping'][i]
     if history and not diverged:
-      run_files.write_summary(directory, {**history[-1], 'num_train_examples': num_train,
-                                          'timings': result['timings']})
+      final = history[-1]
+      summary = {'num_train_examples': num_train, 'timings': result['timings']}
+      if stopping:
+        summary['early_stopping'] = stopping
+        if stopping['restored_best_weights']:
+          final = next(r for r in history if r['epoch'] == _best_epoch(trials[i].config, history))
+      run_files.write_summary(directory, {**final, **summary})
     if diverged:
+      status = results.DIVERGED
       results.write_status(
-          directory, results.DIVERGED,
+          directory, status,
           f'loss or weights not finite at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); '
           'training stopped there.')
+    elif result['stopped_epoch'][i] is not None:
+      status = results.STOPPED
+      results.write_status(directory, status, f'early stopping after epoch '
+                           f'{result["stopped_epoch"][i]}: {stopping["reason"]}.')
     else:
-      results.write_status(directory, results.DONE)
-    statuses.append(results.DIVERGED if diverged else results.DONE)
+      status = results.DONE
+      results.write_status(directory, status)
+    statuses.append(status)
   progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
                      f'trained in {result["timings"]["train_sec"]:.1f}s')
+
+
+def _best_epoch(config: ml_collections.ConfigDict, history: list[dict]) -> int:
+  stopper = early_stopping.EarlyStopping(config)
+  return early_stopping.best_record(history, stopper.monitor, stopper.mode)['epoch']
 
 
 def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
@@ -166,7 +185,7 @@ class Progress:
   """The progress display: this worker's trials done, running and left, one line per epoch."""
 
   def __init__(self, total: int, finished: int, num_groups: int, log: Callable[[str], Any]):
-    self.counts = {'done': 0, 'diverged': 0, 'failed': 0}
+    self.counts = {'done': 0, 'diverged': 0, 'stopped': 0, 'failed': 0}
     self.total, self.previously, self.log = total, finished, log
     self.num_groups, self.group_index, self.start = num_groups, 0, time.time()
     self.running = []
@@ -177,7 +196,8 @@ class Progress:
     self.log(f'group {self.group_index}/{self.num_groups}: {len(trials)} trial(s) of one program '
              f'({", ".join(t.name for t in trials[:3])}{", ..." if len(trials) > 3 else ""})')
 
-  def epoch(self, epoch: int, records: dict[int, dict], diverged: list[bool]) -> None:
+  def epoch(self, epoch: int, records: dict[int, dict], diverged: list[bool],
+            stopped: list[bool] = ()) -> None:
     best = ''
     if records:
       # Chosen by validation accuracy when the sweep holds a split out; test is only reported.
@@ -191,7 +211,8 @@ class Progress:
         best = f'; best test accuracy {record[key]:.2%} ({self.running[i].name})'
     num_epochs = self.running[0].config.num_epochs
     self.log(f'{self._counts(len(self.running))} | group {self.group_index}/{self.num_groups} '
-             f'epoch {epoch}/{num_epochs}, {sum(diverged)} diverged{best}')
+             f'epoch {epoch}/{num_epochs}, {sum(diverged)} diverged'
+             f'{f", {sum(stopped)} stopped early" if any(stopped) else ""}{best}')
 
   def end_group(self, statuses: list[str], detail: str) -> None:
     for status in statuses:
@@ -205,8 +226,14 @@ class Progress:
     finished = self.previously + sum(self.counts.values())
     left = self.total - finished - running
     return (f'[trials: {finished}/{self.total} finished ({self.counts["diverged"]} diverged, '
-            f'{self.counts["failed"]} failed), {running} running, {left} left, '
+            f'{self._stopped(self.counts["stopped"])}{self.counts["failed"]} failed), '
+            f'{running} running, {left} left, '
             f'{time.time() - self.start:.0f}s]')
+
+
+  @staticmethod
+  def _stopped(count: int) -> str:
+    return f'{count} stopped early, ' if count else ''
 
 
 def failed_trials(rows: Sequence[dict]) -> list[str]:

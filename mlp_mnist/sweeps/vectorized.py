@@ -3,8 +3,10 @@
 Trials share a compiled program when their configs differ only in values that reach the steps as
 arrays: the seed (initial parameters, dropout keys, data order), the dropout rate (as long as it
 stays above zero, or stays zero) and the optimizer hyperparameters that live in the optimizer state
-(`optimizers.injected_hyperparams`). `program_key` is the config without those values; trials with
-equal keys train together in `train_trials`, and each trial gives the metrics it gives alone.
+(`optimizers.injected_hyperparams`). `program_key` is the config without those values (and without early
+stopping's settings, which act between epochs on the host); trials with equal keys train together
+in `train_trials`, and each trial gives the metrics it gives alone. A trial that diverges or that
+early stopping ends stops updating while the others go on.
 """
 
 import json
@@ -18,7 +20,9 @@ import numpy as np
 
 from mlp_mnist import config_checks
 from mlp_mnist import data
+from mlp_mnist import early_stopping
 from mlp_mnist import epochs
+from mlp_mnist import hooks as hooks_lib
 from mlp_mnist import optimizers
 from mlp_mnist import steps
 from mlp_mnist.devices import compilation
@@ -54,7 +58,8 @@ def program_key(config: ml_collections.ConfigDict) -> str:
   flat = config_checks.flatten_config(config)
   value_keys = {'seed', 'model.dropout_rate'}
   value_keys |= {f'optimizer.{k}' for k in injected_config_keys(config.optimizer)}
-  key = {k: v for k, v in flat.items() if k not in value_keys}
+  key = {k: v for k, v in flat.items()
+         if k not in value_keys and not k.startswith('early_stopping.')}
   key['model.use_dropout'] = config.model.dropout_rate > 0
   return json.dumps(key, sort_keys=True, default=repr)
 
@@ -161,13 +166,16 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
                  chunk_size: int = 0) -> dict[str, Any]:
   """Trains trials that share one program together, spread over `devices`.
 
-  After each epoch calls `on_epoch(epoch, records, diverged)`: `records` maps the index of each
-  trial still training to its epoch record (the keys `train_and_evaluate` writes), on the epochs it
-  logs; `diverged` flags every trial. `chunk_size` (0: `default_chunk_size`) sets how many of a
+  After each epoch calls `on_epoch(epoch, records, diverged, stopped)`: `records` maps the index
+  of each trial still training to its epoch record (the keys `train_and_evaluate` writes, with its
+  hooks' metrics), on the epochs it logs; `diverged` and `stopped` (by early stopping, after this
+  or an earlier epoch) flag every trial. `chunk_size` (0: `default_chunk_size`) sets how many of a
   device's trials train side by side. With `config.data.validation_split`, every trial validates
   on the same held-out examples (`data.hold_out_validation`). Returns per trial its `history`
-  (the records), `diverged` and `diverged_step` (the first step not applied, or None); the stacked
-  final `state`; the examples trained on (`num_train`, after any validation split); `timings`.
+  (the records), `diverged`, `diverged_step` (the first step not applied, or None),
+  `stopped_epoch` (None: not stopped early) and `early_stopping` (its summary, None when off); the
+  stacked final `state` (a trial with `restore_best_weights` holds its best epoch's); the examples
+  trained on (`num_train`, after any validation split); `timings`.
   """
   start = time.time()
   devices = parallel.local_devices(devices)
@@ -179,6 +187,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
   num_train = len(train_labels)
   steps_per_epoch = -(-num_train // first.batch_size)
+  stoppers = [early_stopping.EarlyStopping(c) for c in configs]
+  trial_hooks = [hooks_lib.resolve_all(c.hooks) for c in configs]
 
   states = [steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch,
                                      dataset.image_shape, dataset.num_classes)
@@ -202,6 +212,9 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
     return parallel.split_trials(trial_batch_indices(configs, epoch, num_train), num_devices,
                                  chunk)
 
+  def split(flags):  # Per-trial flags in the layout of the carry.
+    return parallel.split_trials(np.asarray(flags), num_devices, chunk)
+
   book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
   platform = devices[0].platform
   with book.timed('compile_sec'):
@@ -217,13 +230,19 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
 
   history = [[] for _ in configs]
   diverged = np.zeros(num_trials, bool)
+  stopping = [early_stopping.State() for _ in configs]
+  stopped = np.zeros(num_trials, bool)
+  best_weights = None  # Stacked, in the carry's layout: each restore_best_weights trial's best.
   for epoch in range(1, first.num_epochs + 1):
     with book.timed('train_sec'):
+      # A stopped trial is frozen as a diverged one is; only true divergence is reported so.
+      carry = (carry[0], split(diverged | stopped))
       carry, step_metrics = train_fn(carry, *train_data, epoch_indices(epoch))
-      step_metrics, diverged_now = parallel.merge_trials(
+      step_metrics, halted = parallel.merge_trials(
           jax.device_get((step_metrics, carry[1])), num_trials)
     epoch_sec = book.last_sec
-    records = {}
+    diverged_now = halted & ~stopped
+    records, improved = {}, np.zeros(num_trials, bool)
     if book.logs(epoch):
       validation_totals = None
       if validation_fn is not None:
@@ -233,26 +252,53 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
       with book.timed('eval_sec'):
         totals = parallel.merge_trials(
             jax.device_get(eval_fn(carry[0], *test_data, test_indices)), num_trials)
-      for i in np.flatnonzero(~diverged_now):
+      merged_state = (parallel.merge_trials(carry[0], num_trials)
+                      if any(trial_hooks) else None)
+      for i in np.flatnonzero(~halted):
         pick = lambda tree: jax.tree.map(lambda x: x[i], tree)  # pylint: disable=cell-var-from-loop
         record = book.record(epoch, pick(step_metrics), pick(totals), epoch_sec,
                              pick(validation_totals) if validation_totals is not None else None)
+        if trial_hooks[i]:
+          record = hooks_lib.run_hooks(trial_hooks[i], record, pick(merged_state))
         history[i].append(record)
         records[int(i)] = record
+        stopper = stoppers[i]
+        stopping[i] = stopper.update(stopping[i], record)
+        stopped[i] = stopping[i].stopped
+        improved[i] = stopper.restore_best_weights and early_stopping.best_record(
+            history[i], stopper.monitor, stopper.mode) is record
+    if improved.any():
+      best_weights = _select_trials(split(improved), carry[0],
+                                    carry[0] if best_weights is None else best_weights)
     diverged = diverged_now
     if on_epoch:
-      on_epoch(epoch, records, diverged.tolist())
-    if diverged.all():
+      on_epoch(epoch, records, diverged.tolist(), stopped.tolist())
+    if (diverged | stopped).all():
       break
 
   state = parallel.merge_trials(carry[0], num_trials)
   final_steps = np.asarray(jax.device_get(state.step))
+  if best_weights is not None:
+    restored = np.asarray([s.restore_best_weights and early_stopping.best_record(
+        h, s.monitor, s.mode) is not None for s, h in zip(stoppers, history)])
+    state = _select_trials(restored, parallel.merge_trials(best_weights, num_trials), state)
   timings = book.finish()
   return {
       'history': history,
       'diverged': diverged.tolist(),
       'diverged_step': [int(s) + 1 if d else None for s, d in zip(final_steps, diverged)],
+      'stopped_epoch': [s.stopped_epoch for s in stopping],
+      'early_stopping': [st.summary(s) if st.enabled else None
+                         for st, s in zip(stoppers, stopping)],
       'state': state,
       'num_train': num_train,
       'timings': timings,
   }
+
+
+def _select_trials(mask, chosen, others):
+  """Per trial (the leading axes of `mask`), the leaves of `chosen` where set, else `others`'."""
+  mask = jnp.asarray(mask)
+  return jax.tree.map(
+      lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b),
+      chosen, others)

@@ -11,6 +11,7 @@ import numpy as np
 from etils import epath
 
 from mlp_mnist import data
+from mlp_mnist import early_stopping
 from mlp_mnist import epochs
 from mlp_mnist import models
 from mlp_mnist import steps
@@ -32,13 +33,15 @@ def dataset_info(workdir: str, config: ml_collections.ConfigDict) -> dict[str, A
   return {**info, 'image_shape': tuple(info['image_shape'])}
 
 
-def load_run(workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None
+def load_run(workdir: str, step: int | str | None = None,
+             devices: Sequence[jax.Device] | None = None
              ) -> tuple[ml_collections.ConfigDict, steps.TrainState, int, dict[str, Any]]:
   """Returns (config, train state replicated on `devices`, step, run record) of a checkpoint.
 
-  `step` defaults to the latest checkpoint. The checkpoint is opened read-only, so a training run
-  still writing into `workdir` is not disturbed. The run record holds the checkpoint's `epoch`
-  and `history`, and the run's `dataset` (`dataset_info`).
+  `step` defaults to the latest checkpoint; 'best' is the best by the monitored metric. The
+  checkpoint is opened read-only, so a training run still writing into `workdir` is not disturbed.
+  The run record holds the checkpoint's `epoch` and `history`, and the run's `dataset`
+  (`dataset_info`).
   """
   config = workdirs.load_config(workdir)
   info = dataset_info(workdir, config)
@@ -46,7 +49,8 @@ def load_run(workdir: str, step: int | None = None, devices: Sequence[jax.Device
   # The schedule's horizon does not change the state's structure, which is all a restore needs.
   target = parallel.replicate(steps.create_train_state(
       config, jax.random.PRNGKey(0), 1, info['image_shape'], info['num_classes']), devices)
-  checkpoints = checkpointing.Checkpointer(workdir, read_only=True)
+  best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
+  checkpoints = checkpointing.Checkpointer(workdir, read_only=True, best=best)
   try:
     state, step, run = checkpoints.restore(target, step)
   finally:
@@ -55,7 +59,7 @@ def load_run(workdir: str, step: int | None = None, devices: Sequence[jax.Device
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _probabilities(model: models.MLP, params, images: jax.Array) -> jax.Array:
+def _probabilities(model, params, images: jax.Array) -> jax.Array:
   return jax.nn.softmax(model.apply({'params': params}, images))
 
 
@@ -91,10 +95,10 @@ def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray,
   return wrong[np.argsort(-confidence, kind='stable')[:count]]
 
 
-def evaluate_run(workdir: str, step: int | None = None, devices=None,
+def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
                  dataset: data.Dataset | None = None, num_mistakes: int = 24,
                  plots_dir: str | None = None) -> dict[str, Any]:
-  """Evaluates checkpoint `step` (default: latest) of the run in `workdir` on its test set.
+  """Evaluates checkpoint `step` (default: latest; 'best': the best) of the run in `workdir` on its test set.
 
   Test loss and accuracy come from the same pmapped `steps.evaluate` that training ran, so they
   equal what training reported for that step on the same devices. Writes `confusion_matrix.png`

@@ -37,7 +37,7 @@ def load_input(path: str, image_shape: Sequence[int], background: str = 'auto') 
         f'{path}: not a readable image ({type(e).__name__}: {e})') from None
 
 
-def predict_files(workdir: str, paths: Sequence[str], step: int | None = None,
+def predict_files(workdir: str, paths: Sequence[str], step: int | str | None = None,
                   background: str = 'auto', devices=None) -> list[dict[str, Any]]:
   """One result per path, in order: {'path', 'label', 'class_name', 'top': [(label, probability)]
   * 3}, or {'path', 'error'} for a file that is not a readable image (the others are still
