@@ -21,6 +21,7 @@ from mlp_mnist.records import checkpointing
 from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
 from mlp_mnist.records import workdirs
+from mlp_mnist.tools import evaluation
 
 import default
 from conftest import REPO, synthetic_dataset, write_dataset_cache
@@ -138,6 +139,22 @@ def test_each_damaged_checkpoint_file_restores_exactly_or_falls_back(trained, tm
   # checksum saved with the run record, where orbax alone would restore other numbers.
   assert {'state/_METADATA', 'state/manifest.ocdbt', 'run/metadata'} <= set(fell_back)
   assert any(name.startswith('state/ocdbt.process_0/d/') for name in fell_back)
+
+
+def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trained, workdir):
+  """orbax reads every checkpoint's metrics (the best checkpoint's value) when it opens them: a
+  damaged file stops evaluation with one line, and the resumed run sets that checkpoint aside."""
+  _damage(workdir / checkpointing.CHECKPOINTS_DIR / '16' / checkpointing.METRICS_FILE, 'truncate')
+  with pytest.raises(checkpointing.CheckpointError, match='damaged metrics file') as error:
+    evaluation.load_run(str(workdir))
+  assert '\n' not in str(error.value)
+  assert (workdir / checkpointing.CHECKPOINTS_DIR / '16').is_dir()  # Read-only: nothing moved.
+  with checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min')) as checkpoints:
+    warnings = []
+    _, step, _ = checkpoints.restore_latest(trained['result']['state'], warnings.append)
+    assert step == 8 and checkpoints.steps() == [8] and checkpoints.best_step() == 8
+  assert len(warnings) == 1 and 'metrics file is damaged' in warnings[0]
+  assert os.listdir(workdir / checkpointing.CORRUPT_DIR)[0].startswith('16-')
 
 
 def test_structure_change_with_the_same_config_stops_with_one_line(workdir):

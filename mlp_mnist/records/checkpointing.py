@@ -24,6 +24,7 @@ checkpoint with the best value (the latest of equal ones); `restore(target, 'bes
 
 import contextlib
 import errno
+import json
 import os
 import re
 import sys
@@ -41,6 +42,8 @@ from mlp_mnist.devices import parallel
 
 CHECKPOINTS_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
+# Where orbax keeps the metrics a checkpoint was saved with (best tracking), inside its directory.
+METRICS_FILE = 'metrics/metrics'
 # Waits before the retries of a restore that met a transient storage error: 5 attempts, ~15 s.
 RETRY_DELAYS_SEC = (1.0, 2.0, 4.0, 8.0)
 # Errors of storage that may pass (or that a person fixes) rather than of the checkpoint's content.
@@ -188,14 +191,19 @@ class Checkpointer:
     self._ocp = ocp
     self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
-    self.best_metric = best[0] if best else None
+    self.best_metric, self.best_mode = best if best else (None, None)
+    self._opening_warnings = []
     tracking = {}
     if best:
       metric, mode = best
       tracking = dict(best_fn=lambda metrics: metrics[metric], best_mode=mode)
+    # orbax reads every checkpoint's metrics when it opens them and fails on a damaged file: such
+    # a checkpoint is set aside first, like any damaged checkpoint (read-only: an error).
+    self._set_aside_damaged_metrics(read_only)
     if read_only:  # Not orbax's read_only option, which warns on every use.
+      # Without best tracking, which reads every checkpoint's metrics; `best_step` reads them.
       options = ocp.CheckpointManagerOptions(save_interval_steps=0, max_to_keep=None,
-                                             create=False, save_root_metadata=False, **tracking)
+                                             create=False, save_root_metadata=False)
     else:
       policies = ocp.checkpoint_managers
       # The latest `keep`, and the best one among the checkpoints saved with metrics.
@@ -244,11 +252,40 @@ class Checkpointer:
           state=ocp.args.StandardSave(_global(state)), run=ocp.args.JsonSave(run)))
 
   def best_step(self) -> int | None:
-    """The step of the best checkpoint by the best metric (None: none was saved with it)."""
-    if not self.best_metric or not self.steps():
+    """The step of the best checkpoint by the best metric, the latest of equal ones (None: none
+    was saved with it; checkpoints whose metrics cannot be read are passed over)."""
+    if not self.best_metric:
       return None
-    best = self._manager.best_step()
-    return best if best is not None and self._manager.metrics(best) is not None else None
+    values = {}
+    for step in self.steps():
+      metrics, _ = _read_metrics(self.directory / str(step))
+      if isinstance(metrics, dict) and isinstance(metrics.get(self.best_metric), (int, float)):
+        values[step] = metrics[self.best_metric]
+    if not values:
+      return None
+    sign = -1 if self.best_mode == 'min' else 1
+    return max(values, key=lambda step: (sign * values[step], step))
+
+  def _set_aside_damaged_metrics(self, read_only: bool) -> None:
+    """Moves each checkpoint whose metrics file does not parse to `corrupt_checkpoints/` (process
+    0; the others wait), with a warning `restore_latest` gives; read-only, a CheckpointError."""
+    with _storage_errors(f'cannot list {self.directory}'):
+      paths = sorted(self.directory.iterdir(), key=lambda p: p.name) if (
+          self.directory.exists()) else []
+    for path in paths:
+      if not (path.name.isdigit() and path.is_dir()):
+        continue
+      with _storage_errors(f'cannot read {path / METRICS_FILE}'):
+        _, error = _read_metrics(path)
+      if error and read_only:
+        raise CheckpointError(
+            f'checkpoint {path.name} in {self.directory} has a damaged metrics file ({error}); '
+            'rerun the training command on this workdir, which sets it aside and resumes.')
+      if error:
+        moved = self._move_aside(int(path.name))
+        self._opening_warnings.append(
+            f'warning: checkpoint {path.name} in {self.directory} cannot be restored: its '
+            f'metrics file is damaged ({error}); moved it to {moved}, trying the previous one.')
 
   def restore(self, target: Any, step: int | str | None = None) -> tuple[Any, int, dict]:
     """Returns (state, step, run record) of checkpoint `step` (default: the latest; 'best': the
@@ -303,6 +340,9 @@ class Checkpointer:
     after the retries (`retry_delays_sec`, default `RETRY_DELAYS_SEC`), is a CheckpointError and
     stays where it is.
     """
+    for warning in self._opening_warnings:
+      warn(warning)
+    self._opening_warnings = []
     delays = RETRY_DELAYS_SEC if retry_delays_sec is None else retry_delays_sec
     sleep = sleep or time.sleep
     # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
@@ -357,12 +397,16 @@ class Checkpointer:
 
   def set_aside(self, step: int) -> epath.Path:
     """Moves checkpoint `step` into `corrupt_checkpoints/` (process 0; the others wait)."""
+    target = self._move_aside(step)
+    self._manager.reload()
+    return target
+
+  def _move_aside(self, step: int) -> epath.Path:
     source = self.directory / str(step)
     target = self.directory.parent / CORRUPT_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
     if jax.process_index() == 0:
       move_tree(source, target)
     parallel.sync(f'set_aside_checkpoint_{step}')
-    self._manager.reload()
     return target
 
   def wait(self) -> None:
@@ -378,6 +422,17 @@ class Checkpointer:
 
   def __exit__(self, *unused_exc_info) -> None:
     self.close()
+
+
+def _read_metrics(step_dir: epath.Path) -> tuple[Any, str]:
+  """(the metrics saved with a checkpoint or None, what is wrong with their file or '')."""
+  path = step_dir / METRICS_FILE
+  try:
+    if not path.exists():
+      return None, ''
+    return json.loads(path.read_text()), ''
+  except (ValueError, UnicodeDecodeError) as e:
+    return None, f'{type(e).__name__}: {_first_line(e)}'
 
 
 @contextlib.contextmanager
