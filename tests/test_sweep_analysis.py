@@ -314,3 +314,39 @@ def test_unknown_statuses_are_counted_not_averaged():
   assert entry['n'] == 1 and entry['test_accuracy_mean'] == 0.9
   assert entry['statuses'] == {'done': 1, 'exploded': 1}
   assert 'rank' in results.leaderboard(rows) and 'exploded' in results.leaderboard(rows)
+
+
+def test_compare_tables_config_differences_and_draws_curves(written, tmp_path):
+  from mlp_mnist.records import workdirs  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.tools import compare  # pylint: disable=g-import-not-at-top
+  single = str(tmp_path / 'runs' / 'single')
+  config = default.get_config()
+  config.model.hidden_sizes = (256, 256)
+  run_files.write_config(single, config)
+  run_files.write_metrics(single, _records(None, 0.95, 3))
+  trials = [results.trial_dir(written['workdir'], f'learning_rate={lr},seed=0')
+            for lr in (0.01, 0.001)]
+  output = str(tmp_path / 'compare.png')
+  text = compare.compare([single, *trials], output)
+  lines = text.splitlines()
+  table = lines[lines.index(next(l for l in lines if l.startswith('config key'))):]
+  assert table[0].split() == ['config', 'key', 'single', 'learning_rate=0.01,seed=0',
+                              'learning_rate=0.001,seed=0']
+  assert [line.split() for line in table[2:table.index('')]] == [
+      ['model.hidden_sizes', '(256,256)', '(128,)', '(128,)'],
+      ['num_epochs', '5', '2', '2'],
+      ['optimizer.learning_rate', '0.001', '0.01', '0.001'],
+  ]
+  final = table[table.index('') + 1:]
+  assert final[2].split() == ['final', 'epoch', '3', '2', '2']
+  assert final[3].split() == ['train_accuracy', '93.00%', '92.00%', '92.00%']
+  assert final[5].split() == ['test_accuracy', '95.00%', '96.00%', '95.00%']
+  assert_png(output, min_size=(600, 300))
+  assert compare.config_table([{'a': 1, 'b': (1, 2)}, {'a': 1, 'b': (1, 2), 'c': 0}]) == [
+      ['c', '(absent)', '0']]
+  assert compare.labels(['x/a/run', 'y/b/run', 'z/c']) == ['a/run', 'b/run', 'z/c']
+  with pytest.raises(workdirs.WorkdirError, match=r'has no config.json; it is a sweep workdir: '
+                     r'pass its trial folders'):
+    compare.compare([written['workdir'], single], output)
+  with pytest.raises(workdirs.WorkdirError, match='is not a folder'):
+    compare.compare([str(tmp_path / 'nothing'), single], output)

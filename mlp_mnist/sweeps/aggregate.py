@@ -132,7 +132,7 @@ def setting_label(values: dict[str, Any]) -> str:
 
 def display(value: Any) -> str:
   if isinstance(value, (tuple, list)):
-    return '(' + ','.join(map(str, value)) + ')'
+    return '(' + ','.join(map(str, value)) + (',' if len(value) == 1 else '') + ')'
   return str(value)
 
 
