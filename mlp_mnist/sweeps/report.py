@@ -120,10 +120,11 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
   blocks.append(Block('p', (
       f'Final {split} accuracy per setting: mean over the replicates that finished '
       '(`done` or `stopped`), its standard deviation (ddof=1) and the half-width of the 95% '
-      "confidence interval of the mean (Student t, n-1 degrees of freedom). 'overlaps best': "
-      "`*` the interval overlaps the best setting's (not distinguishable from it at this "
-      "resolution; non-overlap is the stricter test), `?` undefined (n < 2). Diverged, failed "
-      'and unfinished trials are counted in the trials column, never averaged in.')))
+      "confidence interval of the mean (Student t, n-1 degrees of freedom). 'overlaps best': `*` "
+      "the interval overlaps the best setting's, so this sweep cannot tell the two apart (a "
+      'conservative reading: intervals that do not overlap mean a significant difference, '
+      'overlapping ones do not prove equality); `?` undefined (n < 2). Diverged, failed and '
+      'unfinished trials are counted in the trials column, never averaged in.')))
   if entries:
     header, table = results.settings_table(entries, split)
     blocks.append(Block('table', header=header, rows=table))
