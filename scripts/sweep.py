@@ -32,8 +32,8 @@ _WORKER_INDEX = flags.DEFINE_integer('worker_index', None,
 _MAX_TRIALS_PER_PROGRAM = flags.DEFINE_integer(
     'max_trials_per_program', 0,
     'Train at most this many trials at once (bounds device memory); 0: a whole group at once.')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False,
-                                 'Only rebuild tables, leaderboards, plots and report; train nothing.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Only rebuild tables, leaderboards, plots and report; train nothing.')
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 0, 'Without accelerators: JAX devices to split the CPU into, trials spread over '
     'them (each holds a copy of the dataset); 0: one per core.')

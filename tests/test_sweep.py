@@ -390,7 +390,8 @@ def test_trials_write_tensorboard_events_with_hparams(finished_sweep):
     plugins = [v.metadata.plugin_data.plugin_name for e in events for v in e.summary.value
                if v.metadata.plugin_data.plugin_name]
     assert plugins.count('hparams') == 3  # Experiment, session start and end.
-    start = next(e for e in events for v in e.summary.value if v.tag == '_hparams_/session_start_info')
+    start = next(e for e in events for v in e.summary.value
+                 if v.tag == '_hparams_/session_start_info')
     content = start.summary.value[0].metadata.plugin_data.content
     assert b'optimizer.learning_rate' in content and b'seed' in content
 

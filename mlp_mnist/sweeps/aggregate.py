@@ -1,5 +1,6 @@
 """Replicates of a sweep: trials that differ only in replicate keys (`seed` by default) are one
-setting, summarized by the mean, standard deviation and 95% confidence interval of its final metrics.
+setting, summarized by the mean, standard deviation and 95% confidence interval of its final
+metrics.
 
 Only trials that finished with results (`done`, `stopped`) enter the statistics; diverged, failed,
 unfinished or unknown statuses are counted per setting and shown, never averaged in. A setting with
@@ -137,7 +138,8 @@ def display(value: Any) -> str:
 
 
 def settings(rows: Sequence[dict[str, Any]], keys: Sequence[str],
-             replicate_keys: Sequence[str] = sweep_files.DEFAULT_REPLICATE_KEYS) -> list[dict[str, Any]]:
+             replicate_keys: Sequence[str] = sweep_files.DEFAULT_REPLICATE_KEYS
+             ) -> list[dict[str, Any]]:
   """One entry per setting of the non-replicate `keys`, ranked (see module docstring).
 
   Each holds: `setting` (its label), the values of the non-replicate keys, `trials` (their names),

@@ -39,8 +39,10 @@ def config_differences(config: ml_collections.ConfigDict,
   """[key, reference value, value] for every dotted key whose values differ."""
   flat, base = config_checks.flatten_config(config), config_checks.flatten_config(reference)
   missing = '(absent)'
-  return [[key, aggregate.display(base.get(key, missing)), aggregate.display(flat.get(key, missing))]
-          for key in sorted(set(flat) | set(base)) if flat.get(key, missing) != base.get(key, missing)]
+  return [[key, aggregate.display(base.get(key, missing)),
+           aggregate.display(flat.get(key, missing))]
+          for key in sorted(set(flat) | set(base))
+          if flat.get(key, missing) != base.get(key, missing)]
 
 
 def timings(workdir: str, rows: Sequence[dict[str, Any]]) -> dict[str, float] | None:
@@ -82,7 +84,8 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
     counts[row['status']] = counts.get(row['status'], 0) + 1
   swept = [k for k in replicate_keys if k in keys]
   blocks.append(Block('p', (
-      f'{len(rows)} trials ({aggregate.status_summary(counts)}), {len(entries)} settings. Swept keys: '
+      f'{len(rows)} trials ({aggregate.status_summary(counts)}), {len(entries)} settings. '
+      'Swept keys: '
       + ', '.join(f'`{k}`' for k in keys) + '. Replicate keys: '
       + (', '.join(f'`{k}`' for k in swept) if swept else 'none swept (one trial per setting)')
       + f'. Ranked by final **{split}** accuracy'
@@ -145,7 +148,7 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
                         rows=[[str(spent['program_runs']), str(spent['trials']),
                                *(f'{spent[k]:.1f}' for k in ('compile_sec', 'train_sec',
                                                              'eval_sec', 'total_sec')),
-                               f'{spent["trials_per_sec"]:.3f}' if spent['trials_per_sec'] else '-']]))
+                               _number(spent['trials_per_sec'], 3)]]))
     blocks.append(Block('p', 'Summed over the compiled programs that trained the trials with a '
                         '`summary.json` (diverged trials have none); workers run in parallel, so '
                         'with several the wall time is shorter.'))
@@ -168,6 +171,10 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
 
 def _percent(value: Any) -> str:
   return f'{value:.2%}' if aggregate.finite(value) else '-'
+
+
+def _number(value: Any, digits: int) -> str:
+  return f'{value:.{digits}f}' if aggregate.finite(value) else '-'
 
 
 def _read_json(path) -> dict | None:

@@ -1,4 +1,5 @@
-"""What a sweep leaves behind, read back from its trial folders: statuses, tables, leaderboards, plots.
+"""What a sweep leaves behind, read back from its trial folders: statuses, tables, leaderboards and
+plots.
 
     WORKDIR/trials/NAME/{config.json, metrics.jsonl, summary.json, status, events.out.tfevents.*}
     WORKDIR/results.csv, WORKDIR/results.jsonl     one row per trial, best first
@@ -159,7 +160,8 @@ def _number(value: Any, digits: int = 4) -> str:
   return f'{value:.{digits}f}' if aggregate.finite(value) else '-'
 
 
-def settings_table(entries: Sequence[dict[str, Any]], split: str) -> tuple[list[str], list[list[str]]]:
+def settings_table(entries: Sequence[dict[str, Any]],
+                   split: str) -> tuple[list[str], list[list[str]]]:
   """The aggregated leaderboard as a header and rows of text cells (for the console and report)."""
   short = SHORT_SPLIT[split]
   header = ['rank', f'{short} acc mean', '± 95% CI', 'std', 'n', f'{short} loss mean']
