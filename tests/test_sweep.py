@@ -200,6 +200,8 @@ def test_resume_reruns_only_unfinished_trials(finished_sweep, tmp_path, monkeypa
     assert [r['epoch'] for r in run_files.read_metrics(d)] == [1, 2]
   for d, content in untouched.items():
     assert open(os.path.join(d, 'metrics.jsonl')).read() == content
+  for d in dirs:  # A rerun trial's events start afresh too.
+    assert len([n for n in os.listdir(d) if n.startswith('events.out.tfevents.')]) == 1
   # A rerun trial gives what it gave the first time.
   first = run_files.read_metrics(results.trial_dir(finished_sweep['workdir'], NAMES[1]))
   again = run_files.read_metrics(dirs[1])

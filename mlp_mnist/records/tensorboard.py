@@ -4,7 +4,10 @@ Written with tensorboardX, which does not import TensorFlow. Scalars are logged 
 step at the end of each epoch, the x-axis TensorBoard expects.
 """
 
+import importlib
 import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -62,6 +65,14 @@ class TensorBoardWriter:
     if self._session_end is not None:
       self._writer.file_writer.add_summary(self._session_end)
     self._writer.close()
+
+
+def import_in_background() -> None:
+  """Imports tensorboardX (half a second or more) on a thread, e.g. while a program compiles."""
+  if 'tensorboardX.summary' in sys.modules:
+    return
+  threading.Thread(target=importlib.import_module, args=('tensorboardX.summary',),
+                   name='import-tensorboardx', daemon=True).start()
 
 
 def _hparams_summaries(hparams: dict[str, Any]):

@@ -124,12 +124,15 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     for path in epath.Path(directory).glob('events.out.tfevents.*'):
       path.unlink()
     results.write_status(directory, results.RUNNING)
-  events = [tensorboard.BufferedTensorBoardWriter(d) for d in dirs]
-  for writer, trial in zip(events, trials):
-    writer.write_hparams(config_checks.flatten_config(trial.config))
   progress.start_group(trials)
+  # Each trial's TensorBoard events, opened at the first epoch: tensorboardX loads while the group
+  # compiles.
+  tensorboard.import_in_background()
+  events = []
 
   def on_epoch(epoch, records, diverged):
+    if not events:
+      events.extend(_open_events(trials, dirs))
     for i, record in records.items():
       run_files.append_metrics(dirs[i], record)
       events[i].write_scalars(record['step'], record)
@@ -165,6 +168,14 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     statuses.append(results.DIVERGED if diverged else results.DONE)
   progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
                      f'trained in {result["timings"]["train_sec"]:.1f}s')
+
+
+def _open_events(trials, dirs) -> list[tensorboard.BufferedTensorBoardWriter]:
+  """A TensorBoard writer per trial, its config in the HParams dashboard as for a single run."""
+  writers = [tensorboard.BufferedTensorBoardWriter(d) for d in dirs]
+  for writer, trial in zip(writers, trials):
+    writer.write_hparams(config_checks.flatten_config(trial.config))
+  return writers
 
 
 def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
