@@ -96,7 +96,7 @@ def compare_commands(config_args: list[str], trials: list[sweep_files.Trial], cp
                       f'--cpu_devices={cpu_devices}'])
     with open(os.path.join(sweep_dir, 'results.jsonl')) as f:  # Best first: matched by name.
       by_name = {row['trial']: row['test_accuracy'] for row in map(json.loads, f)}
-    swept = [by_name[t.name] for t in trials]
+    swept = [by_name[n] for n in sweep_files.trial_names([t.overrides for t in trials])]
     log(f'scripts/sweep.py, once:              {sweep_sec:8.1f}s')
     alone, alone_sec = [], 0.0
     for index, trial in enumerate(trials):
