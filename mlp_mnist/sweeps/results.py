@@ -249,7 +249,7 @@ def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict
   paths = []
   varied = [k for k in setting_keys if len({repr(e[k]) for e in entries}) > 1]
   for key in varied:
-    values = list(dict.fromkeys(e[key] for e in entries))
+    values = _values_in_order(rows, entries, key)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     position = {v: (v if numeric else i) for i, v in enumerate(values)}
     lines = {}
@@ -264,7 +264,7 @@ def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict
         categories=None if numeric else [aggregate.display(v) for v in values],
         title=_band_title(rows, replicate_keys, keys)))
   if len(varied) == 2:
-    paths.append(_heatmap(plots, entries, varied, split, plots_dir))
+    paths.append(_heatmap(plots, rows, entries, varied, split, plots_dir))
   best = entries[:aggregate.NUM_BEST_CURVES]
   if best:
     curves = {}
@@ -287,14 +287,19 @@ def _band_title(rows, replicate_keys, keys) -> str:
   return f'mean and 95% CI over {"/".join(swept)}'
 
 
-def _heatmap(plots, entries, varied: Sequence[str], split: str, plots_dir) -> str:
+def _values_in_order(rows, entries, key: str) -> list[Any]:
+  """The values of `key` that have results: numbers ascending, others in the sweep file's order."""
+  present = {repr(e[key]) for e in entries}
+  values = list(dict.fromkeys(r[key] for r in rows if repr(r.get(key)) in present))
+  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    values.sort()
+  return values
+
+
+def _heatmap(plots, rows, entries, varied: Sequence[str], split: str, plots_dir) -> str:
   row_key, column_key = varied
-  row_values = list(dict.fromkeys(e[row_key] for e in entries))
-  column_values = list(dict.fromkeys(e[column_key] for e in entries))
-  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row_values):
-    row_values.sort()
-  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column_values):
-    column_values.sort()
+  row_values = _values_in_order(rows, entries, row_key)
+  column_values = _values_in_order(rows, entries, column_key)
   means = [[math.nan] * len(column_values) for _ in row_values]
   texts = [[''] * len(column_values) for _ in row_values]
   for e in entries:
