@@ -350,3 +350,15 @@ def test_compare_tables_config_differences_and_draws_curves(written, tmp_path):
     compare.compare([written['workdir'], single], output)
   with pytest.raises(workdirs.WorkdirError, match='is not a folder'):
     compare.compare([str(tmp_path / 'nothing'), single], output)
+
+
+def test_progress_line_names_the_best_by_validation(config):
+  lines = []
+  progress = runner.Progress(2, 0, 1, lines.append)
+  progress.start_group(sweep_files.expand(config, [{'seed': 0}, {'seed': 1}]))
+  record = lambda validation, test: {'validation_accuracy': validation, 'validation_loss': 0.1,
+                                     'test_accuracy': test, 'test_loss': 0.1}
+  progress.epoch(1, {0: record(0.90, 0.99), 1: record(0.95, 0.50)}, [False, False])
+  assert 'best validation accuracy 95.00% (seed=1)' in lines[-1]
+  progress.epoch(2, {0: {'test_accuracy': 0.9}, 1: {'test_accuracy': 0.8}}, [False, False])
+  assert 'best test accuracy 90.00% (seed=0)' in lines[-1]
