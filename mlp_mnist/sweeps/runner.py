@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from etils import epath
 
+from mlp_mnist import config_checks
 from mlp_mnist import data
 from mlp_mnist.devices import parallel
-from mlp_mnist import config_checks
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
 from mlp_mnist.records import workdirs
@@ -120,8 +120,8 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
   dirs = [_dir(workdir, t) for t in trials]
   for trial, directory in zip(trials, dirs):
     run_files.write_config(directory, trial.config)
-    run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh, and its events.
-    for path in epath.Path(directory).glob('events.out.tfevents.*'):
+    run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh,
+    for path in epath.Path(directory).glob('events.out.tfevents.*'):  # and its events.
       path.unlink()
     results.write_status(directory, results.RUNNING)
   progress.start_group(trials)
