@@ -96,8 +96,9 @@ def compare_commands(config_args: list[str], trials: list[sweep_files.Trial], cp
     sweep_sec = _run([sys.executable, os.path.join(scripts, 'sweep.py'), *config_args,
                       f'--sweep={sweep_file}', f'--workdir={sweep_dir}',
                       f'--cpu_devices={cpu_devices}'])
-    with open(os.path.join(sweep_dir, 'results.jsonl')) as f:
-      swept = [json.loads(line)['test_accuracy'] for line in f]
+    with open(os.path.join(sweep_dir, 'results.jsonl')) as f:  # Best first: matched by name.
+      by_name = {row['trial']: row['test_accuracy'] for row in map(json.loads, f)}
+    swept = [by_name[n] for n in sweep_files.trial_names([t.overrides for t in trials])]
     log(f'scripts/sweep.py, once:              {sweep_sec:8.1f}s')
     alone, alone_sec = [], 0.0
     for index, trial in enumerate(trials):

@@ -6,10 +6,13 @@ r"""Runs a hyperparameter sweep: every trial of a sweep file over a base config,
 Re-running the same command resumes (finished trials are skipped). On several machines, run it on
 each with `--num_workers N --worker_index i`; in a multi-process JAX run (a TPU pod slice, or the
 flags of docs/gpu.md) these default to the process count and index. `--report_only` rebuilds the
-tables and plots from the trial folders.
+tables, plots and report (`report.md`, `report.html`) from the trial folders, also while the sweep
+is partly finished.
 """
 
 import os
+import shlex
+import sys
 
 from absl import app
 from absl import flags
@@ -29,18 +32,22 @@ _WORKER_INDEX = flags.DEFINE_integer('worker_index', None,
 _MAX_TRIALS_PER_PROGRAM = flags.DEFINE_integer(
     'max_trials_per_program', 0,
     'Train at most this many trials at once (bounds device memory); 0: a whole group at once.')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False,
-                                 'Only rebuild results, leaderboard and plots; train nothing.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Only rebuild tables, leaderboards, plots and report; train nothing.')
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', 0, 'Without accelerators: JAX devices to split the CPU into, trials spread over '
     'them (each holds a copy of the dataset); 0: one per core.')
 cli.define_jax_flags()
+# The report lists the base config's differences from this one.
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs',
+                               'default.py')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import config_files  # pylint: disable=g-import-not-at-top
   from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(_SWEEP.value))[0])
@@ -52,7 +59,9 @@ def main(argv):
         num_workers=(jax.process_count() if _NUM_WORKERS.value is None else _NUM_WORKERS.value),
         worker_index=(jax.process_index() if _WORKER_INDEX.value is None
                       else _WORKER_INDEX.value),
-        max_group_size=_MAX_TRIALS_PER_PROGRAM.value, report_only=_REPORT_ONLY.value)
+        max_group_size=_MAX_TRIALS_PER_PROGRAM.value, report_only=_REPORT_ONLY.value,
+        reference_config=config_files.load_module(_DEFAULT_CONFIG).get_config(),
+        command=shlex.join(['python', *sys.argv]))
   failed = runner.failed_trials(rows)
   if failed and not _REPORT_ONLY.value:
     raise SystemExit(f'error: {len(failed)} trial(s) failed ({failed[0]}, ...; see the status '

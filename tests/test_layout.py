@@ -177,3 +177,8 @@ def test_a_regular_install_runs_every_tool_from_any_directory(installed):
              f'--config={os.path.join(REPO, "configs", "default.py")}', *common,
              f'--sweep={sweep_file}', f'--workdir={root / "sweep"}', '--cpu_devices=1')
   assert (root / 'sweep' / 'results.csv').exists(), out
+  assert (root / 'sweep' / 'report.html').exists(), out
+  out = _run(installed, os.path.join(scripts, 'compare.py'), str(root / 'run'),
+             str(root / 'sweep' / 'trials' / 'learning_rate=0.002'),
+             f'--output={root / "compare.png"}')
+  assert 'optimizer.learning_rate' in out and (root / 'compare.png').exists()

@@ -144,7 +144,11 @@ def test_results_table_matches_the_trial_metrics(finished_sweep):
     rows = list(csv.DictReader(f))
   with open(os.path.join(workdir, 'results.jsonl')) as f:
     json_rows = [json.loads(line) for line in f]
-  assert [r['trial'] for r in rows] == NAMES == [r['trial'] for r in json_rows]
+  # Best first (no validation split: by test accuracy, then loss).
+  assert sorted(r['trial'] for r in rows) == sorted(NAMES)
+  assert [r['trial'] for r in rows] == [r['trial'] for r in json_rows]
+  assert [r['trial'] for r in rows] == [r['trial'] for r in sorted(
+      finished_sweep['rows'], key=lambda r: (-r['test_accuracy'], r['test_loss']))]
   for row, json_row in zip(rows, json_rows):
     final = run_files.read_metrics(results.trial_dir(workdir, row['trial']))[-1]
     for key in results.METRIC_COLUMNS:
@@ -158,8 +162,10 @@ def test_results_table_matches_the_trial_metrics(finished_sweep):
 
 def test_plots_and_leaderboard(finished_sweep):
   workdir = finished_sweep['workdir']
-  for key in ('model.hidden_sizes', 'optimizer.learning_rate', 'seed'):
-    assert_png(os.path.join(workdir, 'plots', f'test_accuracy_vs_{key}.png'))
+  for name in ('test_accuracy_vs_model.hidden_sizes', 'test_accuracy_vs_optimizer.learning_rate',
+               'test_accuracy_heatmap', 'curves_best'):
+    assert_png(os.path.join(workdir, 'plots', f'{name}.png'))
+  assert not os.path.exists(os.path.join(workdir, 'plots', 'test_accuracy_vs_seed.png'))
   log = '\n'.join(finished_sweep['logs'][1])
   assert '8 trials: 8 done' in log
   best = max(finished_sweep['rows'], key=lambda r: r['test_accuracy'])
@@ -194,6 +200,8 @@ def test_resume_reruns_only_unfinished_trials(finished_sweep, tmp_path, monkeypa
     assert [r['epoch'] for r in run_files.read_metrics(d)] == [1, 2]
   for d, content in untouched.items():
     assert open(os.path.join(d, 'metrics.jsonl')).read() == content
+  for d in dirs:  # A rerun trial's events start afresh too.
+    assert len([n for n in os.listdir(d) if n.startswith('events.out.tfevents.')]) == 1
   # A rerun trial gives what it gave the first time.
   first = run_files.read_metrics(results.trial_dir(finished_sweep['workdir'], NAMES[1]))
   again = run_files.read_metrics(dirs[1])
@@ -350,6 +358,52 @@ def test_processes_of_a_multiprocess_run_share_the_sweep(tmp_path):
                           devices=jax.devices()[:1],
                           dataset=synthetic_dataset(num_train=64, num_test=30),
                           log=lambda line: None)
+  rows = sorted(rows, key=lambda r: r['trial'])  # results.csv lists the best first.
   for row, want in zip(rows, alone):
     assert row['trial'] == want['trial']
     assert float(row['test_loss']) == pytest.approx(want['test_loss'], rel=1e-5)
+
+
+def _read_events(directory):
+  """Every TensorBoard event in `directory`'s event files (TFRecord framing, read by hand)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for name in sorted(os.listdir(directory)):
+    if name.startswith('events.out.tfevents.'):
+      with open(os.path.join(directory, name), 'rb') as f:
+        data = f.read()
+      offset = 0
+      while offset < len(data):
+        length = int.from_bytes(data[offset:offset + 8], 'little')
+        events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+        offset += 12 + length + 4
+  return events
+
+
+def test_trials_write_tensorboard_events_with_hparams(finished_sweep):
+  for name in (NAMES[0], NAMES[5]):
+    directory = results.trial_dir(finished_sweep['workdir'], name)
+    events = _read_events(directory)
+    scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value
+               if v.HasField('simple_value')}
+    for record in run_files.read_metrics(directory):
+      assert scalars[('test/accuracy', record['step'])] == pytest.approx(record['test_accuracy'])
+      assert scalars[('train/loss', record['step'])] == pytest.approx(record['train_loss'])
+    plugins = [v.metadata.plugin_data.plugin_name for e in events for v in e.summary.value
+               if v.metadata.plugin_data.plugin_name]
+    assert plugins.count('hparams') == 3  # Experiment, session start and end.
+    start = next(e for e in events for v in e.summary.value
+                 if v.tag == '_hparams_/session_start_info')
+    content = start.summary.value[0].metadata.plugin_data.content
+    assert b'optimizer.learning_rate' in content and b'seed' in content
+
+
+def test_sweep_writes_summary_and_report(finished_sweep):
+  workdir = finished_sweep['workdir']
+  with open(os.path.join(workdir, 'summary.csv')) as f:
+    settings = list(csv.DictReader(f))
+  assert len(settings) == 4 and {s['n'] for s in settings} == {'2'}
+  for name in ('report.md', 'report.html', 'summary.jsonl'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  log = '\n'.join(finished_sweep['logs'][1])
+  assert '4 settings ranked by final test accuracy (mean over seed)' in log

@@ -122,23 +122,124 @@ def _displayable(image: np.ndarray) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
-def save_sweep_plot(key: str, lines: dict[str, list[tuple[Any, float]]], path: str,
-                    log_x: bool = False, categories: Sequence[str] | None = None) -> str:
-  """Final test accuracy of a sweep's trials against one swept `key`: a line per setting of the
-  others (`lines`: label -> [(x, accuracy)]); with `categories`, x indexes them."""
+def save_mean_plot(key: str, lines: dict[str, list[tuple[Any, float, float, float]]], path: str,
+                   ylabel: str, log_x: bool = False, categories: Sequence[str] | None = None,
+                   title: str = '') -> str:
+  """A metric's mean against one swept `key` with its interval shaded: a line per setting of the
+  other keys (`lines`: label -> [(x, mean, low, high)]; NaN bounds draw no band there); with
+  `categories`, x indexes them."""
   figure = _figure(figsize=(7, 4.5))
   axes = figure.subplots()
   for label, points in lines.items():
-    points = sorted(points)
-    axes.plot([x for x, _ in points], [y for _, y in points], marker='o', label=label or None)
+    x, mean, low, high = (np.asarray(v, dtype=np.float64) for v in zip(*sorted(points)))
+    line, = axes.plot(x, mean, marker='o', label=label or None)
+    axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    lone = np.isnan(low) | np.isnan(high)
+    if lone.any() and not lone.all():  # Points without an interval (one replicate): hollow.
+      axes.plot(x[lone], mean[lone], linestyle='none', marker='o', markerfacecolor='white',
+                color=line.get_color())
   if log_x:
     axes.set_xscale('log')
   if categories is not None:
     axes.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
   axes.set_xlabel(key)
-  axes.set_ylabel('final test accuracy')
+  axes.set_ylabel(ylabel)
   axes.yaxis.set_major_formatter(lambda v, _: f'{v:.1%}')
   axes.grid(alpha=0.3)
   if any(lines) and len(lines) <= 16:
     axes.legend(fontsize='small')
+  if title:
+    axes.set_title(title, fontsize='medium')
+  return _save(figure, path)
+
+
+def save_heatmap(row_key: str, column_key: str, row_labels: Sequence[str],
+                 column_labels: Sequence[str], values: Sequence[Sequence[float]],
+                 texts: Sequence[Sequence[str]], path: str, title: str = '') -> str:
+  """A grid of `values` (NaN: no result, left blank) with each cell's text written in it."""
+  values = np.asarray(values, dtype=np.float64)
+  figure = _figure(figsize=(1.5 + 1.3 * len(column_labels), 1.2 + 0.8 * len(row_labels)))
+  axes = figure.subplots()
+  image = axes.imshow(np.ma.masked_invalid(values), cmap='viridis', aspect='auto')
+  finite = values[np.isfinite(values)]
+  middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+  for i, row in enumerate(texts):
+    for j, text in enumerate(row):
+      dark = np.isfinite(values[i, j]) and values[i, j] < middle
+      axes.text(j, i, text or '-', ha='center', va='center', fontsize=8,
+                color='white' if dark else 'black')
+  axes.set_xticks(range(len(column_labels)), column_labels, rotation=30, ha='right')
+  axes.set_yticks(range(len(row_labels)), row_labels)
+  axes.set_xlabel(column_key)
+  axes.set_ylabel(row_key)
+  colorbar = figure.colorbar(image, ax=axes)
+  colorbar.formatter = _percent_formatter()
+  colorbar.update_ticks()
+  if title:
+    axes.set_title(title, fontsize='medium')
+  return _save(figure, path)
+
+
+def _percent_formatter():
+  from matplotlib.ticker import FuncFormatter  # pylint: disable=g-import-not-at-top
+  return FuncFormatter(lambda v, _: f'{v:.1%}')
+
+
+def save_mean_curves(curves: dict[str, dict[str, dict[str, np.ndarray]]], split: str, path: str,
+                     title: str = '') -> str:
+  """Per-epoch loss and accuracy of a few settings, each a mean with its interval shaded:
+  `curves[label][f'{train or split}_{loss or accuracy}']` holds `epoch`, `mean`, `ci_low`,
+  `ci_high`; `split` solid, training dashed."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  figure = _figure(figsize=(11, 4.2))
+  loss_axes, accuracy_axes = figure.subplots(1, 2)
+  colors = colormaps['tab10'].colors
+  epochs = set()
+  for (label, series), color in zip(curves.items(), colors):
+    for axes, metric in ((loss_axes, 'loss'), (accuracy_axes, 'accuracy')):
+      for part, style in ((split, '-'), ('train', '--')):
+        stats = series[f'{part}_{metric}']
+        if not len(stats['epoch']):
+          continue
+        epochs.update(stats['epoch'].tolist())
+        axes.plot(stats['epoch'], stats['mean'], linestyle=style, marker='o', color=color,
+                  label=label if part == split else None)
+        axes.fill_between(stats['epoch'], stats['ci_low'], stats['ci_high'], color=color,
+                          alpha=0.15, linewidth=0)
+  for axes, metric in ((loss_axes, 'loss'), (accuracy_axes, 'accuracy')):
+    axes.set_xlabel('epoch')
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    if len(epochs) <= 20:
+      axes.set_xticks(sorted(epochs))
+  accuracy_axes.yaxis.set_major_formatter(lambda v, _: f'{v:.1%}')
+  accuracy_axes.legend(fontsize='x-small')
+  figure.suptitle(f'best settings: {split} (solid) and training (dashed)'
+                  + (f'; {title}' if title else ''), fontsize='medium')
+  return _save(figure, path)
+
+
+def save_overlaid_curves(histories: dict[str, Sequence[dict]], split: str, path: str,
+                         title: str = '') -> str:
+  """Loss and accuracy per epoch of several runs in one picture: `split` solid, training dashed."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  figure = _figure(figsize=(11, 4.2))
+  loss_axes, accuracy_axes = figure.subplots(1, 2)
+  colors = colormaps['tab10'].colors
+  for index, (label, history) in enumerate(histories.items()):
+    color = colors[index % len(colors)]
+    for axes, metric in ((loss_axes, 'loss'), (accuracy_axes, 'accuracy')):
+      for part, style in ((split, '-'), ('train', '--')):
+        points = [(r['epoch'], r[f'{part}_{metric}']) for r in history
+                  if f'{part}_{metric}' in r]
+        if points:
+          axes.plot(*zip(*points), linestyle=style, marker='o', markersize=3, color=color,
+                    label=f'{label} ({part})')
+  for axes, metric in ((loss_axes, 'loss'), (accuracy_axes, 'accuracy')):
+    axes.set_xlabel('epoch')
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+  accuracy_axes.yaxis.set_major_formatter(lambda v, _: f'{v:.1%}')
+  accuracy_axes.legend(fontsize='x-small')
+  figure.suptitle(title or f'{split} (solid) and training (dashed)', fontsize='medium')
   return _save(figure, path)

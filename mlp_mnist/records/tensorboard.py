@@ -4,6 +4,11 @@ Written with tensorboardX, which does not import TensorFlow. Scalars are logged 
 step at the end of each epoch, the x-axis TensorBoard expects.
 """
 
+import importlib
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 from etils import epath
@@ -58,32 +63,95 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str, purge_step: int | None = None):
     import tensorboardX  # pylint: disable=g-import-not-at-top
-    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
-    if str(logdir).startswith('gs://'):
-      record_writer.register_writer_factory('gs', _EpathRecordWriterFactory())
-    self._summary = tensorboardX.summary
+    _register_bucket_writer(logdir)
     self._writer = tensorboardX.SummaryWriter(str(logdir), purge_step=purge_step,
                                               flush_secs=30)
     self._session_end = None
 
   def write_hparams(self, hparams: dict[str, Any]) -> None:
     """Records the run's hyperparameters for TensorBoard's HParams dashboard."""
-    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-              for k, v in hparams.items()}
-    experiment, session_start, self._session_end = self._summary.hparams(
-        values, {tag: None for tag in HPARAM_METRICS})
+    experiment, session_start, self._session_end = _hparams_summaries(hparams)
     for summary in (experiment, session_start):
       self._writer.file_writer.add_summary(summary)
 
   def write_scalars(self, step: int, record: dict[str, float]) -> None:
-    """The record's metrics: the built-in ones under `SCALAR_TAGS`, others (a hook's, say) tagged
-    by their key."""
-    for key, value in record.items():
-      if key not in NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._writer.add_scalar(SCALAR_TAGS.get(key, key), value, step)
+    """The record's metrics (`scalars`)."""
+    for tag, value in scalars(record):
+      self._writer.add_scalar(tag, value, step)
     self._writer.flush()
 
   def close(self) -> None:
     if self._session_end is not None:
       self._writer.file_writer.add_summary(self._session_end)
     self._writer.close()
+
+
+def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
+  """(tag, value) of a record's metrics: the built-in ones under `SCALAR_TAGS`, others (a hook's,
+  say) under their key."""
+  return [(SCALAR_TAGS.get(key, key), float(value)) for key, value in record.items()
+          if key not in NOT_SCALARS and isinstance(value, (int, float))
+          and not isinstance(value, bool)]
+
+
+def import_in_background() -> None:
+  """Imports tensorboardX (half a second or more) on a thread, e.g. while a program compiles."""
+  if 'tensorboardX.summary' in sys.modules:
+    return
+  threading.Thread(target=importlib.import_module, args=('tensorboardX.summary',),
+                   name='import-tensorboardx', daemon=True).start()
+
+
+def _hparams_summaries(hparams: dict[str, Any]):
+  """The HParams plugin's experiment, session-start and session-end summaries."""
+  from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+  values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+  return summary.hparams(values, {tag: None for tag in HPARAM_METRICS})
+
+
+def _register_bucket_writer(logdir: str) -> None:
+  if str(logdir).startswith('gs://'):
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    record_writer.register_writer_factory('gs', _EpathRecordWriterFactory())
+
+
+class BufferedTensorBoardWriter:
+  """The events `TensorBoardWriter` writes, written in the caller's thread and flushed at most every
+  `flush_secs` and on `close`: cheap enough for each of a sweep's trials every epoch (tensorboardX's
+  writer costs a thread and a queue per file, and a flush syncs the file to disk)."""
+
+  def __init__(self, logdir: str, flush_secs: float = 30):
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    _register_bucket_writer(logdir)
+    epath.Path(logdir).mkdir(parents=True, exist_ok=True)
+    self._event, self._value, self._summary = event_pb2.Event, summary_pb2.Summary.Value, (
+        summary_pb2.Summary)
+    self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'))
+    self._flush_secs, self._flushed = flush_secs, time.time()
+    self._session_end = None
+
+  def _write(self, summary, step: int | None = None) -> None:
+    event = self._event(summary=summary, wall_time=time.time())
+    if step is not None:
+      event.step = int(step)
+    self._events.write_event(event)
+
+  def write_hparams(self, hparams: dict[str, Any]) -> None:
+    """Records the run's hyperparameters for TensorBoard's HParams dashboard."""
+    experiment, session_start, self._session_end = _hparams_summaries(hparams)
+    self._write(experiment)
+    self._write(session_start)
+
+  def write_scalars(self, step: int, record: dict[str, float]) -> None:
+    """The record's metrics (`scalars`)."""
+    self._write(self._summary(value=[self._value(tag=tag, simple_value=value)
+                                     for tag, value in scalars(record)]), step)
+    if time.time() - self._flushed >= self._flush_secs:
+      self._events.flush()
+      self._flushed = time.time()
+
+  def close(self) -> None:
+    if self._session_end is not None:
+      self._write(self._session_end)
+    self._events.close()

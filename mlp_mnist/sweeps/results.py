@@ -1,11 +1,15 @@
-"""What a sweep leaves behind, read back from its trial folders: statuses, tables, leaderboard, plots.
+"""What a sweep leaves behind, read back from its trial folders: statuses, tables, leaderboards and
+plots.
 
-    WORKDIR/trials/NAME/{config.json, metrics.jsonl, summary.json, status}   one folder per trial
-    WORKDIR/results.csv, WORKDIR/results.jsonl                                one row per trial
-    WORKDIR/plots/test_accuracy_vs_KEY.png                                    one plot per swept key
+    WORKDIR/trials/NAME/{config.json, metrics.jsonl, summary.json, status, events.out.tfevents.*}
+    WORKDIR/results.csv, WORKDIR/results.jsonl     one row per trial, best first
+    WORKDIR/summary.csv, WORKDIR/summary.jsonl     one row per setting (replicates aggregated)
+    WORKDIR/plots/*.png                            accuracy against each swept key, heatmap, curves
 
-Everything sweep-level is rebuilt from the trial folders, so the folders written by several workers
-merge into one table. Paths go through `etils.epath`: the workdir may be a cloud bucket.
+Everything that ranks or chooses uses the validation metrics when the trials have them, else test
+(`aggregate.ranking_split`); test is shown beside validation but never used to choose. Everything
+sweep-level is rebuilt from the trial folders, so the folders written by several workers merge into
+one table. Paths go through `etils.epath`: the workdir may be a cloud bucket.
 """
 
 import csv
@@ -18,11 +22,15 @@ from etils import epath
 
 from mlp_mnist import config_checks
 from mlp_mnist.records import run_files
+from mlp_mnist.sweeps import aggregate
 
 DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
-STOPPED = 'stopped'  # Ended by early stopping.
+STOPPED = 'stopped'  # Ended by early stopping: its metrics are valid results.
 FINISHED = (DONE, DIVERGED, STOPPED)  # Final results: a re-run skips them (and reruns the others).
 METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
+VALIDATION_COLUMNS = ('validation_loss', 'validation_accuracy')
+PLOTS_DIR = 'plots'
+SHORT_SPLIT = {'validation': 'val', 'test': 'test', 'train': 'train'}
 
 
 def trial_dir(workdir: str, name: str) -> str:
@@ -31,7 +39,8 @@ def trial_dir(workdir: str, name: str) -> str:
 
 def write_status(directory: str, status: str, detail: str = '') -> None:
   """Writes `status`: the status on the first line, then what happened (for diverged/failed)."""
-  (epath.Path(directory) / 'status').write_text(status + ('\n' + detail if detail else '') + '\n')
+  run_files.write_text_atomic(epath.Path(directory) / 'status',
+                              status + ('\n' + detail if detail else '') + '\n')
 
 
 def read_status(directory: str) -> str | None:
@@ -40,95 +49,268 @@ def read_status(directory: str) -> str | None:
   return (path.read_text().split('\n', 1)[0].strip() or None) if path.exists() else None
 
 
+def read_status_detail(directory: str) -> str:
+  """What the status file says happened, in one line (a traceback's last line), or ''."""
+  path = epath.Path(directory) / 'status'
+  if not path.exists():
+    return ''
+  lines = [line.strip() for line in path.read_text().split('\n')[1:] if line.strip()]
+  return lines[-1] if lines else ''
+
+
 def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any]]:
-  """One row per trial: name, status, the values of `keys` and its last epoch's metrics."""
+  """One row per trial, in trial order: name, status, the values of `keys` and its last epoch's
+  metrics (validation ones too when the trial has them)."""
   rows = []
   for trial in trials:
     directory = trial_dir(workdir, trial.name)
     flat = config_checks.flatten_config(trial.config)
     row = {'trial': trial.name, 'status': read_status(directory) or PENDING}
     row.update({k: flat[k] for k in keys})
-    records = _read_records(directory) if row['status'] != RUNNING else []
+    records = read_records(directory) if row['status'] != RUNNING else []
     if records:
       row.update({k: records[-1].get(k) for k in METRIC_COLUMNS})
+      row.update({k: records[-1][k] for k in VALIDATION_COLUMNS if k in records[-1]})
     rows.append(row)
   return rows
 
 
-def _read_records(directory: str) -> list[dict]:
+def read_records(directory: str) -> list[dict]:
+  """A trial's `metrics.jsonl`, or [] when it is missing or half-written."""
   try:
     return run_files.read_metrics(directory)
   except (FileNotFoundError, json.JSONDecodeError):
     return []
 
 
+def _columns(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+  metrics = list(METRIC_COLUMNS)
+  if any(k in row for row in rows for k in VALIDATION_COLUMNS):
+    metrics += [k for k in VALIDATION_COLUMNS if k not in metrics]
+  return ['trial', 'status', *keys, *metrics]
+
+
 def write_tables(workdir: str, rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
-  """Writes `results.csv` and `results.jsonl`; returns their paths."""
-  columns = ['trial', 'status', *keys, *METRIC_COLUMNS]
+  """Writes `results.csv` and `results.jsonl`, best trial first; returns their paths."""
+  columns = _columns(rows, keys)
+  rows = aggregate.ranked_rows(rows)
+  root = epath.Path(workdir)
+  run_files.write_text_atomic(root / 'results.csv', _csv_text(rows, columns))
+  run_files.write_text_atomic(root / 'results.jsonl', _jsonl_text(rows, columns))
+  return [str(root / 'results.csv'), str(root / 'results.jsonl')]
+
+
+def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
   text = io.StringIO()
   writer = csv.DictWriter(text, columns, extrasaction='ignore', lineterminator='\n')
   writer.writeheader()
   for row in rows:
     writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-  root = epath.Path(workdir)
-  root.mkdir(parents=True, exist_ok=True)
-  (root / 'results.csv').write_text(text.getvalue())
-  (root / 'results.jsonl').write_text(
-      ''.join(json.dumps({k: row.get(k) for k in columns}) + '\n' for row in rows))
-  return [str(root / 'results.csv'), str(root / 'results.jsonl')]
+  return text.getvalue()
+
+
+def _jsonl_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+  return ''.join(json.dumps({k: _json_value(row.get(k)) for k in columns}) + '\n' for row in rows)
 
 
 def _csv_value(value: Any) -> Any:
-  if value is None:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
     return ''
-  if isinstance(value, tuple):
+  if isinstance(value, (tuple, list)):
     return json.dumps(list(value))
+  if isinstance(value, dict):
+    return aggregate.status_summary(value)
   return value
 
 
-def _accuracy(row) -> float:
-  value = row.get('test_accuracy')
-  return value if isinstance(value, (int, float)) and math.isfinite(value) else -1.0
+def _json_value(value: Any) -> Any:
+  """JSON has no NaN: undefined statistics are null."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, (tuple, list)):
+    return [_json_value(v) for v in value]
+  return value
 
 
 def leaderboard(rows: list[dict[str, Any]], top: int = 10) -> str:
-  """The best trials by final test accuracy, and how many trials are in each status."""
+  """The best trials by final validation (else test) accuracy, and how many are in each status."""
   counts = {}
   for row in rows:
     counts[row['status']] = counts.get(row['status'], 0) + 1
   lines = [f'{len(rows)} trials: ' + ', '.join(f'{n} {s}' for s, n in sorted(counts.items()))]
-  ranked = sorted((r for r in rows if _accuracy(r) >= 0), key=_accuracy, reverse=True)[:top]
+  split = aggregate.ranking_split(rows)
+  ranked = [r for r in aggregate.ranked_rows(rows) if aggregate.has_results(r, split)][:top]
   if ranked:
-    lines.append(f'{"rank":>4}  {"test acc":>8}  {"test loss":>9}  {"epoch":>5}  {"status":8}  trial')
+    short = SHORT_SPLIT[split]
+    beside = f'  {"test acc":>8}' if split != 'test' else ''
+    lines.append(f'{"rank":>4}  {short + " acc":>8}  {short + " loss":>9}{beside}  {"epoch":>5}  '
+                 f'{"status":8}  trial')
     for rank, row in enumerate(ranked, 1):
-      lines.append(f'{rank:>4}  {row["test_accuracy"]:>8.2%}  {row["test_loss"]:>9.4f}  '
-                   f'{row["epoch"]:>5}  {row["status"]:8}  {row["trial"]}')
+      beside = f'  {_percent(row.get("test_accuracy")):>8}' if split != 'test' else ''
+      lines.append(f'{rank:>4}  {row[f"{split}_accuracy"]:>8.2%}  {row[f"{split}_loss"]:>9.4f}'
+                   f'{beside}  {row.get("epoch", "-"):>5}  {row["status"]:8}  {row["trial"]}')
   return '\n'.join(lines)
 
 
-def _display(value: Any) -> str:
-  if isinstance(value, tuple):
-    return '(' + ','.join(map(str, value)) + ')'
-  return str(value)
+def _percent(value: Any, digits: int = 2) -> str:
+  return f'{value:.{digits}%}' if aggregate.finite(value) else '-'
 
 
-def write_plots(workdir: str, rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
-  """One PNG per swept key: final test accuracy against its values, a line per other setting."""
+def _number(value: Any, digits: int = 4) -> str:
+  return f'{value:.{digits}f}' if aggregate.finite(value) else '-'
+
+
+def settings_table(entries: Sequence[dict[str, Any]],
+                   split: str) -> tuple[list[str], list[list[str]]]:
+  """The aggregated leaderboard as a header and rows of text cells (for the console and report)."""
+  short = SHORT_SPLIT[split]
+  header = ['rank', f'{short} acc mean', '± 95% CI', 'std', 'n', f'{short} loss mean']
+  if split != 'test':
+    header += ['test acc mean', 'test ± 95% CI']
+  header += ['vs best', 'overlaps best', 'trials', 'setting']
+  table = []
+  for e in entries:
+    half = (e[f'{split}_accuracy_ci_high'] - e[f'{split}_accuracy_mean'])
+    cells = [str(e['rank'] or '-'), _percent(e[f'{split}_accuracy_mean']), _percent(half),
+             _percent(e[f'{split}_accuracy_std']), str(e['n']), _number(e[f'{split}_loss_mean'])]
+    if split != 'test':
+      cells += [_percent(e['test_accuracy_mean']),
+                _percent(e['test_accuracy_ci_high'] - e['test_accuracy_mean'])]
+    delta = e['delta_vs_best']
+    cells += ['-' if not aggregate.finite(delta) or e['rank'] == 1 else f'{100 * delta:+.2f} pp',
+              aggregate.overlap_mark(e), aggregate.status_summary(e['statuses']), e['setting']]
+    table.append(cells)
+  return header, table
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """Columns aligned (numbers right, the last column left)."""
+  widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+  lines = []
+  for cells in (header, *rows):
+    lines.append('  '.join(str(c).rjust(w) if i < len(cells) - 1 else str(c)
+                           for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+  return '\n'.join(lines)
+
+
+def settings_leaderboard(entries: Sequence[dict[str, Any]], split: str,
+                         replicate_keys: Sequence[str], keys: Sequence[str]) -> str:
+  """The aggregated leaderboard with a line saying what it averages and what the marks mean."""
+  swept = [k for k in replicate_keys if k in keys]
+  over = (f'mean over {"/".join(swept)}' if swept else
+          'no replicate key swept (each setting has one trial, so no intervals; sweep the seed '
+          "too, e.g. hyper.sweep('seed', range(3)))")
+  lines = [f'{len(entries)} settings ranked by final {split} accuracy ({over}); 95% CI of the mean '
+           "(Student t); overlaps best: '*' interval overlaps the best's, '?' undefined (n < 2):"]
+  lines.append(text_table(*settings_table(entries, split)))
+  return '\n'.join(lines)
+
+
+def summary_columns(entries: Sequence[dict[str, Any]], keys: Sequence[str],
+                    replicate_keys: Sequence[str], split: str) -> list[str]:
+  setting_keys = [k for k in keys if k not in replicate_keys]
+  splits = (split, 'test') if split != 'test' else (split,)
+  stats = [f'{s}_{m}_{k}' for s in splits for m in ('accuracy', 'loss')
+           for k in ('mean', 'std', 'ci_low', 'ci_high')]
+  return ['rank', 'setting', *setting_keys, 'n', *stats, 'delta_vs_best', 'overlaps_best',
+          'statuses', 'replicates', 'trials']
+
+
+def write_summary_tables(workdir: str, entries: Sequence[dict[str, Any]], keys: Sequence[str],
+                         replicate_keys: Sequence[str], split: str) -> list[str]:
+  """Writes `summary.csv` and `summary.jsonl`: one row per setting, ranked; returns their paths."""
+  columns = summary_columns(entries, keys, replicate_keys, split)
+  root = epath.Path(workdir)
+  run_files.write_text_atomic(root / 'summary.csv', _csv_text(entries, columns))
+  run_files.write_text_atomic(root / 'summary.jsonl', _jsonl_text(entries, columns))
+  return [str(root / 'summary.csv'), str(root / 'summary.jsonl')]
+
+
+def _log_scale(key: str, values: Sequence[Any]) -> bool:
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  if not numeric or min(values) <= 0:
+    return False
+  rate_like = any(word in key for word in ('learning_rate', 'weight_decay', 'eps'))
+  return rate_like or max(values) >= 10 * min(values)
+
+
+def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict[str, Any]],
+                keys: Sequence[str], replicate_keys: Sequence[str], split: str) -> list[str]:
+  """The sweep's figures in `plots/`; returns their paths.
+
+  Per swept non-replicate key, `{split}_accuracy_vs_{key}.png`: the mean final accuracy with its
+  95% interval as a band, one line per setting of the other keys; with exactly two such keys,
+  `{split}_accuracy_heatmap.png`; and `curves_best.png`, the per-epoch curves of the best settings.
+  """
   from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
-  rows = [r for r in rows if _accuracy(r) >= 0]
+  entries = [e for e in entries if e['n']]
+  setting_keys = [k for k in keys if k not in replicate_keys]
+  plots_dir = epath.Path(workdir) / PLOTS_DIR
   paths = []
-  for key in keys:
-    values = list(dict.fromkeys(r[key] for r in rows))
-    if len(values) < 2:
-      continue
+  varied = [k for k in setting_keys if len({repr(e[k]) for e in entries}) > 1]
+  for key in varied:
+    values = _values_in_order(rows, entries, key)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     position = {v: (v if numeric else i) for i, v in enumerate(values)}
     lines = {}
-    for row in rows:
-      label = ', '.join(f'{k.rpartition(".")[2]}={_display(row[k])}' for k in keys if k != key)
-      lines.setdefault(label, []).append((position[row[key]], row['test_accuracy']))
-    log_x = numeric and min(values) > 0 and max(values) >= 10 * min(values)
-    paths.append(plots.save_sweep_plot(
-        key, lines, str(epath.Path(workdir) / 'plots' / f'test_accuracy_vs_{key}.png'),
-        log_x=log_x, categories=None if numeric else [_display(v) for v in values]))
+    for e in entries:
+      label = aggregate.setting_label({k: e[k] for k in setting_keys if k != key})
+      lines.setdefault('' if label == 'all trials' else label, []).append(
+          (position[e[key]], e[f'{split}_accuracy_mean'], e[f'{split}_accuracy_ci_low'],
+           e[f'{split}_accuracy_ci_high']))
+    paths.append(plots.save_mean_plot(
+        key, lines, str(plots_dir / f'{split}_accuracy_vs_{key}.png'),
+        ylabel=f'final {split} accuracy', log_x=_log_scale(key, values),
+        categories=None if numeric else [aggregate.display(v) for v in values],
+        title=_band_title(rows, replicate_keys, keys)))
+  if len(varied) == 2:
+    paths.append(_heatmap(plots, rows, entries, varied, split, plots_dir))
+  best = entries[:aggregate.NUM_BEST_CURVES]
+  if best:
+    curves = {}
+    statuses = {r['trial']: r['status'] for r in rows}
+    for e in best:
+      histories = [read_records(trial_dir(workdir, name)) for name in e['trials']
+                   if statuses.get(name) in aggregate.WITH_RESULTS]
+      curves[e['setting']] = {f'{s}_{m}': aggregate.epoch_curves(histories, f'{s}_{m}')
+                              for s in ('train', split) for m in ('loss', 'accuracy')}
+  if best and any(len(c['epoch']) for series in curves.values() for c in series.values()):
+    paths.append(plots.save_mean_curves(curves, split, str(plots_dir / 'curves_best.png'),
+                                        title=_band_title(rows, replicate_keys, keys)))
   return paths
+
+
+def _band_title(rows, replicate_keys, keys) -> str:
+  swept = [k for k in replicate_keys if k in keys]
+  if not swept:
+    return 'one trial per setting (no replicate key swept)'
+  return f'mean and 95% CI over {"/".join(swept)}'
+
+
+def _values_in_order(rows, entries, key: str) -> list[Any]:
+  """The values of `key` that have results: numbers ascending, others in the sweep file's order."""
+  present = {repr(e[key]) for e in entries}
+  values = list(dict.fromkeys(r[key] for r in rows if repr(r.get(key)) in present))
+  if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    values.sort()
+  return values
+
+
+def _heatmap(plots, rows, entries, varied: Sequence[str], split: str, plots_dir) -> str:
+  row_key, column_key = varied
+  row_values = _values_in_order(rows, entries, row_key)
+  column_values = _values_in_order(rows, entries, column_key)
+  means = [[math.nan] * len(column_values) for _ in row_values]
+  texts = [[''] * len(column_values) for _ in row_values]
+  for e in entries:
+    i = row_values.index(e[row_key])
+    j = column_values.index(e[column_key])
+    means[i][j] = e[f'{split}_accuracy_mean']
+    half = e[f'{split}_accuracy_ci_high'] - e[f'{split}_accuracy_mean']
+    texts[i][j] = (f'{means[i][j]:.2%}\n±{half:.2%}' if aggregate.finite(half)
+                   else f'{means[i][j]:.2%}') + f'\nn={e["n"]}'
+  return plots.save_heatmap(
+      row_key, column_key, [aggregate.display(v) for v in row_values],
+      [aggregate.display(v) for v in column_values], means, texts,
+      str(plots_dir / f'{split}_accuracy_heatmap.png'),
+      title=f'mean final {split} accuracy (± 95% CI half-width)')

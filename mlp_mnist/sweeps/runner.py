@@ -1,8 +1,9 @@
 """Running a sweep: trials grouped by program, each group trained at once, one folder per trial.
 
 `run_sweep` expands the sweep file over the base config, takes this worker's share of the trials,
-skips those already finished (status `done`, `diverged` or `stopped` by early stopping), trains the others one program group
-after another, and rebuilds the sweep's tables, leaderboard and plots from every trial folder.
+skips those already finished (status `done`, `diverged` or `stopped` by early stopping), trains
+the others one program group after another, and rebuilds the sweep's tables, leaderboards, plots
+and report from every trial folder.
 """
 
 import json
@@ -14,14 +15,19 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from etils import epath
 
+from mlp_mnist import config_checks
 from mlp_mnist import data
 from mlp_mnist import early_stopping
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
+from mlp_mnist.records import tensorboard
 from mlp_mnist.records import workdirs
+from mlp_mnist.sweeps import aggregate
+from mlp_mnist.sweeps import report
 from mlp_mnist.sweeps import results
 from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.sweeps import vectorized
+
 
 def worker_share(groups: Sequence[Sequence[int]], num_workers: int,
                  worker_index: int) -> list[list[int]]:
@@ -42,20 +48,24 @@ def worker_share(groups: Sequence[Sequence[int]], num_workers: int,
 def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
               num_workers: int = 1, worker_index: int = 0, max_group_size: int = 0,
               devices=None, dataset: data.Dataset | None = None,
-              report_only: bool = False, log: Callable[[str], Any] = print) -> list[dict]:
+              report_only: bool = False, log: Callable[[str], Any] = print,
+              reference_config: ml_collections.ConfigDict | None = None,
+              command: str = '') -> list[dict]:
   """Runs this worker's unfinished trials, then writes the results of the whole sweep.
 
   In a multi-process JAX run every process trains its share on its own devices, and process 0
-  writes the results when all have finished. Returns the results table (one row per trial of the
-  sweep, all workers' trials included).
+  writes the results when all have finished. `reference_config` (the default config) and
+  `command` (how the sweep was started) go into the report. Returns the results table (one row
+  per trial of the sweep, in trial order, all workers' trials included).
   """
   trials = sweep_files.sweep_trials(config, sweep_path)
   keys = sweep_files.swept_keys([t.overrides for t in trials])
+  replicate_keys = sweep_files.replicate_keys(config, sweep_path)
   groups = vectorized.group_by_program([t.config for t in trials], max_group_size)
   if not report_only:
     share = worker_share(groups, num_workers, worker_index)
     _check_existing_trials(workdir, [trials[i] for g in share for i in g])
-    _write_sweep_file(workdir, sweep_path, keys, trials, groups)
+    _write_sweep_file(workdir, sweep_path, keys, replicate_keys, trials, groups, command)
     finished = {i for g in share for i in g
                 if results.read_status(_dir(workdir, trials[i])) in results.FINISHED}
     todo = [[i for i in g if i not in finished] for g in share]
@@ -75,17 +85,28 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():
     return results.result_rows(workdir, trials, keys)
-  return write_results(workdir, trials, keys, log)
+  return write_results(workdir, trials, keys, replicate_keys, log, sweep_path=sweep_path,
+                       config=config, reference_config=reference_config)
 
 
 def write_results(workdir: str, trials, keys: Sequence[str],
-                  log: Callable[[str], Any] = print) -> list[dict]:
-  """Rebuilds `results.csv`, `results.jsonl` and the plots from the trial folders; logs the
-  leaderboard. Returns the rows."""
+                  replicate_keys: Sequence[str] = sweep_files.DEFAULT_REPLICATE_KEYS,
+                  log: Callable[[str], Any] = print, sweep_path: str | None = None,
+                  config: ml_collections.ConfigDict | None = None,
+                  reference_config: ml_collections.ConfigDict | None = None) -> list[dict]:
+  """Rebuilds the tables (`results.*` per trial, `summary.*` per setting), the plots and the
+  report from the trial folders; logs both leaderboards. Returns the rows, in trial order."""
   rows = results.result_rows(workdir, trials, keys)
+  split = aggregate.ranking_split(rows)
+  entries = aggregate.settings(rows, keys, replicate_keys)
   paths = results.write_tables(workdir, rows, keys)
-  paths += results.write_plots(workdir, rows, keys)
+  paths += results.write_summary_tables(workdir, entries, keys, replicate_keys, split)
+  plot_paths = results.write_plots(workdir, rows, entries, keys, replicate_keys, split)
+  blocks = report.build(workdir, sweep_path, config, reference_config, rows, entries, keys,
+                        replicate_keys, split, plot_paths)
+  paths += plot_paths + report.write_report(workdir, blocks)
   log(results.leaderboard(rows))
+  log(results.settings_leaderboard(entries, split, replicate_keys, keys))
   log(f'Wrote {", ".join(p[len(str(workdir)):].lstrip("/") for p in paths)} in {workdir}.')
   return rows
 
@@ -100,13 +121,22 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
   dirs = [_dir(workdir, t) for t in trials]
   for trial, directory in zip(trials, dirs):
     run_files.write_config(directory, trial.config)
-    run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh.
+    run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh,
+    for path in epath.Path(directory).glob('events.out.tfevents.*'):  # and its events.
+      path.unlink()
     results.write_status(directory, results.RUNNING)
   progress.start_group(trials)
+  # Each trial's TensorBoard events, opened at the first epoch: tensorboardX loads while the group
+  # compiles.
+  tensorboard.import_in_background()
+  events = []
 
   def on_epoch(epoch, records, diverged, stopped):
+    if not events:
+      events.extend(_open_events(trials, dirs))
     for i, record in records.items():
       run_files.append_metrics(dirs[i], record)
+      events[i].write_scalars(record['step'], record)
     progress.epoch(epoch, records, diverged, stopped)
 
   try:
@@ -118,6 +148,9 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
       results.write_status(directory, results.FAILED, detail)
     progress.end_group([results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
     return
+  finally:
+    for writer in events:
+      writer.close()
   statuses = []
   num_train = result['num_train']
   steps_per_epoch = -(-num_train // trials[0].config.batch_size)
@@ -156,6 +189,14 @@ def _best_epoch(config: ml_collections.ConfigDict, history: list[dict]) -> int:
   return early_stopping.best_record(history, stopper.monitor, stopper.mode)['epoch']
 
 
+def _open_events(trials, dirs) -> list[tensorboard.BufferedTensorBoardWriter]:
+  """A TensorBoard writer per trial, its config in the HParams dashboard as for a single run."""
+  writers = [tensorboard.BufferedTensorBoardWriter(d) for d in dirs]
+  for writer, trial in zip(writers, trials):
+    writer.write_hparams(config_checks.flatten_config(trial.config))
+  return writers
+
+
 def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
   """Refuses to resume into trial folders that were run with a different config."""
   for trial in trials:
@@ -171,10 +212,13 @@ def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) ->
           'folder to rerun the trial.')
 
 
-def _write_sweep_file(workdir: str, sweep_path: str, keys, trials, groups) -> None:
-  """`sweep.json`: the sweep file, the swept keys and every trial with its program group."""
+def _write_sweep_file(workdir: str, sweep_path: str, keys, replicate_keys, trials, groups,
+                      command: str) -> None:
+  """`sweep.json`: the sweep file, the command, the swept and replicate keys and every trial with
+  its program group."""
   program = {i: g for g, group in enumerate(groups) for i in group}
-  content = {'sweep_file': os.path.abspath(sweep_path), 'swept_keys': list(keys),
+  content = {'sweep_file': os.path.abspath(sweep_path), 'command': command,
+             'swept_keys': list(keys), 'replicate_keys': list(replicate_keys),
              'trials': [{'name': t.name, 'overrides': t.overrides, 'program_group': program[i]}
                         for i, t in enumerate(trials)]}
   run_files.write_text_atomic(epath.Path(workdir) / 'sweep.json',
@@ -201,14 +245,11 @@ class Progress:
     best = ''
     if records:
       # Chosen by validation accuracy when the sweep holds a split out; test is only reported.
-      key = ('validation_accuracy' if all('validation_accuracy' in r for r in records.values())
-             else 'test_accuracy')
-      i, record = max(records.items(), key=lambda item: item[1][key])
-      if key == 'validation_accuracy':
-        best = (f'; best validation accuracy {record[key]:.2%} '
-                f'(test {record["test_accuracy"]:.2%}, {self.running[i].name})')
-      else:
-        best = f'; best test accuracy {record[key]:.2%} ({self.running[i].name})'
+      split = aggregate.ranking_split([{**r, 'status': results.DONE} for r in records.values()])
+      i, record = max(records.items(), key=lambda item: item[1][f'{split}_accuracy'])
+      beside = f'test {record["test_accuracy"]:.2%}, ' if split == 'validation' else ''
+      best = (f'; best {split} accuracy {record[f"{split}_accuracy"]:.2%} '
+              f'({beside}{self.running[i].name})')
     num_epochs = self.running[0].config.num_epochs
     self.log(f'{self._counts(len(self.running))} | group {self.group_index}/{self.num_groups} '
              f'epoch {epoch}/{num_epochs}, {sum(diverged)} diverged'
@@ -216,7 +257,7 @@ class Progress:
 
   def end_group(self, statuses: list[str], detail: str) -> None:
     for status in statuses:
-      self.counts[status] += 1
+      self.counts[status] = self.counts.get(status, 0) + 1
     self.running = []
     summary = ', '.join(f'{statuses.count(s)} {s}' for s in dict.fromkeys(statuses))
     self.log(f'{self._counts(0)} | group {self.group_index}/{self.num_groups} finished: '

@@ -11,6 +11,11 @@ dict of dotted config keys to values, built with `hyper` (this module's `HYPER`)
 
 `sweep_trials(base_config, path)` loads it and checks every trial completely (known keys, types,
 valid values of the resolved config) before anything runs.
+
+Trials that differ only in replicate keys are replicates of one setting, which the results average
+over. The replicate keys are `('seed',)` unless the sweep file names others at module level:
+
+    REPLICATE_KEYS = ('seed', 'model.dropout_rate')  # () : every trial is its own setting.
 """
 
 import builtins
@@ -113,13 +118,24 @@ class Trial:
   config: ml_collections.ConfigDict
 
 
-def load_sweep(path: str) -> list[Overrides]:
-  """Runs the sweep file's `get_sweep(HYPER)`; returns its trials as dicts of overrides."""
+DEFAULT_REPLICATE_KEYS = ('seed',)
+
+
+def _load_module(path: str) -> types.ModuleType:
+  return config_files.load_module(path, '_sweep_file')
+
+
+def _check_exists(path: str) -> None:
   if not os.path.isfile(path):
     raise SweepError(f'sweep file {path} does not exist; pass a file such as '
                      'configs/sweeps/lr_seed.py.')
+
+
+def load_sweep(path: str) -> list[Overrides]:
+  """Runs the sweep file's `get_sweep(HYPER)`; returns its trials as dicts of overrides."""
+  _check_exists(path)
   try:
-    module = config_files.load_module(path, '_sweep_file')
+    module = _load_module(path)
     get_sweep = getattr(module, 'get_sweep', None)
     if not callable(get_sweep):
       raise SweepError('it defines no get_sweep(hyper) function.')
@@ -136,6 +152,27 @@ def load_sweep(path: str) -> list[Overrides]:
   if not trials:
     raise SweepError(f'sweep file {path}: get_sweep returned no trials.')
   return trials
+
+
+def replicate_keys(base_config: ml_collections.ConfigDict, path: str) -> tuple[str, ...]:
+  """The sweep file's `REPLICATE_KEYS` (default `('seed',)`), each checked to be a config key."""
+  _check_exists(path)
+  try:
+    keys = getattr(_load_module(path), 'REPLICATE_KEYS', DEFAULT_REPLICATE_KEYS)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'sweep file {path}: loading it failed with {type(e).__name__}: {e}') from None
+  if isinstance(keys, str) or not isinstance(keys, (tuple, list)) or not all(
+      isinstance(k, str) for k in keys):
+    raise SweepError(f'sweep file {path}: REPLICATE_KEYS must be a tuple of dotted config keys, '
+                     f"e.g. ('seed',); got {keys!r:.80}.")
+  known = config_checks.flatten_config(base_config)
+  for key in keys:
+    if key not in known:
+      close = difflib.get_close_matches(key, list(known), n=1)
+      hint = f' (did you mean {close[0]!r}?)' if close else ''
+      raise SweepError(f'sweep file {path}: REPLICATE_KEYS names unknown config key {key!r}'
+                       f'{hint}; use dotted keys of the config (configs/default.py).')
+  return tuple(keys)
 
 
 def sweep_trials(base_config: ml_collections.ConfigDict, path: str) -> list[Trial]:
