@@ -22,13 +22,24 @@ def _non_negative(v):
 
 
 PROGRESS_BAR_MODES = ('auto', 'on', 'off')
+WANDB_MODES = ('online', 'offline')
+
+
+def _strings(v):
+  return all(isinstance(s, str) and s for s in v)
+
 
 # Keys that change where data comes from or how a run reports, never its results: a run may be
 # resumed with different values for them.
 RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'data.use_cache',
                        'data.download', 'checkpoint.every_epochs', 'checkpoint.keep',
                        'logging.log_every_epochs', 'logging.progress_bar',
-                       'logging.bar_updates_per_epoch')
+                       'logging.bar_updates_per_epoch', 'profile.epoch', 'profile.start_step',
+                       'profile.num_steps', 'tracking.wandb.enabled', 'tracking.wandb.project',
+                       'tracking.wandb.entity', 'tracking.wandb.run_name', 'tracking.wandb.tags',
+                       'tracking.wandb.mode', 'tracking.mlflow.enabled',
+                       'tracking.mlflow.tracking_uri', 'tracking.mlflow.experiment',
+                       'tracking.mlflow.run_name', 'tracking.mlflow.tags')
 
 # dotted key -> (accepted types, check, what a valid value is)
 SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
@@ -71,6 +82,23 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'logging.progress_bar': ((str,), lambda v: v in PROGRESS_BAR_MODES,
                              f'one of {list(PROGRESS_BAR_MODES)}'),
     'logging.bar_updates_per_epoch': ((int,), _positive, 'a positive integer'),
+    'profile.epoch': ((int,), _non_negative, 'a non-negative integer (0: no profile)'),
+    'profile.start_step': ((int,), _non_negative,
+                           'a non-negative integer (the first step, counted from 0 in the epoch)'),
+    'profile.num_steps': ((int,), _positive, 'a positive integer'),
+    'tracking.wandb.enabled': ((bool,), lambda v: True, 'True or False'),
+    'tracking.wandb.project': ((str,), lambda v: True, 'a W&B project name'),
+    'tracking.wandb.entity': ((str,), lambda v: True, "a W&B entity, or '' for the default"),
+    'tracking.wandb.run_name': ((str,), lambda v: True, "a run name, or '' for the workdir's"),
+    'tracking.wandb.tags': ((tuple, list), _strings, "a tuple of non-empty strings, e.g. '(\"a\",)'"),
+    'tracking.wandb.mode': ((str,), lambda v: v in WANDB_MODES, f'one of {list(WANDB_MODES)}'),
+    'tracking.mlflow.enabled': ((bool,), lambda v: True, 'True or False'),
+    'tracking.mlflow.tracking_uri': ((str,), lambda v: True,
+                                     "an MLflow tracking URI, or '' for MLflow's default"),
+    'tracking.mlflow.experiment': ((str,), bool, 'an MLflow experiment name'),
+    'tracking.mlflow.run_name': ((str,), lambda v: True, "a run name, or '' for the workdir's"),
+    'tracking.mlflow.tags': ((tuple, list), _strings,
+                             "a tuple of 'key=value' or 'key' strings"),
 }
 
 
@@ -107,6 +135,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   if config.optimizer.name != 'adamw' and config.optimizer.weight_decay:
     raise ConfigError(f'config.optimizer.weight_decay={config.optimizer.weight_decay} only '
                       "applies to optimizer.name='adamw'; set it to 0 or switch optimizer.")
+  if config.profile.epoch > config.num_epochs:
+    raise ConfigError(f'config.profile.epoch={config.profile.epoch} is past the last epoch '
+                      f'({config.num_epochs}); choose an epoch in [1, {config.num_epochs}] or 0.')
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{num_devices} devices; use a multiple of {num_devices}.')

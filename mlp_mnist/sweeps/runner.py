@@ -17,6 +17,7 @@ from etils import epath
 from mlp_mnist import data
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
+from mlp_mnist.records import tracking
 from mlp_mnist.records import workdirs
 from mlp_mnist.sweeps import results
 from mlp_mnist.sweeps import sweep_files
@@ -68,8 +69,9 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
       if dataset is None:
         dataset = data.load_dataset(config.data)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
+      failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
       for group in todo:
-        _run_group(workdir, [trials[i] for i in group], dataset, devices, progress)
+        _run_group(workdir, [trials[i] for i in group], dataset, devices, progress, failures)
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():
@@ -94,18 +96,22 @@ def _dir(workdir: str, trial: sweep_files.Trial) -> str:
 
 
 def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
-               progress: 'Progress') -> None:
-  """Trains one program group; writes each trial's config, metrics and final status."""
+               progress: 'Progress', failures: tracking.Failures | None = None) -> None:
+  """Trains one program group; writes each trial's config, metrics and final status, and logs
+  each trial to the trackers its config enables."""
   dirs = [_dir(workdir, t) for t in trials]
   for trial, directory in zip(trials, dirs):
     run_files.write_config(directory, trial.config)
     run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh.
     results.write_status(directory, results.RUNNING)
+  trackers = _trial_trackers(workdir, trials, dirs, failures or tracking.Failures(progress.log))
   progress.start_group(trials)
 
   def on_epoch(epoch, records, diverged):
     for i, record in records.items():
       run_files.append_metrics(dirs[i], record)
+      if trackers[i]:
+        trackers[i].write_scalars(record['step'], record)
     progress.epoch(epoch, records, diverged)
 
   try:
@@ -113,18 +119,24 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
   except Exception as e:  # pylint: disable=broad-except
     # One group's failure (out of memory, say) must not stop the others; a re-run retries it.
     detail = traceback.format_exc()
-    for directory in dirs:
+    for directory, tracker in zip(dirs, trackers):
       results.write_status(directory, results.FAILED, detail)
+      if tracker:
+        tracker.close(failed=True)
     progress.end_group([results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
     return
   statuses = []
   num_train = len(dataset['train'][1])
   steps_per_epoch = -(-num_train // trials[0].config.batch_size)
-  for directory, history, diverged, step in zip(dirs, result['history'], result['diverged'],
-                                                result['diverged_step']):
+  for directory, history, diverged, step, tracker in zip(
+      dirs, result['history'], result['diverged'], result['diverged_step'], trackers):
     if history and not diverged:
-      run_files.write_summary(directory, {**history[-1], 'num_train_examples': num_train,
-                                          'timings': result['timings']})
+      summary = {**history[-1], 'num_train_examples': num_train, 'timings': result['timings']}
+      run_files.write_summary(directory, summary)
+      if tracker:
+        tracker.write_summary(summary)
+    if tracker:
+      tracker.close(failed=diverged)
     if diverged:
       results.write_status(
           directory, results.DIVERGED,
@@ -135,6 +147,24 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     statuses.append(results.DIVERGED if diverged else results.DONE)
   progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
                      f'trained in {result["timings"]["train_sec"]:.1f}s')
+
+
+def _trial_trackers(workdir: str, trials: Sequence[sweep_files.Trial], dirs: Sequence[str],
+                    failures: tracking.Failures) -> list[tracking.Trackers | None]:
+  """Per trial, its tracked runs (None when its config enables none): one run per trial, grouped
+  by the sweep's name (the workdir's), its swept values as parameters under `swept`."""
+  sweep = epath.Path(workdir).name
+  trackers = []
+  for trial, directory in zip(trials, dirs):
+    if not tracking.requested(trial.config):
+      trackers.append(None)
+      continue
+    tracker = tracking.Trackers(trial.config, directory, name=trial.name, failures=failures,
+                                group=sweep, tags={'sweep': sweep, 'trial': trial.name})
+    tracker.write_hparams({**json.loads(trial.config.to_json_best_effort()),
+                           'swept': dict(trial.overrides)})
+    trackers.append(tracker)
+  return trackers
 
 
 def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
