@@ -90,10 +90,17 @@ class Trainer:
 def split_steps(batch_indices: np.ndarray, steps_per_call: int | None,
                 cuts: tuple[int, ...] = ()) -> list[np.ndarray]:
   """Splits [devices, steps, batch] indices into calls of `steps_per_call` steps (None: one call),
-  also cutting before each step in `cuts`."""
+  also cutting before each step in `cuts`.
+
+  An epoch of several steps gets no call of one step: XLA compiles a one-step scan without its
+  loop, and its rounding then differs from the same step inside a longer call. A lone step joins
+  its neighbour's call (`cuts` must leave none between them).
+  """
   num_steps = batch_indices.shape[1]
-  size = steps_per_call or num_steps
-  edges = sorted({*range(0, num_steps, size), *(c for c in cuts if 0 < c < num_steps), num_steps})
+  fixed = {0, num_steps, *(c for c in cuts if 0 < c < num_steps)}
+  size = max(steps_per_call or num_steps, min(num_steps, 2))
+  edges = sorted(fixed | {e for e in range(0, num_steps, size)
+                          if all(abs(e - f) != 1 for f in fixed)})
   return [batch_indices[:, a:b] for a, b in zip(edges, edges[1:])]
 
 
@@ -243,6 +250,12 @@ def _trace_window(config: ml_collections.ConfigDict, workdir: str | None, steps_
   if not workdir:
     raise config_checks.ConfigError('config.profile.epoch needs a workdir to write the trace '
                                     'into; pass --workdir or set config.profile.epoch=0.')
-  stop = min(profile.start_step + profile.num_steps, steps_per_epoch)
-  return profiling.TraceWindow(profile.start_step, stop,
+  start = profile.start_step
+  stop = min(start + profile.num_steps, steps_per_epoch)
+  if steps_per_epoch > 1:  # No call of one step (`split_steps`): the window takes in a lone step.
+    if stop - start == 1:
+      start, stop = (start, stop + 1) if stop < steps_per_epoch else (start - 1, stop)
+    start = 0 if start == 1 else start
+    stop = steps_per_epoch if steps_per_epoch - stop == 1 else stop
+  return profiling.TraceWindow(start, stop,
                                os.path.join(workdir, workdirs.PROFILE_DIR), record=lead)

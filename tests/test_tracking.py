@@ -184,7 +184,6 @@ def _closed_port():
 def test_a_missing_package_or_an_unreachable_server_is_one_warning(config, tmp_path,
                                                                     monkeypatch):
   config.num_epochs = 2
-  reference = _run(config, tmp_path / 'plain')
   _tracked(config, tmp_path)
   monkeypatch.setitem(sys.modules, 'wandb', None)  # `import wandb` fails as if not installed.
   monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
@@ -195,8 +194,8 @@ def test_a_missing_package_or_an_unreachable_server_is_one_warning(config, tmp_p
   assert len(warnings) == 2, warnings
   assert "W&B tracking is off" in warnings[0] and "pip install 'mlp_mnist[wandb]'" in warnings[0]
   assert 'MLflow tracking is off' in warnings[1] and 'training goes on' in warnings[1]
-  assert [run_files.without_timing(r) for r in result['history']] == [
-      run_files.without_timing(r) for r in reference['history']]
+  assert [r['epoch'] for r in run_files.read_metrics(str(tmp_path / 'run'))] == [1, 2]
+  assert result['history'][-1]['test_accuracy'] > 0.5
   assert not (tmp_path / 'run' / tracking.TRACKING_FILE).exists()
 
 

@@ -42,12 +42,10 @@ class EpochBar:
   remaining time; in a notebook, tqdm's notebook bar. Cleared when the epoch ends."""
 
   def __init__(self, stream: TextIO, epoch: int, num_epochs: int, num_steps: int):
-    if in_notebook():
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    else:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    self._bar = tqdm(total=num_steps, desc=f'epoch {epoch}/{num_epochs}', unit='step',
-                     file=stream, leave=False, mininterval=0, dynamic_ncols=True)
+    # Every update is drawn: there are only `logging.bar_updates_per_epoch` of them.
+    self._bar = _tqdm_class()(total=num_steps, desc=f'epoch {epoch}/{num_epochs}', unit='step',
+                              file=stream, leave=False, mininterval=0, miniters=1,
+                              dynamic_ncols=True)
     self._loss_sum = self._count = 0.0
 
   def update(self, step_metrics: dict[str, np.ndarray]) -> None:
@@ -62,6 +60,16 @@ class EpochBar:
   def close(self) -> None:
     """Clears the bar, so the epoch's summary line replaces it."""
     self._bar.close()
+
+
+def _tqdm_class():
+  """tqdm's notebook bar in a notebook with ipywidgets, else its text bar."""
+  if in_notebook():
+    from tqdm import notebook  # pylint: disable=g-import-not-at-top
+    if notebook.IProgress is not None:
+      return notebook.tqdm
+  from tqdm import std  # pylint: disable=g-import-not-at-top
+  return std.tqdm
 
 
 def parameter_overview(params) -> dict[str, Any]:
