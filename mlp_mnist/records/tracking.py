@@ -156,8 +156,9 @@ class Trackers:
   """The enabled trackers of one run (or sweep trial) in `workdir`.
 
   `name` defaults to the workdir's; a sweep's trials pass `group` (W&B's run group) and `tags`
-  (MLflow's run tags). Every call goes to each open writer; a writer that raises is reported once (`failures`) and
-  closed, the others go on. `tracking.json` keeps each tracked run's id and last logged step.
+  (MLflow's run tags). Every call goes to each open writer; a writer that raises is reported once
+  (`failures`) and closed, the others go on. `tracking.json` keeps each tracked run's id and its
+  last logged step.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, name: str = '',
@@ -196,14 +197,6 @@ class Trackers:
     identity = saved.get('identity', {})
     return (identity.get('experiment') == settings.experiment and
             (not settings.tracking_uri or identity.get('tracking_uri') == settings.tracking_uri))
-
-  @property
-  def services(self) -> list[str]:
-    """The services still logging."""
-    return list(self._writers)
-
-  def run_id(self, service: str) -> str | None:
-    return self._state.get(service, {}).get('run_id')
 
   def _try(self, service: str, method: str, *args, **kwargs) -> bool:
     """Calls one writer; a failure is reported once and closes that writer for good."""
