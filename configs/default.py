@@ -84,4 +84,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.logging.log_every_epochs = 1
   config.logging.progress_bar = 'auto'  # 'auto': a bar when stdout is a terminal; 'on'; 'off'.
   config.logging.bar_updates_per_epoch = 20
+
+  # A trace of a window of steps into workdir/profile/ (TensorBoard's profile plugin, Perfetto).
+  config.profile = ml_collections.ConfigDict()
+  config.profile.epoch = 0  # 0: no profile; else the epoch whose steps are traced.
+  config.profile.start_step = 0  # The first traced step, counted from 0 at the epoch's start.
+  config.profile.num_steps = 20
+
+  # Experiment trackers, off unless enabled (pip install 'mlp_mnist[wandb]' / '[mlflow]').
+  config.tracking = ml_collections.ConfigDict()
+  config.tracking.wandb = ml_collections.ConfigDict()
+  config.tracking.wandb.enabled = False
+  config.tracking.wandb.project = 'mlp_mnist'
+  config.tracking.wandb.entity = ''  # '': the account's default entity.
+  config.tracking.wandb.run_name = ''  # '': the workdir's name.
+  config.tracking.wandb.tags = ()
+  config.tracking.wandb.mode = 'online'  # 'offline': local files only, `wandb sync` them later.
+  config.tracking.mlflow = ml_collections.ConfigDict()
+  config.tracking.mlflow.enabled = False
+  config.tracking.mlflow.tracking_uri = ''  # '': MLflow's default (MLFLOW_TRACKING_URI).
+  config.tracking.mlflow.experiment = 'mlp_mnist'
+  config.tracking.mlflow.run_name = ''  # '': the workdir's name.
+  config.tracking.mlflow.tags = ()  # 'key=value' or 'key' strings.
   return config

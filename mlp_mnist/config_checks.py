@@ -25,13 +25,25 @@ def _non_negative(v):
 
 
 PROGRESS_BAR_MODES = ('auto', 'on', 'off')
+WANDB_MODES = ('online', 'offline')
+
+
+def _strings(v):
+  return all(isinstance(s, str) and s for s in v)
+
 
 # Keys that change where data comes from or how a run reports, never its results: a run may be
 # resumed with different values for them.
 RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'data.use_cache',
                        'data.download', 'checkpoint.every_epochs', 'checkpoint.keep',
                        'logging.log_every_epochs', 'logging.progress_bar',
-                       'logging.bar_updates_per_epoch', 'checkpoint.keep_best')
+                       'logging.bar_updates_per_epoch', 'checkpoint.keep_best',
+                       'profile.epoch', 'profile.start_step', 'profile.num_steps',
+                       'tracking.wandb.enabled', 'tracking.wandb.project',
+                       'tracking.wandb.entity', 'tracking.wandb.run_name', 'tracking.wandb.tags',
+                       'tracking.wandb.mode', 'tracking.mlflow.enabled',
+                       'tracking.mlflow.tracking_uri', 'tracking.mlflow.experiment',
+                       'tracking.mlflow.run_name', 'tracking.mlflow.tags')
 
 # Keys added after runs were recorded, with the value (as JSON) that reproduces those runs: a saved
 # config.json without them still loads, resumes and compares equal to today's defaults. (Early
@@ -43,6 +55,12 @@ LATER_KEYS = {
     'checkpoint.keep_best': False, 'early_stopping.monitor': 'auto', 'early_stopping.mode': 'auto',
     'early_stopping.patience': 3, 'early_stopping.min_delta': 0.0,
     'early_stopping.restore_best_weights': False, 'hooks': [],
+    'profile.epoch': 0, 'profile.start_step': 0, 'profile.num_steps': 20,
+    'tracking.wandb.enabled': False, 'tracking.wandb.project': 'mlp_mnist',
+    'tracking.wandb.entity': '', 'tracking.wandb.run_name': '', 'tracking.wandb.tags': [],
+    'tracking.wandb.mode': 'online', 'tracking.mlflow.enabled': False,
+    'tracking.mlflow.tracking_uri': '', 'tracking.mlflow.experiment': 'mlp_mnist',
+    'tracking.mlflow.run_name': '', 'tracking.mlflow.tags': [],
 }
 
 # dotted key -> (accepted types, check, what a valid value is)
@@ -96,6 +114,23 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'logging.progress_bar': ((str,), lambda v: v in PROGRESS_BAR_MODES,
                              f'one of {list(PROGRESS_BAR_MODES)}'),
     'logging.bar_updates_per_epoch': ((int,), _positive, 'a positive integer'),
+    'profile.epoch': ((int,), _non_negative, 'a non-negative integer (0: no profile)'),
+    'profile.start_step': ((int,), _non_negative,
+                           'a non-negative integer (the first step, counted from 0 in the epoch)'),
+    'profile.num_steps': ((int,), _positive, 'a positive integer'),
+    'tracking.wandb.enabled': ((bool,), lambda v: True, 'True or False'),
+    'tracking.wandb.project': ((str,), lambda v: True, 'a W&B project name'),
+    'tracking.wandb.entity': ((str,), lambda v: True, "a W&B entity, or '' for the default"),
+    'tracking.wandb.run_name': ((str,), lambda v: True, "a run name, or '' for the workdir's"),
+    'tracking.wandb.tags': ((tuple, list), _strings, "a tuple of non-empty strings, e.g. '(\"a\",)'"),
+    'tracking.wandb.mode': ((str,), lambda v: v in WANDB_MODES, f'one of {list(WANDB_MODES)}'),
+    'tracking.mlflow.enabled': ((bool,), lambda v: True, 'True or False'),
+    'tracking.mlflow.tracking_uri': ((str,), lambda v: True,
+                                     "an MLflow tracking URI, or '' for MLflow's default"),
+    'tracking.mlflow.experiment': ((str,), bool, 'an MLflow experiment name'),
+    'tracking.mlflow.run_name': ((str,), lambda v: True, "a run name, or '' for the workdir's"),
+    'tracking.mlflow.tags': ((tuple, list), _strings,
+                             "a tuple of 'key=value' or 'key' strings"),
 }
 # Every model's own keys, under config.model.
 SCHEMA.update({f'model.{key}': spec for model in models.MODELS.values()
@@ -144,6 +179,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
       hooks.resolve(name)
     except hooks.HookError as e:
       raise ConfigError(f'config.hooks: {e}') from None
+  if config.profile.epoch > config.num_epochs:
+    raise ConfigError(f'config.profile.epoch={config.profile.epoch} is past the last epoch '
+                      f'({config.num_epochs}); choose an epoch in [1, {config.num_epochs}] or 0.')
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{num_devices} devices; use a multiple of {num_devices}.')

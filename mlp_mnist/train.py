@@ -1,7 +1,10 @@
 """The training loop: `train_and_evaluate` runs the pure steps (`steps.py`) over the local devices,
 epoch by epoch, and hands each epoch's record to the run's records (`records/`)."""
 
+import contextlib
+import dataclasses
 import functools
+import os
 import sys
 import time
 from typing import Any, Callable, Sequence, TextIO
@@ -19,6 +22,7 @@ from mlp_mnist import hooks as hooks_lib
 from mlp_mnist import steps
 from mlp_mnist.devices import compilation
 from mlp_mnist.devices import parallel
+from mlp_mnist.devices import profiling
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import console
 from mlp_mnist.records import workdirs
@@ -46,9 +50,9 @@ class Trainer:
     self._eval_programs = {}
 
   def compile(self, state: steps.TrainState, train_data, test_data, test_indices,
-              steps_per_call: int | None = None) -> None:
+              steps_per_call: int | None = None, cuts: tuple[int, ...] = ()) -> None:
     """Compiles ahead of time evaluation (of `test_data`) and training for every call shape of an
-    epoch.
+    epoch, also of an epoch split at `cuts` (a profiled epoch).
 
     Multi-process runs compile on the first call instead: pmap's ahead-of-time programs take
     global-shaped arguments there, while each process holds only its devices' slices.
@@ -56,7 +60,9 @@ class Trainer:
     if parallel.is_multiprocess():
       return
     epoch_indices = self.epoch_indices(1, len(train_data[1]))
-    for chunk in split_steps(epoch_indices, steps_per_call):
+    chunks = split_steps(epoch_indices, steps_per_call) + split_steps(epoch_indices,
+                                                                      steps_per_call, cuts)
+    for chunk in chunks:
       if chunk.shape[1] not in self._train_programs:
         self._train_programs[chunk.shape[1]] = compilation.compile_program(
             self.train_epoch.lower(state, *train_data, chunk), self.devices[0].platform,
@@ -95,23 +101,41 @@ def _shapes(split_data, indices) -> tuple:
   return tuple(tuple(x.shape) for x in (*split_data, indices))
 
 
-def split_steps(batch_indices: np.ndarray, steps_per_call: int | None) -> list[np.ndarray]:
-  """Splits [devices, steps, batch] indices into calls of `steps_per_call` steps (None: one call)."""
+def split_steps(batch_indices: np.ndarray, steps_per_call: int | None,
+                cuts: tuple[int, ...] = ()) -> list[np.ndarray]:
+  """Splits [devices, steps, batch] indices into calls of `steps_per_call` steps (None: one call),
+  also cutting before each step in `cuts`.
+
+  An epoch of several steps gets no call of one step: XLA compiles a one-step scan without its
+  loop, and its rounding then differs from the same step inside a longer call. A lone step joins
+  its neighbour's call (`cuts` must leave none between them).
+  """
   num_steps = batch_indices.shape[1]
-  size = steps_per_call or num_steps
-  return [batch_indices[:, i:i + size] for i in range(0, num_steps, size)]
+  fixed = {0, num_steps, *(c for c in cuts if 0 < c < num_steps)}
+  size = max(steps_per_call or num_steps, min(num_steps, 2))
+  edges = sorted(fixed | {e for e in range(0, num_steps, size)
+                          if all(abs(e - f) != 1 for f in fixed)})
+  return [batch_indices[:, a:b] for a, b in zip(edges, edges[1:])]
 
 
 def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indices: np.ndarray,
-              steps_per_call: int | None = None, bar: console.EpochBar | None = None):
+              steps_per_call: int | None = None, bar: console.EpochBar | None = None,
+              trace: profiling.TraceWindow | None = None):
   """Trains one epoch in calls of `steps_per_call` steps; returns the state and per-step metrics.
 
   Each call is dispatched before the previous call's metrics are fetched, so the device never
-  waits for the host.
+  waits for the host. With `trace`, the calls are also cut at its window, which is profiled.
   """
-  fetched, pending = [], None
-  for chunk in split_steps(batch_indices, steps_per_call):
-    state, metrics = trainer.train_steps(state, *train_data, chunk)
+  fetched, pending, offset = [], None, 0
+  for chunk in split_steps(batch_indices, steps_per_call, trace.cuts if trace else ()):
+    traced = trace and trace.start <= offset < trace.stop
+    if traced and offset == trace.start:
+      trace.begin(state)
+    with trace.call(offset) if traced else contextlib.nullcontext():
+      state, metrics = trainer.train_steps(state, *train_data, chunk)
+    offset += chunk.shape[1]
+    if traced and offset >= trace.stop:
+      trace.end(state)
     if pending is not None:
       fetched.append(jax.device_get(pending))
       if bar:
@@ -169,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
   state = steps.create_train_state(config, jax.random.PRNGKey(config.seed), steps_per_epoch,
                                    dataset.image_shape, dataset.num_classes)
+  parameters = console.parameter_overview(state.params)
+  trace = _trace_window(config, workdir, steps_per_epoch, lead)
   state, train_data, test_data, validation_data = parallel.replicate(
       (state, (train_images, train_labels), (test_images, test_labels), dataset.validation),
       devices)
@@ -183,13 +209,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   stopping = stopper.replay(history)  # Where an uninterrupted run stood at this epoch.
   best_weights = _best_weights_on_resume(stopper, history, state, checkpointer, first_epoch - 1)
   recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step,
-                                  dataset.info(), warn=log)
+                                  dataset.info(), log=log)
   test_indices = trainer.eval_indices(len(test_labels))
   validation_indices = (trainer.eval_indices(len(dataset.validation[1]))
                         if validation_data is not None else None)
   compile_start = time.time()
   if first_epoch <= config.num_epochs:
-    trainer.compile(state, train_data, test_data, test_indices, steps_per_call)
+    trainer.compile(state, train_data, test_data, test_indices, steps_per_call,
+                    trace.cuts if trace else ())
     if validation_data is not None:
       trainer.compile_evaluation(state, validation_data, validation_indices)
   book = epochs.EpochLog(config, steps_per_epoch, num_train, start,
@@ -201,6 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       f'{trainer.num_devices} {devices[0].platform} device(s){processes}, '
       f'{steps_per_epoch} steps per epoch; '
       f'data ready in {data_sec:.1f}s, compiled in {book.timings["compile_sec"]:.1f}s.')
+  log(console.format_parameters(parameters))
   if resumed_step is not None:
     log(f'Resumed from the checkpoint at step {resumed_step} (epoch {first_epoch - 1}) in '
         f'{checkpointer.directory}.')
@@ -213,8 +241,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     bar = (console.EpochBar(stream, epoch, config.num_epochs, steps_per_epoch)
            if show_bar else None)
     with book.timed('train_sec'):
-      state, step_metrics = run_epoch(trainer, state, train_data,
-                                      trainer.epoch_indices(epoch, num_train), steps_per_call, bar)
+      state, step_metrics = run_epoch(
+          trainer, state, train_data, trainer.epoch_indices(epoch, num_train), steps_per_call,
+          bar, dataclasses.replace(trace, first_step=(epoch - 1) * steps_per_epoch)
+          if trace and epoch == config.profile.epoch else None)
     epoch_sec = book.last_sec
     if book.logs(epoch):
       validation_totals = None
@@ -251,7 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     final = early_stopping.best_record(history, stopper.monitor, stopper.mode)
     log(f'Restored the best weights: epoch {final["epoch"]}, {stopper.monitor} '
         f'{final[stopper.monitor]:.4f}.')
-  summary = {**final, 'num_train_examples': num_train, 'timings': timings}
+  summary = {**final, 'num_train_examples': num_train, 'parameters': parameters,
+             'timings': timings}
   if stopper.enabled:
     summary['early_stopping'] = stopper.summary(stopping)
   recorder.finish(summary)
@@ -262,6 +293,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   log(f'Final {validation}test accuracy: {final["test_accuracy"]:.2%} (training '
       f'{timings["train_sec"]:.1f}s, evaluation {timings["eval_sec"]:.1f}s, '
       f'total {timings["total_sec"]:.1f}s).')
+  if trace and first_epoch <= config.profile.epoch and not (
+      stopping.stopped and stopping.stopped_epoch < config.profile.epoch):
+    log(f'Profiled steps {trace.start}-{trace.stop - 1} of epoch {config.profile.epoch} into '
+        f'{trace.directory} (tensorboard --logdir {trace.directory}).')
   result = {'state': state, 'history': history, 'timings': timings}
   if stopper.enabled:
     result['early_stopping'] = summary['early_stopping']
@@ -285,3 +320,28 @@ def _best_weights_on_resume(stopper: early_stopping.EarlyStopping, history: list
         f'(step {best["step"]}, epoch {best["epoch"]}) that restore_best_weights needs; rerun '
         'with --restart.')
   return checkpointer.restore(state, step)[0]
+
+
+def _trace_window(config: ml_collections.ConfigDict, workdir: str | None, steps_per_epoch: int,
+                  lead: bool) -> profiling.TraceWindow | None:
+  """The window of `config.profile`, or None when it asks for no profile. Every process cuts
+  its calls at the window (they must make the same calls); process 0 records the trace."""
+  profile = config.profile
+  if not profile.epoch:
+    return None
+  if profile.start_step >= steps_per_epoch:
+    raise config_checks.ConfigError(
+        f'config.profile.start_step={profile.start_step} is past the epoch\'s last step '
+        f'({steps_per_epoch - 1}); choose a step in [0, {steps_per_epoch - 1}].')
+  if not workdir:
+    raise config_checks.ConfigError('config.profile.epoch needs a workdir to write the trace '
+                                    'into; pass --workdir or set config.profile.epoch=0.')
+  start = profile.start_step
+  stop = min(start + profile.num_steps, steps_per_epoch)
+  if steps_per_epoch > 1:  # No call of one step (`split_steps`): the window takes in a lone step.
+    if stop - start == 1:
+      start, stop = (start, stop + 1) if stop < steps_per_epoch else (start - 1, stop)
+    start = 0 if start == 1 else start
+    stop = steps_per_epoch if steps_per_epoch - stop == 1 else stop
+  return profiling.TraceWindow(start, stop,
+                               os.path.join(workdir, workdirs.PROFILE_DIR), record=lead)

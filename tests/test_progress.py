@@ -34,18 +34,37 @@ def test_steps_per_call(steps, updates, expected):
   assert console.steps_per_call(steps, updates) == expected
 
 
-def test_epoch_bar_draws_steps_loss_and_speed_in_place():
+def test_epoch_bar_draws_steps_loss_speed_and_time_left_in_place():
   stream = Terminal()
   bar = console.EpochBar(stream, epoch=2, num_epochs=5, num_steps=4)
   bar.update({'loss_sum': np.array([8.0, 4.0]), 'count': np.array([4.0, 4.0])})
   bar.update({'loss_sum': np.array([2.0, 2.0]), 'count': np.array([4.0, 4.0])})
   bar.close()
   frames = stream.getvalue().split('\r')
-  assert frames[1].startswith('epoch 2/5 [' + '.' * console.BAR_WIDTH + '] 0/4')
-  assert frames[2].startswith('epoch 2/5 [' + '=' * 12 + '.' * 12 + '] 2/4  loss 1.5000  ')
-  assert 'ex/s' in frames[2]
-  assert frames[3].startswith('epoch 2/5 [' + '=' * 24 + '] 4/4  loss 1.0000  ')
+  assert frames[1].startswith('epoch 2/5:   0%') and ' 0/4 [00:00<?' in frames[1]
+  assert frames[2].startswith('epoch 2/5:  50%') and ' 2/4 [' in frames[2]
+  assert 'loss 1.5000, ' in frames[2] and 'ex/s' in frames[2]
+  elapsed, left = frames[2].split(' 2/4 [')[1].split(',')[0].split('<')  # tqdm's mm:ss<mm:ss.
+  assert elapsed.startswith('00:') and left.startswith('00:')
+  assert frames[3].startswith('epoch 2/5: 100%') and ' 4/4 [' in frames[3]
+  assert 'loss 1.0000, ' in frames[3]
   assert frames[-2].strip() == '' and frames[-1] == ''  # The line is cleared at the end.
+
+
+def test_a_notebook_gets_tqdms_notebook_bar(monkeypatch):
+  pytest.importorskip('ipywidgets')
+  from tqdm import notebook  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(console, 'in_notebook', lambda: True)
+  assert console.shows_bar('auto', io.StringIO())  # A kernel's stdout is not a terminal.
+  shown = []
+  monkeypatch.setattr(notebook, 'display', lambda *args, **kwargs: shown.append(args))
+  bar = console.EpochBar(io.StringIO(), epoch=1, num_epochs=1, num_steps=4)
+  assert isinstance(bar._bar, notebook.tqdm_notebook)  # pylint: disable=protected-access
+  bar.update({'loss_sum': np.array([8.0, 4.0]), 'count': np.array([4.0, 4.0])})
+  assert bar._bar.container.children[1].value == 2 and len(shown) == 1  # pylint: disable=protected-access
+  text = bar._bar.container.children[2].value.replace('\u2007', ' ')  # pylint: disable=protected-access
+  assert 'loss 1.5000' in text and '&lt;' in text  # With the time left.
+  bar.close()
 
 
 def _run(config, stream):
@@ -62,7 +81,7 @@ def test_epoch_split_for_the_bar_changes_nothing(config):
   plain = _run(config, plain_stream)
   with_bar = _run(config, terminal)
   assert plain_stream.getvalue() == ''
-  assert 'epoch 2/2 [' in terminal.getvalue() and '11/11' in terminal.getvalue()
+  assert 'epoch 2/2: ' in terminal.getvalue() and ' 11/11 [' in terminal.getvalue()
   for a, b in zip(plain['history'], with_bar['history']):
     assert {k: v for k, v in a.items() if 'sec' not in k} == {
         k: v for k, v in b.items() if 'sec' not in k}

@@ -1,6 +1,7 @@
 """What a run leaves in its workdir: metrics, TensorBoard events, provenance, plots; process 0 only."""
 
 import glob
+import json
 import os
 import struct
 import subprocess
@@ -75,6 +76,53 @@ def test_tensorboard_events_hold_the_metrics_and_the_config(config, tmp_path):
     assert key in hparams['_hparams_/session_start_info']
   for tag in tensorboard.HPARAM_METRICS:
     assert tag.encode() in hparams['_hparams_/experiment']
+
+
+def test_tensorboard_shows_the_scalars_and_hparams_of_the_run(config, tmp_path):
+  """Read with TensorBoard's own event reader and HParams plugin parsers."""
+  pytest.importorskip('tensorboard')
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import api_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
+  config.num_epochs = 2
+  result = _run(config, tmp_path)
+  events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'scalars': 0})
+  events.Reload()
+  assert set(events.Tags()['scalars']) == set(tensorboard.SCALAR_TAGS.values())
+  for key, tag in tensorboard.SCALAR_TAGS.items():
+    shown = [(e.step, e.value) for e in events.Scalars(tag)]
+    assert [s for s, _ in shown] == [r['step'] for r in result['history']] == [8, 16]
+    assert [v for _, v in shown] == pytest.approx([r[key] for r in result['history']], rel=1e-6)
+  content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+  experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+  assert {m.name.tag for m in experiment.metric_infos} == set(tensorboard.HPARAM_METRICS)
+  start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+  flat = workdirs._flat_json(config)  # pylint: disable=protected-access
+  assert {h.name for h in experiment.hparam_infos} == set(start.hparams) == set(flat)
+  assert start.hparams['optimizer.learning_rate'].number_value == 1e-3
+  assert start.hparams['batch_size'].number_value == 32
+  assert start.hparams['model.hidden_sizes'].string_value == '[128]'
+  assert start.hparams['optimizer.name'].string_value == 'adam'
+  assert start.hparams['data.use_cache'].bool_value is True
+  end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+  assert end.status == api_pb2.STATUS_SUCCESS
+
+
+def test_summary_and_console_give_the_parameter_overview(config, tmp_path):
+  config.num_epochs = 1
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1],
+                           dataset=synthetic_dataset(), log=lines.append)
+  with open(tmp_path / run_files.SUMMARY_FILE) as f:
+    parameters = json.load(f)['parameters']
+  shapes = {'Dense_0/bias': [128], 'Dense_0/kernel': [784, 128], 'Dense_1/bias': [10],
+            'Dense_1/kernel': [128, 10]}
+  assert parameters == {'total': 784 * 128 + 128 + 128 * 10 + 10, 'shapes': shapes}
+  lines = '\n'.join(lines).splitlines()
+  start = lines.index('Parameters: 101,770')
+  assert [line.split() for line in lines[start + 1:start + 5]] == [
+      ['Dense_0/bias', '(128,)', '128'], ['Dense_0/kernel', '(784,', '128)', '100,352'],
+      ['Dense_1/bias', '(10,)', '10'], ['Dense_1/kernel', '(128,', '10)', '1,280']]
 
 
 def test_resumed_run_hides_later_events_of_the_interrupted_one(config, tmp_path):

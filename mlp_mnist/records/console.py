@@ -1,19 +1,28 @@
-"""The console: one line per epoch, and a progress bar during each epoch on a terminal only
-(nothing in between epoch lines elsewhere, so logs stay clean)."""
+"""The console: one line per epoch, with a progress bar during each epoch on a terminal or in a
+notebook only (nothing in between epoch lines elsewhere, so logs stay clean), and the overview of
+a run's parameters."""
 
-import time
-from typing import TextIO
+import math
+import sys
+from typing import Any, TextIO
 
+import jax
 import numpy as np
 
-BAR_WIDTH = 24
+
+def in_notebook() -> bool:
+  """Whether this runs in a Jupyter kernel (IPython is only looked up, never imported)."""
+  ipython = sys.modules.get('IPython')
+  shell = ipython.get_ipython() if ipython and hasattr(ipython, 'get_ipython') else None
+  return shell is not None and 'IPKernelApp' in getattr(shell, 'config', {})
 
 
 def shows_bar(mode: str, stream: TextIO) -> bool:
-  """`mode` is config.logging.progress_bar: 'on', 'off', or 'auto' (when `stream` is a terminal)."""
+  """`mode` is config.logging.progress_bar: 'on', 'off', or 'auto' (when `stream` is a terminal,
+  or in a notebook)."""
   if mode == 'auto':
     isatty = getattr(stream, 'isatty', None)
-    return bool(isatty and isatty())
+    return bool(isatty and isatty()) or in_notebook()
   return mode == 'on'
 
 
@@ -29,40 +38,55 @@ def steps_per_call(steps_per_epoch: int, updates_per_epoch: int) -> int:
 
 
 class EpochBar:
-  """One line redrawn in place: steps done, running train loss, examples per second."""
+  """tqdm's bar for one epoch: steps done, running train loss, examples per second, elapsed and
+  remaining time; in a notebook, tqdm's notebook bar. Cleared when the epoch ends."""
 
   def __init__(self, stream: TextIO, epoch: int, num_epochs: int, num_steps: int):
-    self._stream = stream
-    self._label = f'epoch {epoch}/{num_epochs}'
-    self._num_steps = num_steps
-    self._steps = 0
+    # Every update is drawn: there are only `logging.bar_updates_per_epoch` of them.
+    self._bar = _tqdm_class()(total=num_steps, desc=f'epoch {epoch}/{num_epochs}', unit='step',
+                              file=stream, leave=False, mininterval=0, miniters=1,
+                              dynamic_ncols=True)
     self._loss_sum = self._count = 0.0
-    self._start = time.time()
-    self._width = 0
-    self._draw()
 
   def update(self, step_metrics: dict[str, np.ndarray]) -> None:
     """Adds the per-step metrics of the steps just finished (stacked along the first axis)."""
-    self._steps += len(step_metrics['count'])
     self._loss_sum += float(np.sum(step_metrics['loss_sum']))
     self._count += float(np.sum(step_metrics['count']))
-    self._draw()
-
-  def _draw(self) -> None:
-    done = BAR_WIDTH * self._steps // max(self._num_steps, 1)
-    text = (f'{self._label} [{"=" * done}{"." * (BAR_WIDTH - done)}] '
-            f'{self._steps}/{self._num_steps}')
-    if self._count:
-      speed = self._count / max(time.time() - self._start, 1e-9)
-      text += f'  loss {self._loss_sum / self._count:.4f}  {speed:,.0f} ex/s'
-    self._stream.write('\r' + text.ljust(self._width))
-    self._stream.flush()
-    self._width = len(text)
+    speed = self._count / max(self._bar.format_dict['elapsed'], 1e-9)
+    self._bar.set_postfix_str(f'loss {self._loss_sum / self._count:.4f}, {speed:,.0f} ex/s',
+                              refresh=False)
+    self._bar.update(len(step_metrics['count']))
 
   def close(self) -> None:
-    """Clears the line, so the epoch's summary line replaces the bar."""
-    self._stream.write('\r' + ' ' * self._width + '\r')
-    self._stream.flush()
+    """Clears the bar, so the epoch's summary line replaces it."""
+    self._bar.close()
+
+
+def _tqdm_class():
+  """tqdm's notebook bar in a notebook with ipywidgets, else its text bar."""
+  if in_notebook():
+    from tqdm import notebook  # pylint: disable=g-import-not-at-top
+    if notebook.IProgress is not None:
+      return notebook.tqdm
+  from tqdm import std  # pylint: disable=g-import-not-at-top
+  return std.tqdm
+
+
+def parameter_overview(params) -> dict[str, Any]:
+  """{'total': number of parameters, 'shapes': {path: shape}} of a parameter pytree."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  shapes = {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path):
+            list(np.shape(leaf)) for path, leaf in leaves}
+  return {'total': sum(math.prod(s) for s in shapes.values()), 'shapes': shapes}
+
+
+def format_parameters(overview: dict[str, Any]) -> str:
+  """The parameter overview as lines: path, shape and count of each, then the total."""
+  rows = [(path, str(tuple(shape)), f'{math.prod(shape):,}')
+          for path, shape in overview['shapes'].items()]
+  widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+  lines = [f'  {p:<{widths[0]}}  {s:<{widths[1]}}  {c:>{widths[2]}}' for p, s, c in rows]
+  return '\n'.join([f'Parameters: {overview["total"]:,}', *lines])
 
 
 def format_epoch(record: dict) -> str:

@@ -21,6 +21,7 @@ from mlp_mnist import early_stopping
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
+from mlp_mnist.records import tracking
 from mlp_mnist.records import workdirs
 from mlp_mnist.sweeps import aggregate
 from mlp_mnist.sweeps import report
@@ -79,8 +80,9 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
       if dataset is None:
         dataset = data.load_dataset(config.data)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
+      failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
       for group in todo:
-        _run_group(workdir, [trials[i] for i in group], dataset, devices, progress)
+        _run_group(workdir, [trials[i] for i in group], dataset, devices, progress, failures)
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():
@@ -116,8 +118,9 @@ def _dir(workdir: str, trial: sweep_files.Trial) -> str:
 
 
 def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
-               progress: 'Progress') -> None:
-  """Trains one program group; writes each trial's config, metrics and final status."""
+               progress: 'Progress', failures: tracking.Failures | None = None) -> None:
+  """Trains one program group; writes each trial's config, metrics and final status, and logs
+  each trial to the trackers its config enables."""
   dirs = [_dir(workdir, t) for t in trials]
   for trial, directory in zip(trials, dirs):
     run_files.write_config(directory, trial.config)
@@ -125,6 +128,7 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     for path in epath.Path(directory).glob('events.out.tfevents.*'):  # and its events.
       path.unlink()
     results.write_status(directory, results.RUNNING)
+  trackers = _trial_trackers(workdir, trials, dirs, failures or tracking.Failures(progress.log))
   progress.start_group(trials)
   # Each trial's TensorBoard events, opened at the first epoch: tensorboardX loads while the group
   # compiles.
@@ -137,6 +141,8 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     for i, record in records.items():
       run_files.append_metrics(dirs[i], record)
       events[i].write_scalars(record['step'], record)
+      if trackers[i]:
+        trackers[i].write_scalars(record['step'], record)
     progress.epoch(epoch, records, diverged, stopped)
 
   try:
@@ -144,8 +150,10 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
   except Exception as e:  # pylint: disable=broad-except
     # One group's failure (out of memory, say) must not stop the others; a re-run retries it.
     detail = traceback.format_exc()
-    for directory in dirs:
+    for directory, tracker in zip(dirs, trackers):
       results.write_status(directory, results.FAILED, detail)
+      if tracker:
+        tracker.close(failed=True)
     progress.end_group([results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
     return
   finally:
@@ -154,7 +162,7 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
   statuses = []
   num_train = result['num_train']
   steps_per_epoch = -(-num_train // trials[0].config.batch_size)
-  for i, directory in enumerate(dirs):
+  for i, (directory, tracker) in enumerate(zip(dirs, trackers)):
     history, diverged, step = (result['history'][i], result['diverged'][i],
                                result['diverged_step'][i])
     stopping = result['early_stopping'][i]
@@ -165,7 +173,12 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
         summary['early_stopping'] = stopping
         if stopping['restored_best_weights']:
           final = next(r for r in history if r['epoch'] == _best_epoch(trials[i].config, history))
-      run_files.write_summary(directory, {**final, **summary})
+      summary = {**final, **summary}
+      run_files.write_summary(directory, summary)
+      if tracker:
+        tracker.write_summary(summary)
+    if tracker:
+      tracker.close(failed=diverged)
     if diverged:
       status = results.DIVERGED
       results.write_status(
@@ -195,6 +208,24 @@ def _open_events(trials, dirs) -> list[tensorboard.BufferedTensorBoardWriter]:
   for writer, trial in zip(writers, trials):
     writer.write_hparams(config_checks.flatten_config(trial.config))
   return writers
+
+
+def _trial_trackers(workdir: str, trials: Sequence[sweep_files.Trial], dirs: Sequence[str],
+                    failures: tracking.Failures) -> list[tracking.Trackers | None]:
+  """Per trial, its tracked runs (None when its config enables none): one run per trial, grouped
+  by the sweep's name (the workdir's), its swept values as parameters under `swept`."""
+  sweep = epath.Path(workdir).name
+  trackers = []
+  for trial, directory in zip(trials, dirs):
+    if not tracking.requested(trial.config):
+      trackers.append(None)
+      continue
+    tracker = tracking.Trackers(trial.config, directory, name=trial.name, failures=failures,
+                                group=sweep, tags={'sweep': sweep, 'trial': trial.name})
+    tracker.write_hparams({**json.loads(trial.config.to_json_best_effort()),
+                           'swept': dict(trial.overrides)})
+    trackers.append(tracker)
+  return trackers
 
 
 def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
