@@ -43,16 +43,8 @@ NUM_TRAIN, NUM_TEST = 32768, 1000  # 1024 steps per epoch.
 
 def synthetic_dataset(seed: int = 0):
   """Learnable fake MNIST: each class lights up its own band of rows."""
-  rng = np.random.default_rng(seed)
-
-  def split(n):
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(labels):
-      images[i, 2 * label + 4:2 * label + 7, 4:24] = 255
-    return images, labels
-
-  return {'train': split(NUM_TRAIN), 'test': split(NUM_TEST)}
+  from mlp_mnist.data import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.banded_digits(NUM_TRAIN, NUM_TEST, seed)
 
 
 def child(workdir: str, result_path: str, cache_dir: str) -> None:

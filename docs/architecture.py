@@ -10,17 +10,17 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 FLOW = (
     ('config', 'configs/*.py\n--config.x.y=v\nconfig_checks'),
-    ('arrays on devices', 'data.load_dataset\nparallel.replicate\nuint8 images, labels'),
+    ('arrays on devices', 'data.load_dataset\n(Dataset: shape, classes)\nparallel.replicate'),
     ('pure steps', 'steps.train_epoch\n(lax.scan of train_step)\nunder pmap / vmap'),
     ('metrics', 'epochs.EpochLog\nthe epoch record'),
-    ('writers', 'records/: metrics.jsonl,\nTensorBoard, checkpoints,\nplots, console'),
+    ('writers', 'records/: metrics.jsonl,\nTensorBoard, W&B, MLflow,\ncheckpoints, plots'),
 )
 LAYERS = (  # Top to bottom, as drawn.
-    ('6  tools, cli', 'tools/ (evaluate, predict), cli.py (what scripts/ share)'),
-    ('5  loops', 'train.py (one run), sweeps/ (many trials at once, results)'),
+    ('6  tools, cli', 'tools/ (evaluate, predict, compare), cli.py (what scripts/ share)'),
+    ('5  loops', 'train.py (one run), sweeps/ (trials at once, results, replicates, report)'),
     ('4  steps, records', 'steps.py (pure), records/ (workdir, files, checkpoints, writers)'),
     ('3  config schema', 'config_checks.py'),
-    ('2  building blocks', 'models/, optimizers.py, data/, devices/, epochs.py'),
+    ('2  building blocks', 'models/, optimizers.py, data/, devices/, epochs.py,\n   early_stopping.py, hooks.py'),
     ('1  foundation', 'errors.py (UserError), config_files.py'),
 )
 

@@ -1,17 +1,8 @@
 """Learnable fake MNIST for tests (importable without conftest's device set-up)."""
 
-import numpy as np
+from mlp_mnist.data import synthetic
 
 
 def synthetic_dataset(num_train: int = 256, num_test: int = 100, seed: int = 0):
   """Learnable fake MNIST: each class lights up its own band of rows."""
-  rng = np.random.default_rng(seed)
-
-  def split(n):
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(labels):
-      images[i, 2 * label + 4:2 * label + 7, 4:24] = 255
-    return images, labels
-
-  return {'train': split(num_train), 'test': split(num_test)}
+  return synthetic.banded_digits(num_train, num_test, seed)

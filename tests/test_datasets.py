@@ -223,7 +223,8 @@ def test_validation_in_the_run_and_in_a_sweep(config, tmp_path):
                                   'param_norm', 'learning_rate', 'validation_loss',
                                   'validation_accuracy']
   assert records[0]['step'] == 8  # 240 training examples in batches of 32.
-  assert 'validation loss' in lines[1] and '240 training examples, 60 validation' in lines[0]
+  assert any('validation loss' in line for line in lines)  # The epoch line.
+  assert any('240 training examples, 60 validation' in line for line in lines)
   assert lines[-1].startswith('Final validation accuracy')
   assert 'validation_sec' in single['timings']
   assert_png(str(tmp_path / 'run' / 'plots' / 'curves.png'))
@@ -251,11 +252,14 @@ def test_progress_line_chooses_by_validation(config):
   lines = []
   progress = runner.Progress(2, 0, 1, lines.append)
   progress.start_group([sweep_files.Trial(name=n, overrides={}, config=config) for n in 'ab'])
-  records = {0: {'validation_accuracy': 0.9, 'test_accuracy': 0.95},
-             1: {'validation_accuracy': 0.92, 'test_accuracy': 0.91}}
+  records = {0: {'validation_accuracy': 0.9, 'validation_loss': 0.3, 'test_accuracy': 0.95,
+                 'test_loss': 0.2},
+             1: {'validation_accuracy': 0.92, 'validation_loss': 0.25, 'test_accuracy': 0.91,
+                 'test_loss': 0.3}}
   progress.epoch(1, records, [False, False])
   assert lines[-1].endswith('best validation accuracy 92.00% (test 91.00%, b)')
-  progress.epoch(1, {i: {'test_accuracy': r['test_accuracy']} for i, r in records.items()},
+  progress.epoch(1, {i: {'test_accuracy': r['test_accuracy'], 'test_loss': r['test_loss']}
+                     for i, r in records.items()},
                  [False, False])
   assert lines[-1].endswith('best test accuracy 95.00% (a)')
 

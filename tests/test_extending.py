@@ -19,6 +19,8 @@ from mlp_mnist import steps
 from mlp_mnist import train
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import run_files
+from mlp_mnist.sweeps import results
+from mlp_mnist.sweeps import runner
 from mlp_mnist.sweeps import vectorized
 from mlp_mnist.tools import evaluation
 
@@ -291,8 +293,6 @@ def test_bad_hooks_are_one_line_errors(config):
 
 
 def test_sweep_records_stopped_trials_and_skips_them_on_resume(config, tmp_path):
-  from mlp_mnist.sweeps import results  # pylint: disable=g-import-not-at-top
-  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
   dataset = synthetic_dataset(num_train=96, num_test=40)
   config = _stopping_config(config)
   config.num_epochs = 4
@@ -314,3 +314,14 @@ def test_sweep_records_stopped_trials_and_skips_them_on_resume(config, tmp_path)
   runner.run_sweep(config, str(sweep_path), str(tmp_path / 'run'), devices=jax.devices()[:1],
                    dataset=dataset, log=log.append)
   assert '2 already finished, 0 to train' in log[0]
+
+
+def test_a_trial_that_restores_its_best_weights_reports_that_epoch(config):
+  records = [{'epoch': e, 'test_loss': loss, 'test_accuracy': acc}
+             for e, loss, acc in ((1, 0.5, 0.80), (2, 0.3, 0.90), (3, 0.4, 0.85))]
+  config.early_stopping.monitor = 'test_loss'
+  assert results.final_record(config, records)['epoch'] == 3  # The weights it ends with.
+  config.early_stopping.restore_best_weights = True
+  assert results.final_record(config, records)['epoch'] == 2
+  config.early_stopping.monitor = 'off'
+  assert results.final_record(config, records)['epoch'] == 3

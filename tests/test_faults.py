@@ -25,6 +25,7 @@ from mlp_mnist.tools import evaluation
 
 import default
 from conftest import REPO, synthetic_dataset, write_dataset_cache
+from test_checkpointing import _steps
 
 NUM_DEVICES = 2
 STEPS = [8, 16]  # 256 examples in batches of 32, two epochs.
@@ -71,14 +72,6 @@ def _checkpoint_files(workdir):
         step = step_dir.name.split('-')[0]
         files.update({(step, k): v for k, v in _snapshot(step_dir).items()})
   return files
-
-
-def _steps(workdir):
-  checkpoints = checkpointing.Checkpointer(str(workdir), read_only=True)
-  try:
-    return checkpoints.steps()
-  finally:
-    checkpoints.close()
 
 
 def _assert_same(a, b):
@@ -155,6 +148,16 @@ def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trai
     assert step == 8 and checkpoints.steps() == [8] and checkpoints.best_step() == 8
   assert len(warnings) == 1 and 'metrics file is damaged' in warnings[0]
   assert os.listdir(workdir / checkpointing.CORRUPT_DIR)[0].startswith('16-')
+
+
+def test_deleted_metrics_file_restores_exactly(trained, workdir):
+  (workdir / checkpointing.CHECKPOINTS_DIR / '16' / checkpointing.METRICS_FILE).unlink()
+  with checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min')) as checkpoints:
+    warnings = []
+    state, step, _ = checkpoints.restore_latest(trained['result']['state'], warnings.append)
+    assert step == 16 and not warnings and checkpoints.steps() == [8, 16]
+    assert checkpoints.best_step() == 8  # The only one left with a metric.
+  _assert_same(state, trained['result']['state'])
 
 
 def test_structure_change_with_the_same_config_stops_with_one_line(workdir):

@@ -18,9 +18,11 @@ import json
 import math
 from typing import Any, Sequence
 
+import ml_collections
 from etils import epath
 
 from mlp_mnist import config_checks
+from mlp_mnist import early_stopping
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import aggregate
 
@@ -59,8 +61,8 @@ def read_status_detail(directory: str) -> str:
 
 
 def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any]]:
-  """One row per trial, in trial order: name, status, the values of `keys` and its last epoch's
-  metrics (validation ones too when the trial has them)."""
+  """One row per trial, in trial order: name, status, the values of `keys` and its final metrics
+  (`final_record`; validation ones too when the trial has them)."""
   rows = []
   for trial in trials:
     directory = trial_dir(workdir, trial.name)
@@ -69,10 +71,20 @@ def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any
     row.update({k: flat[k] for k in keys})
     records = read_records(directory) if row['status'] != RUNNING else []
     if records:
-      row.update({k: records[-1].get(k) for k in METRIC_COLUMNS})
-      row.update({k: records[-1][k] for k in VALIDATION_COLUMNS if k in records[-1]})
+      final = final_record(trial.config, records)
+      row.update({k: final.get(k) for k in METRIC_COLUMNS})
+      row.update({k: final[k] for k in VALIDATION_COLUMNS if k in final})
     rows.append(row)
   return rows
+
+
+def final_record(config: ml_collections.ConfigDict, records: Sequence[dict]) -> dict:
+  """The record a trial's results are those of: its last epoch's, or with early stopping's
+  `restore_best_weights` its best epoch's (the weights it ends with, as its summary.json says)."""
+  stopper = early_stopping.EarlyStopping(config)
+  best = (early_stopping.best_record(records, stopper.monitor, stopper.mode)
+          if stopper.restore_best_weights else None)
+  return best or records[-1]
 
 
 def read_records(directory: str) -> list[dict]:

@@ -17,7 +17,6 @@ from etils import epath
 
 from mlp_mnist import config_checks
 from mlp_mnist import data
-from mlp_mnist import early_stopping
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
@@ -167,13 +166,10 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
                                result['diverged_step'][i])
     stopping = result['early_stopping'][i]
     if history and not diverged:
-      final = history[-1]
-      summary = {'num_train_examples': num_train, 'timings': result['timings']}
+      summary = {**results.final_record(trials[i].config, history),
+                 'num_train_examples': num_train, 'timings': result['timings']}
       if stopping:
         summary['early_stopping'] = stopping
-        if stopping['restored_best_weights']:
-          final = next(r for r in history if r['epoch'] == _best_epoch(trials[i].config, history))
-      summary = {**final, **summary}
       run_files.write_summary(directory, summary)
       if tracker:
         tracker.write_summary(summary)
@@ -195,11 +191,6 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
     statuses.append(status)
   progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
                      f'trained in {result["timings"]["train_sec"]:.1f}s')
-
-
-def _best_epoch(config: ml_collections.ConfigDict, history: list[dict]) -> int:
-  stopper = early_stopping.EarlyStopping(config)
-  return early_stopping.best_record(history, stopper.monitor, stopper.mode)['epoch']
 
 
 def _open_events(trials, dirs) -> list[tensorboard.BufferedTensorBoardWriter]:
