@@ -129,7 +129,7 @@ def test_a_run_killed_on_gs_resumes_and_ends_as_an_uninterrupted_run(storage, co
                            cwd=REPO)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from the checkpoint' in resumed.stdout, resumed.stdout
-  assert 'Traceback' not in resumed.stderr
+  assert 'Traceback' not in resumed.stderr, resumed.stderr[-6000:]
   objects = _objects(url, 'runs/killed/')
   for record in ('config.json', 'provenance.json', 'metrics.jsonl', 'summary.json',
                  'plots/curves.png'):

@@ -85,13 +85,14 @@ def test_tensorboard_shows_the_scalars_and_hparams_of_the_run(config, tmp_path):
   from tensorboard.plugins.hparams import api_pb2  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
   config.num_epochs = 2
+  config.data.validation_split = 64  # Every built-in tag: 192 training examples, 6 steps.
   result = _run(config, tmp_path)
   events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'scalars': 0})
   events.Reload()
   assert set(events.Tags()['scalars']) == set(tensorboard.SCALAR_TAGS.values())
   for key, tag in tensorboard.SCALAR_TAGS.items():
     shown = [(e.step, e.value) for e in events.Scalars(tag)]
-    assert [s for s, _ in shown] == [r['step'] for r in result['history']] == [8, 16]
+    assert [s for s, _ in shown] == [r['step'] for r in result['history']] == [6, 12]
     assert [v for _, v in shown] == pytest.approx([r[key] for r in result['history']], rel=1e-6)
   content = events.PluginTagToContent(metadata.PLUGIN_NAME)
   experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])

@@ -118,12 +118,20 @@ def without_timing(record: dict) -> dict:
 
 def write_text_atomic(path, text: str) -> None:
   """Writes `text` to a temporary file beside `path`, then renames it over `path`, so a process
-  killed mid-write leaves the old file or the new one, never half of either (local or `gs://`).
+  killed mid-write leaves the old file or the new one, never half of either.
 
+  On object storage (`gs://`) the object is written directly: an object appears only once its
+  upload completes, and a bucket has no rename (gcsfs copies and deletes, after a failed request).
   A storage error (full disk, read-only or unwritable workdir) is a WorkdirError naming the file;
   the old file is left as it was.
   """
   path = epath.Path(path)
+  if '://' in str(path):
+    try:
+      write_file(path, text)
+    except OSError as e:
+      raise write_error(path, e) from e
+    return
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
