@@ -2,7 +2,7 @@ r"""A small convnet, the Keras tutorial's next step, that reaches 99% test accur
 
 Two blocks of [3x3 conv (16, then 32 channels) -> relu -> 2x2 max-pool], a 128-wide dense layer
 with dropout 0.25, then the logits; Adam at a peak learning rate of 3e-3 with 0.3 epochs of linear
-warmup and cosine decay to zero, batch 128, 5 epochs. See /work/notes/models.md for the measured
+warmup and cosine decay to zero, batch 128, 5 epochs. docs/benchmarks.md gives the measured
 accuracy and time per seed.
 
     python scripts/train.py --config configs/cnn.py --config.data.local_dir=/path/to/mnist_idx
