@@ -137,11 +137,13 @@ SCHEMA.update({f'model.{key}': spec for model in models.MODELS.values()
                for key, spec in model.CONFIG_SCHEMA.items()})
 
 
-def flatten_config(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
-  """The config's values by dotted key (`optimizer.learning_rate`)."""
+def flatten_config(config: ml_collections.ConfigDict | dict,
+                   prefix: str = '') -> dict[str, Any]:
+  """The values of a config (or of its saved JSON, nested dicts) by dotted key
+  (`optimizer.learning_rate`)."""
   flat = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
       flat.update(flatten_config(value, f'{prefix}{key}.'))
     else:
       flat[f'{prefix}{key}'] = value

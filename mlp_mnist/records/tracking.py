@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import ml_collections
 from etils import epath
 
+from mlp_mnist import config_checks
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
 
@@ -32,17 +33,6 @@ MLFLOW_BATCH = 100  # MLflow's limit of parameters per `log_batch`.
 def requested(config: ml_collections.ConfigDict) -> bool:
   """Whether the config enables any tracker."""
   return any(config.tracking[s].enabled for s in SERVICES)
-
-
-def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
-  """A nested dict as dotted keys (`optimizer.learning_rate`)."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -129,7 +119,8 @@ class MlflowWriter:
   def write_hparams(self, hparams: dict[str, Any]) -> None:
     # MLflow refuses to change a logged parameter: a resumed run adds only new ones.
     params = [self._entities.Param(k, str(v)[:MLFLOW_MAX_PARAM_LENGTH])
-              for k, v in flatten(hparams).items() if k not in self._logged_params]
+              for k, v in config_checks.flatten_config(hparams).items()
+              if k not in self._logged_params]
     for start in range(0, len(params), MLFLOW_BATCH):
       self._client.log_batch(self.run_id, params=params[start:start + MLFLOW_BATCH])
     self._logged_params.update(p.key for p in params)

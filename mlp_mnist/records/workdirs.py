@@ -44,13 +44,7 @@ def _flat_json(config) -> dict[str, Any]:
   """A config (ConfigDict or its saved JSON) as dotted keys with JSON values (tuples as lists)."""
   if isinstance(config, ml_collections.ConfigDict):
     config = json.loads(config.to_json_best_effort())
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update({f'{key}.{k}': v for k, v in _flat_json(value).items()})
-    else:
-      flat[key] = value
-  return flat
+  return config_checks.flatten_config(config)
 
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

@@ -10,19 +10,10 @@ from typing import Any, Sequence
 
 from etils import epath
 
+from mlp_mnist import config_checks
 from mlp_mnist.records import plots
 from mlp_mnist.records import run_files
 from mlp_mnist.records import workdirs
-
-
-def _flat(config: dict, prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return flat
 
 
 def load_run(path: str) -> tuple[dict[str, Any], list[dict]]:
@@ -41,7 +32,8 @@ def load_run(path: str) -> tuple[dict[str, Any], list[dict]]:
     records = run_files.read_metrics(path) if (root / run_files.METRICS_FILE).exists() else []
   except json.JSONDecodeError as e:
     raise workdirs.WorkdirError(f'{path}: a damaged config.json or metrics.jsonl ({e}).') from None
-  return _flat(config), records
+  flat = config_checks.flatten_config(config)
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}, records
 
 
 def labels(paths: Sequence[str]) -> list[str]:
