@@ -15,7 +15,6 @@ import pytest
 
 from mlp_mnist import train
 from mlp_mnist.records import run_files
-from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
 from mlp_mnist.sweeps import runner
 
@@ -128,7 +127,7 @@ def test_wandb_and_mlflow_mirror_the_run_and_a_resumed_run_continues_them(config
   again = json.loads((workdir / tracking.TRACKING_FILE).read_text())
   assert {s: again[s]['run_id'] for s in again} == {s: ids[s]['run_id'] for s in ids}
   history = run_files.read_metrics(str(workdir))
-  expected = {r['step']: dict(tensorboard.scalars(r)) for r in history}
+  expected = {r['step']: tracking.scalars(r) for r in history}
   assert sorted(expected) == [8, 16, 24]
   summary = json.loads((workdir / run_files.SUMMARY_FILE).read_text())
 

@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mlp_mnist import errors
 from mlp_mnist.devices import parallel
+from mlp_mnist.records import run_files
 
 CHECKPOINTS_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -81,7 +82,7 @@ def is_storage_error(error: BaseException) -> bool:
 
 
 def _absolute(path: str) -> str:
-  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
+  return path if run_files.is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -170,7 +171,7 @@ def move_tree(source: epath.Path, target: epath.Path, remote: bool | None = None
   copying every file and then removing the source, so an interruption leaves the files in one
   place or both, never lost."""
   target.parent.mkdir(parents=True, exist_ok=True)
-  if not (('://' in str(source)) if remote is None else remote):
+  if not (run_files.is_remote(source) if remote is None else remote):
     source.rename(target)
     return
   for root, _, files in source.walk():

@@ -116,6 +116,11 @@ def without_timing(record: dict) -> dict:
   return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
+def is_remote(path) -> bool:
+  """Whether `path` is on object storage (`gs://...`, any URL) rather than a local disk."""
+  return '://' in str(path)
+
+
 def write_text_atomic(path, text: str) -> None:
   """Writes `text` to a temporary file beside `path`, then renames it over `path`, so a process
   killed mid-write leaves the old file or the new one, never half of either.
@@ -126,7 +131,7 @@ def write_text_atomic(path, text: str) -> None:
   the old file is left as it was.
   """
   path = epath.Path(path)
-  if '://' in str(path):
+  if is_remote(path):
     try:
       write_file(path, text)
     except OSError as e:
@@ -151,7 +156,7 @@ def write_file(path: epath.Path, text: str) -> None:
   publishes it (so a crash of the machine cannot publish an empty file)."""
   with path.open('w') as f:
     f.write(text)
-    if '://' not in str(path):
+    if not is_remote(path):
       f.flush()
       os.fsync(f.fileno())
 
