@@ -99,6 +99,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   return argv
 
 
+def default_workdir() -> str:
+  """A new folder under runs/ for a run started without --workdir: the time and this process's
+  id, so runs started in the same second get different folders."""
+  import time  # pylint: disable=g-import-not-at-top
+  return os.path.join('runs', f'{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}')
+
+
 def checkpoint_step(value: str | None) -> int | str | None:
   """The `--step` flag of scripts that read a checkpoint: None (the latest), 'best' or a step."""
   if value is None or value == 'best':
@@ -114,6 +121,8 @@ def checkpoint_step(value: str | None) -> int | str | None:
 
 
 def run_training(config, workdir: str, restart: bool = False) -> None:
+  """Trains `config` into `workdir`, holding its lock (records/locks.py) for the whole run."""
   from mlp_mnist import train  # pylint: disable=g-import-not-at-top
-  with exit_on_user_error():
+  from mlp_mnist.records import locks  # pylint: disable=g-import-not-at-top
+  with exit_on_user_error(), locks.held(workdir, 'run'):
     train.train_and_evaluate(config, workdir, restart=restart)

@@ -175,11 +175,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   lead = workdirs.is_lead_process()
   log = log if lead else (lambda _: None)
   stream = stream or sys.stdout
-  if workdir:
+  if workdir and not restart:
     workdirs.prepare(workdir, config, restart)
   if dataset is None:
     dataset = data.load_dataset(config.data)
   dataset = data.hold_out_validation(data.as_dataset(dataset), config.data.validation_split)
+  if workdir and restart:  # Only once the new config and data have loaded and passed their checks.
+    workdirs.prepare(workdir, config, restart)
   if workdir:
     workdirs.check_dataset(workdir, dataset.info())
   (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test

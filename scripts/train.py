@@ -8,9 +8,6 @@ Several hosts: run the same command on each, with --coordinator_address, --num_p
 --process_id where JAX cannot detect them (docs/gpu.md, docs/tpu_vm.md).
 """
 
-import os
-import time
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -20,7 +17,7 @@ from mlp_mnist import cli
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Output folder; default: a new timestamped folder under runs/.')
+    'workdir', None, 'Output folder; default: a new folder under runs/ (the time and process id).')
 _RESTART = flags.DEFINE_bool(
     'restart', False, 'Discard the run already in --workdir (checkpoints, metrics, events, plots) '
     'and start over, instead of resuming it.')
@@ -32,7 +29,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if cli.set_up_jax() and not _WORKDIR.value:
     raise app.UsageError('a multi-process run needs --workdir, the same for every process.')
-  workdir = _WORKDIR.value or os.path.join('runs', time.strftime('%Y%m%d-%H%M%S'))
+  workdir = _WORKDIR.value or cli.default_workdir()
   cli.run_training(_CONFIG.value, workdir, restart=_RESTART.value)
 
 

@@ -69,11 +69,28 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> N
   if saved is None:
     return
   differences = config_differences(saved, config)
+  if differences and not has_trained(workdir):
+    # A run that failed before its first epoch (a batch that did not fit in memory, say) leaves
+    # only records of its start: a corrected rerun starts afresh without --restart.
+    if is_lead_process():
+      clear(workdir)
+    parallel.sync('fresh_workdir_cleared')
+    return
   if differences:
     shown = '; '.join(differences[:5]) + ('; ...' if len(differences) > 5 else '')
     raise WorkdirError(
         f'workdir {workdir} holds a run with a different config ({shown}). Rerun with its config '
         'to resume it, pass --restart to discard it and start over, or choose another --workdir.')
+
+
+def has_trained(workdir: str) -> bool:
+  """Whether `workdir` holds a checkpoint or a recorded epoch (not only a run's first records)."""
+  root = epath.Path(workdir)
+  for name in (checkpointing.CHECKPOINTS_DIR, checkpointing.CORRUPT_DIR):
+    if (root / name).exists() and any((root / name).iterdir()):
+      return True
+  metrics = root / run_files.METRICS_FILE
+  return metrics.exists() and bool(metrics.read_text().strip())
 
 
 def check_dataset(workdir: str, info: dict) -> None:

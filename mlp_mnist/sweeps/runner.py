@@ -6,6 +6,7 @@ the others one program group after another, and rebuilds the sweep's tables, lea
 and report from every trial folder.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from etils import epath
 from mlp_mnist import config_checks
 from mlp_mnist import data
 from mlp_mnist.devices import parallel
+from mlp_mnist.records import locks
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
@@ -81,7 +83,11 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
       for group in todo:
-        _run_group(workdir, [trials[i] for i in group], dataset, devices, progress, failures)
+        with contextlib.ExitStack() as claims:  # Trials another worker trains (or has) are skipped.
+          group = [i for i in group if locks.claim(_dir(workdir, trials[i]), claims, log)
+                   and results.read_status(_dir(workdir, trials[i])) not in results.FINISHED]
+          if group:
+            _run_group(workdir, [trials[i] for i in group], dataset, devices, progress, failures)
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():
