@@ -7,6 +7,7 @@ writes plots/confusion_matrix.png and plots/misclassified.png into the workdir.
 """
 
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -30,6 +31,8 @@ def main(argv):
     report = evaluation.evaluate_run(_WORKDIR.value, cli.checkpoint_step(_STEP.value),
                                      num_mistakes=_NUM_MISTAKES.value)
   print(json.dumps(report) if _JSON.value else evaluation.format_report(report))
+  for warning in report['warnings']:  # Plots that could not be written (a read-only workdir).
+    print(warning, file=sys.stderr)
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ storage error stops with one line, and no good checkpoint is ever moved or delet
 """
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from mlp_mnist import config_checks
+from mlp_mnist import data
 from mlp_mnist import train
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import provenance
@@ -384,3 +386,119 @@ def test_remote_set_aside_copies_then_removes(tmp_path, monkeypatch):
   checkpointing.move_tree(epath.Path(source), target, remote=True)
   assert sorted(copied) == ['_CHECKPOINT_METADATA', 'chunk']
   assert not source.exists() and _snapshot(tmp_path / 'corrupt_checkpoints' / '16-x') == before
+
+
+# Issue 23: tracebacks where one line was promised.
+
+def _evaluate(workdir, **kwargs):
+  return evaluation.evaluate_run(str(workdir), devices=jax.devices()[:NUM_DEVICES],
+                                 dataset=synthetic_dataset(), **kwargs)
+
+
+@pytest.mark.parametrize('error', [OSError(errno.ENOSPC, 'No space left on device'),
+                                   PermissionError(errno.EACCES, 'Permission denied')])
+def test_unwritable_or_full_cache_warns_once_and_trains_without_it(tmp_path, monkeypatch, capsys,
+                                                                   error):
+  """The decoded cache's write fails midway (a full disk) or at once (HOME not writable)."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.data import pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(pipeline, '_load_from_tfds',
+                      lambda data_config: data.as_dataset(synthetic_dataset()))
+  if error.errno == errno.ENOSPC:
+    def full(*args, **kwargs):  # The archive file exists, partly written, when the disk fills.
+      raise error
+    monkeypatch.setattr(zipfile.ZipFile, 'open', full)
+  else:
+    makedirs = os.makedirs
+
+    def unwritable(path, *args, **kwargs):
+      if str(path).startswith(str(tmp_path / 'cache')):
+        raise error
+      return makedirs(path, *args, **kwargs)
+    monkeypatch.setattr(os, 'makedirs', unwritable)
+  config = _config(**{'data.cache_dir': str(tmp_path / 'cache')})
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:NUM_DEVICES],
+                           log=lines.append)
+  warnings = capsys.readouterr().err.strip().splitlines()
+  assert len(warnings) == 1 and warnings[0].startswith(
+      f'warning: cannot write the dataset cache {tmp_path / "cache"}'), warnings
+  assert f'({error.strerror}); training goes on without it' in warnings[0]
+  assert not list(tmp_path.rglob('*.tmp*')), list(tmp_path.rglob('*'))
+  assert any(line.startswith('Final test accuracy') for line in lines)
+
+
+def test_damaged_dataset_json_is_one_line_naming_it(workdir):
+  path = workdir / run_files.DATASET_FILE
+  _damage(path, 'truncate')
+  before = _snapshot(workdir)
+  for action in (lambda: _run(_config(), workdir), lambda: _evaluate(workdir)):
+    with pytest.raises(workdirs.WorkdirError) as error:
+      action()
+    message = _one_line(error)
+    assert message.startswith(f'{path} is damaged (JSONDecodeError') and 'delete it' in message
+  assert _snapshot(workdir) == before
+
+
+@QUIET
+def test_evaluate_and_predict_on_a_damaged_checkpoint_are_one_line_and_move_nothing(workdir,
+                                                                                    tmp_path):
+  from mlp_mnist.tools import prediction  # pylint: disable=g-import-not-at-top
+  arrays = max((workdir / 'checkpoints' / '16' / 'state').rglob('ocdbt.process_0/d/*'),
+               key=lambda p: p.stat().st_size)
+  _damage(arrays, 'truncate')
+  before = _snapshot(workdir)
+  for action in (lambda: _evaluate(workdir, plots_dir=str(tmp_path)),
+                 lambda: prediction.predict_files(str(workdir), [], devices=jax.devices()[:1])):
+    with pytest.raises(checkpointing.CheckpointError) as error:
+      action()
+    message = _one_line(error)
+    assert message.startswith(f'checkpoint 16 in {workdir / "checkpoints"} is damaged (')
+    assert 'evaluate another --step (the workdir has steps 8, 16)' in message
+  assert _snapshot(workdir) == before
+  assert _evaluate(workdir, step=8, plots_dir=str(tmp_path))['step'] == 8
+
+
+def test_evaluate_on_a_checkpoint_whose_shapes_differ_from_config_json_is_one_line(workdir):
+  config = run_files.read_config(str(workdir))
+  config['model']['hidden_sizes'] = [24]
+  (workdir / 'config.json').write_text(json.dumps(config))
+  before = _snapshot(workdir)
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    _evaluate(workdir)
+  message = _one_line(error)
+  assert message.startswith(f'checkpoint 16 in {workdir / "checkpoints"} does not match the '
+                            "run's config.json")
+  assert 'params.Dense_0.kernel has shape (784, 16) in the checkpoint, (784, 24) here' in message
+  assert _snapshot(workdir) == before
+
+
+def test_evaluate_on_a_read_only_workdir_reports_and_skips_the_plots(trained, workdir,
+                                                                    monkeypatch):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  def read_only(self, data):
+    raise OSError(errno.EROFS, 'Read-only file system')
+
+  monkeypatch.setattr(type(epath.Path(workdir)), 'write_bytes', read_only)
+  report = _evaluate(workdir)
+  assert report['test_accuracy'] == trained['result']['history'][-1]['test_accuracy']
+  assert report['plots'] == {}
+  assert report['warnings'] == [
+      f'warning: cannot write the plots into {workdir / "plots"} (Read-only file system); skipped '
+      'them (make it writable or free disk space to get them).']
+  assert 'test accuracy' in evaluation.format_report(report)
+
+
+def test_workdir_that_is_a_file_is_one_line_and_exit_2(tmp_path):
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset())
+  (tmp_path / 'run').write_text('not a folder')
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'train.py'),
+       f'--config={os.path.join(REPO, "configs", "default.py")}', '--config.num_epochs=1',
+       f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={tmp_path / "run"}',
+       '--jax_cache_dir='], capture_output=True, text=True, timeout=180, cwd=REPO)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr == (f'error: {tmp_path / "run"} is a file, not a folder; give a folder as '
+                           '--workdir (a new one, or that of the run to resume).\n')
+  assert (tmp_path / 'run').read_text() == 'not a folder'

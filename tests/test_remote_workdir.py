@@ -165,3 +165,34 @@ def test_a_sweep_on_gs_writes_its_trials_and_skips_them_when_rerun(storage, tmp_
   assert again.returncode == 0, again.stderr[-3000:]
   assert [json.loads(line) for line in _read(url, 'sweeps/lr/results.jsonl').splitlines()] == (
       results)
+
+
+LOCK_ON_GS = '''
+import json, sys
+import fsspec
+from mlp_mnist.records import locks
+workdir = sys.argv[1]
+lock = locks.Lock(workdir).acquire()
+print('second:', json.dumps(locks.Lock(workdir).try_acquire()))
+lock.release()
+fs, key = fsspec.core.url_to_fs(workdir + '/' + locks.LOCK_FILE)
+print('released:', not fs.exists(key))
+fs.pipe_file(key, json.dumps({'host': 'elsewhere', 'pid': 1, 'heartbeat_unix': 0}).encode())
+warnings = []
+locks.Lock(workdir).acquire(warnings.append).release()
+print('taken over:', warnings)
+'''
+
+
+def test_a_lock_on_gs_is_an_object_created_only_if_absent(storage):
+  """A second taker is refused and learns the holder; released, the object is gone; another
+  host's lock whose heartbeat stopped is taken over with a warning."""
+  _, env, _ = storage
+  result = subprocess.run([sys.executable, '-c', LOCK_ON_GS, f'gs://{BUCKET}/locked'],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  second, released, taken_over = result.stdout.splitlines()
+  holder = json.loads(second[len('second: '):])
+  assert holder['host'] == socket.gethostname() and holder['pid'] != os.getpid()
+  assert released == 'released: True'
+  assert 'taking over the lock on gs://' in taken_over and 'host elsewhere, pid 1' in taken_over

@@ -6,6 +6,7 @@ sizes and modification times when `config.data.local_dir` is given (`mnist-3.0.1
 `mnist-3.0.1-dir1a2b...-idx3c4d....npz`). A file that cannot be read is rebuilt, with a warning.
 """
 
+import contextlib
 import hashlib
 import os
 import re
@@ -62,14 +63,28 @@ def read(path: str) -> dataset_lib.Dataset | None:
       class_names=tuple(str(n) for n in meta.get('class_names', ())))
 
 
-def write(path: str, dataset: dataset_lib.Dataset) -> None:
-  """Writes the cache file whole (a temporary file renamed into place)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+def write(path: str, dataset: dataset_lib.Dataset) -> bool:
+  """Writes the cache file whole (a temporary file renamed into place); returns whether it did.
+
+  A cache directory that cannot be written (read-only or full; HOME included) is a one-line
+  warning: the run goes on without the cache, and no partial file is left.
+  """
   tmp = f'{path}.tmp{os.getpid()}.npz'
   arrays = {f'{s}_{k}': a for s in dataset_lib.SPLITS for k, a in zip(_ARRAYS, dataset[s])}
-  np.savez(tmp, **arrays, num_classes=np.int64(dataset.num_classes), name=np.str_(dataset.name),
-           class_names=np.asarray(dataset.class_names, dtype=np.str_))
-  os.replace(tmp, path)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(tmp, **arrays, num_classes=np.int64(dataset.num_classes),
+             name=np.str_(dataset.name), class_names=np.asarray(dataset.class_names, dtype=np.str_))
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    reason = e.strerror or str(e) or type(e).__name__
+    print(f'warning: cannot write the dataset cache {path} ({reason}); training goes on without '
+          'it (free disk space or set --config.data.cache_dir to a writable folder to keep one, '
+          'or --config.data.use_cache=False to silence this).', file=sys.stderr)
+    return False
+  return True
 
 
 def _warn(path: str, reason: str) -> None:

@@ -87,7 +87,10 @@ def write_dataset_info(workdir: str, info: dict) -> None:
 def read_dataset_info(workdir: str) -> dict | None:
   """The run's `dataset.json` as a dict, or None for runs written before it existed."""
   path = epath.Path(workdir) / DATASET_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  return read_json(path, 'delete it (the next training run rewrites it from the data), or pass '
+                   '--restart to start over')
 
 
 def read_metrics(workdir: str) -> list[dict]:

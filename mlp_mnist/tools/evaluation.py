@@ -52,10 +52,47 @@ def load_run(workdir: str, step: int | str | None = None,
   best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
   checkpoints = checkpointing.Checkpointer(workdir, read_only=True, best=best)
   try:
-    state, step, run = checkpoints.restore(target, step)
+    state, step, run = restore_checked(checkpoints, target, step)
   finally:
     checkpoints.close()
   return config, state, step, {**run, 'dataset': info}
+
+
+def restore_checked(checkpoints: checkpointing.Checkpointer, target, step: int | str | None):
+  """`checkpoints.restore`, its failures sorted as training's restore sorts them (a mismatch with
+  `config.json`, a storage error, damage) into one-line CheckpointErrors; nothing is moved."""
+  available = checkpoints.steps()
+  resolved = {None: available[-1] if available else None,
+              'best': checkpoints.best_step()}.get(step, step)
+  retrain = ('evaluate another --step (the workdir has steps '
+             f'{", ".join(map(str, available))}), or rerun the training command on this workdir, '
+             'which sets a damaged checkpoint aside and resumes from the previous one')
+  if resolved in available:
+    try:
+      differences = checkpoints.differences(target, resolved)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _restore_error(checkpoints, resolved, e, retrain) from e
+    if differences:
+      raise checkpointing.CheckpointError(
+          f'checkpoint {resolved} in {checkpoints.directory} does not match the run\'s '
+          f'config.json or this code ({"; ".join(differences[:3])}): put back the config.json '
+          'the run was trained with, or use the version of the code that wrote it.')
+  try:
+    return checkpoints.restore(target, step)
+  except checkpointing.CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise _restore_error(checkpoints, resolved, e, retrain) from e
+
+
+def _restore_error(checkpoints, step, error: Exception, retrain: str):
+  reason = ' '.join(f'{type(error).__name__}: {error}'.split())[:200]
+  if checkpointing.is_storage_error(error):
+    return checkpointing.CheckpointError(
+        f'cannot read checkpoint {step} in {checkpoints.directory} ({reason}); free disk space, '
+        'fix the permissions or wait for the storage to come back, then rerun.')
+  return checkpointing.CheckpointError(
+      f'checkpoint {step} in {checkpoints.directory} is damaged ({reason}); {retrain}.')
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -131,15 +168,19 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
   reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
   plots_dir = epath.Path(plots_dir or epath.Path(workdir) / workdirs.PLOTS_DIR)
   title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
-  paths = {
-      'confusion_matrix': plots.save_confusion_matrix(
-          matrix, str(plots_dir / 'confusion_matrix.png'), title, info['class_names']),
-      'misclassified': plots.save_misclassified(
-          images[mistakes], labels[mistakes], predictions[mistakes],
-          probabilities[mistakes, predictions[mistakes]], str(plots_dir / 'misclassified.png'),
-          f'{title}\nmost confident of {len(np.flatnonzero(predictions != labels))} mistakes',
-          info['class_names']),
-  }
+  paths, warnings = {}, []
+  try:
+    paths['confusion_matrix'] = plots.save_confusion_matrix(
+        matrix, str(plots_dir / 'confusion_matrix.png'), title, info['class_names'])
+    paths['misclassified'] = plots.save_misclassified(
+        images[mistakes], labels[mistakes], predictions[mistakes],
+        probabilities[mistakes, predictions[mistakes]], str(plots_dir / 'misclassified.png'),
+        f'{title}\nmost confident of {len(np.flatnonzero(predictions != labels))} mistakes',
+        info['class_names'])
+  except OSError as e:  # A read-only or full workdir: the metrics are still worth printing.
+    warnings.append(f'warning: cannot write the plots into {plots_dir} '
+                    f'({e.strerror or type(e).__name__}); skipped them (make it writable or '
+                    'free disk space to get them).')
   return {
       'workdir': str(workdir),
       'step': step,
@@ -151,6 +192,7 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
       'confusion_matrix': matrix.tolist(),
       'training_reported': run_files.without_timing(reported) if reported else None,
       'plots': paths,
+      'warnings': warnings,
   }
 
 
