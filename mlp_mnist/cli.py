@@ -125,4 +125,31 @@ def run_training(config, workdir: str, restart: bool = False) -> None:
   from mlp_mnist import train  # pylint: disable=g-import-not-at-top
   from mlp_mnist.records import locks  # pylint: disable=g-import-not-at-top
   with exit_on_user_error(), locks.held(workdir, 'run'):
-    train.train_and_evaluate(config, workdir, restart=restart)
+    try:
+      train.train_and_evaluate(config, workdir, restart=restart)
+    except (RuntimeError, MemoryError) as e:
+      if not is_out_of_memory(e):
+        raise
+      raise out_of_memory_error(e, config) from None
+
+
+# How XLA and the host say an allocation failed (at compile time or at the first call).
+_OUT_OF_MEMORY = re.compile(r'RESOURCE_EXHAUSTED|[Oo]ut of memory|OOM when allocating|'
+                            r'Failed to allocate|[Aa]llocation .* failed')
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """Whether `error` (JAX's JaxRuntimeError, a host MemoryError) is a failed allocation."""
+  return isinstance(error, MemoryError) or bool(_OUT_OF_MEMORY.search(str(error)))
+
+
+def out_of_memory_error(error: BaseException, config) -> errors.UserError:
+  """The one line for a run that does not fit in memory: what to lower, from the config."""
+  reason = ' '.join(f'{type(error).__name__}: {error}'.split())[:200]
+  model = config.model
+  width = (f'model.hidden_sizes={tuple(model.hidden_sizes)}' if model.name == 'mlp'
+           else f'the widths in config.model.{model.name}')
+  return errors.UserError(
+      f'the run does not fit in memory ({reason}); lower batch_size (now {config.batch_size}), '
+      f'eval_batch_size (now {config.eval_batch_size}) or the width ({width}), then rerun: a '
+      'workdir without a checkpoint yet takes the new config without --restart.')

@@ -65,7 +65,7 @@ LATER_KEYS = {
 
 # dotted key -> (accepted types, check, what a valid value is)
 SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
-    'seed': ((int,), _non_negative, 'a non-negative integer'),
+    'seed': ((int,), lambda v: 0 <= v < 2**32, 'an integer in [0, 2**32) (JAX seeds are uint32)'),
     'batch_size': ((int,), _positive, 'a positive integer'),
     'num_epochs': ((int,), _positive, 'a positive integer'),
     'eval_batch_size': ((int,), _positive, 'a positive integer'),

@@ -502,3 +502,56 @@ def test_workdir_that_is_a_file_is_one_line_and_exit_2(tmp_path):
   assert result.stderr == (f'error: {tmp_path / "run"} is a file, not a folder; give a folder as '
                            '--workdir (a new one, or that of the run to resume).\n')
   assert (tmp_path / 'run').read_text() == 'not a folder'
+
+
+@pytest.mark.parametrize('where', ['compile', 'first call'])
+def test_a_run_that_does_not_fit_in_memory_is_one_line_and_the_fixed_rerun_needs_no_restart(
+    tmp_path, monkeypatch, capsys, where):
+  """XLA's RESOURCE_EXHAUSTED at compile time or at the first call of the train step."""
+  from mlp_mnist import cli  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.devices import compilation  # pylint: disable=g-import-not-at-top
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset())
+  config = _config(**{'data.cache_dir': str(tmp_path / 'cache'), 'batch_size': 64})
+  exhausted = jax.errors.JaxRuntimeError(
+      'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 bytes.')
+
+  def out_of_memory(*args, **kwargs):
+    raise exhausted
+
+  if where == 'compile':
+    monkeypatch.setattr(compilation, 'compile_program', out_of_memory)
+  else:
+    monkeypatch.setattr(train.Trainer, 'train_steps', out_of_memory)
+  with pytest.raises(SystemExit) as exit_status:
+    cli.run_training(config, str(tmp_path / 'run'))
+  assert exit_status.value.code == 2
+  assert capsys.readouterr().err == (
+      'error: the run does not fit in memory (JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory '
+      'while trying to allocate 68719476736 bytes.); lower batch_size (now 64), eval_batch_size '
+      '(now 50) or the width (model.hidden_sizes=(16,)), then rerun: a workdir without a '
+      'checkpoint yet takes the new config without --restart.\n')
+  assert (tmp_path / 'run' / 'config.json').exists()  # Written before the failure.
+  monkeypatch.undo()
+  config.batch_size = 32
+  cli.run_training(config, str(tmp_path / 'run'))  # No --restart.
+  assert run_files.read_config(str(tmp_path / 'run'))['batch_size'] == 32
+  assert _steps(tmp_path / 'run') == STEPS
+
+
+def test_a_seed_too_large_for_uint32_is_a_one_line_config_error():
+  config_checks.validate_config(_config(seed=2**32 - 1))
+  with pytest.raises(config_checks.ConfigError) as error:
+    config_checks.validate_config(_config(seed=2**32))
+  assert _one_line(error) == ('config.seed=4294967296 is invalid: it must be an integer in '
+                              '[0, 2**32) (JAX seeds are uint32).')
+
+
+def test_an_npz_image_dimension_of_zero_is_one_line(tmp_path):
+  path = tmp_path / 'zero.npz'
+  np.savez(path, x_train=np.zeros((4, 28, 0), np.uint8), y_train=np.arange(4) % 2,
+           x_test=np.zeros((2, 28, 0), np.uint8), y_test=np.arange(2))
+  with pytest.raises(data.DataError) as error:
+    data.load_dataset(_config(**{'data.npz_path': str(path)}).data)
+  assert _one_line(error).endswith('x_train has shape (4, 28, 0), an image dimension of zero; '
+                                   'every image needs a height, a width (and channels) of at '
+                                   'least 1.')

@@ -1,4 +1,4 @@
-"""Workdir ownership: one process per workdir, one worker per sweep trial, --restart checks first."""
+"""Workdir ownership: one process per workdir, one worker per trial, --restart checks first."""
 
 import json
 import os

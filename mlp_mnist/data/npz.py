@@ -89,6 +89,9 @@ def _split(shown: str, arrays: dict, split: str) -> dataset_lib.Split:
                     '[N, H, W, C].')
   if len(images) == 0:
     raise DataError(f'{shown}: x_{split} is empty; the {split} split needs examples.')
+  if 0 in images.shape[1:]:
+    raise DataError(f'{shown}: x_{split} has shape {images.shape}, an image dimension of zero; '
+                    'every image needs a height, a width (and channels) of at least 1.')
   if labels.ndim != 1:
     raise DataError(f'{shown}: y_{split} has shape {labels.shape}; labels must be one integer '
                     'per image, [N] (not one-hot).')
