@@ -555,3 +555,23 @@ def test_an_npz_image_dimension_of_zero_is_one_line(tmp_path):
   assert _one_line(error).endswith('x_train has shape (4, 28, 0), an image dimension of zero; '
                                    'every image needs a height, a width (and channels) of at '
                                    'least 1.')
+
+
+@pytest.mark.parametrize('how', ['truncate', 'garble', 'delete'])
+def test_a_damaged_tfds_data_directory_is_one_line(tmp_path, how):
+  """A tfrecord of a prepared TFDS dataset truncated, garbled or missing."""
+  from test_data import _write_idx_dir  # pylint: disable=g-import-not-at-top
+  _write_idx_dir(tmp_path / 'idx', synthetic_dataset(num_train=40, num_test=12, seed=3))
+  data_config = _config(**{'data.data_dir': str(tmp_path / 'tfds'), 'data.use_cache': False,
+                           'data.local_dir': str(tmp_path / 'idx')}).data
+  data.load_dataset(data_config)  # Prepares the TFDS data directory from the IDX files.
+  (record,) = (tmp_path / 'tfds').rglob('mnist-train.tfrecord-*')
+  if how == 'delete':
+    record.unlink()
+  else:
+    _damage(record, how)
+  with pytest.raises(data.DataError) as error:
+    data.load_dataset(data_config)
+  message = _one_line(error)
+  assert message.startswith(f'the TFDS data of mnist/3.0.1 in {record.parent} is damaged (')
+  assert 'delete that folder and prepare it again' in message

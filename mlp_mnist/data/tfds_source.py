@@ -7,6 +7,7 @@ TensorFlow, TFDS' engine, is imported only here and only when a dataset is read 
 
 import concurrent.futures
 import os
+import re
 import socket
 import urllib.parse
 
@@ -115,8 +116,18 @@ def features(tfds_builder) -> tuple[tuple[int, ...], int, tuple[str, ...]]:
 
 def read(tfds, tfds_builder, split: str, image_shape: tuple[int, ...]) -> dataset_lib.Split:
   """One split as uint8 images of `image_shape` and int32 labels, in the builder's order."""
-  # Fixed-size batches, not batch_size=-1: the latter aborts TensorFlow under tfds' mock_data.
-  batches = list(tfds.as_numpy(tfds_builder.as_dataset(split=split, batch_size=_READ_BATCH)))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded already, by tfds)
+  try:
+    # Fixed-size batches, not batch_size=-1: the latter aborts TensorFlow under tfds' mock_data.
+    batches = list(tfds.as_numpy(tfds_builder.as_dataset(split=split, batch_size=_READ_BATCH)))
+  except tf.errors.OpError as e:  # A missing, truncated or garbled tfrecord file.
+    # TensorFlow wraps the reason in the op's name: '{{function_node ...}} reason [Op:...]'.
+    reason = re.sub(r'\{\{.*?\}\}|\[Op:.*', '', e.message or str(e))
+    reason = ' '.join(f'{type(e).__name__}: {reason}'.split())[:300]
+    raise DataError(f'the TFDS data of {tfds_builder.info.full_name} in {tfds_builder.data_dir} '
+                    f'is damaged ({reason}); delete that folder and prepare it again (download '
+                    'it, or pass --config.data.local_dir=DIR with the IDX files), or point '
+                    '--config.data.data_dir at a good copy.') from None
   images = np.concatenate([b['image'] for b in batches]).astype(np.uint8)
   labels = np.concatenate([b['label'] for b in batches]).astype(np.int32)
   return images.reshape((len(images),) + image_shape), labels
