@@ -1,6 +1,7 @@
 """What the scripts share: turning known failures into one clear line and an exit status."""
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -96,7 +97,26 @@ def parse_flags(argv: list[str]) -> list[str]:
   # absl would raise the default to INFO after parsing; orbax logs every checkpoint at INFO.
   if flags.FLAGS['verbosity'].using_default_value:
     flags.FLAGS.verbosity = -1  # WARNING; --verbosity=0 shows INFO.
+  for logger in ('absl', 'asyncio'):
+    logging.getLogger(logger).addFilter(drop_storage_tracebacks_of_checkpoint_threads)
   return argv
+
+
+def drop_storage_tracebacks_of_checkpoint_threads(record: logging.LogRecord) -> bool:
+  """A `logging` filter: False for orbax's logs of a storage error (a full disk) in its save
+  threads and their asyncio tasks, with their tracebacks.
+
+  orbax logs the error on each of its threads (`logging.exception`), asyncio each of its write
+  tasks ('Task exception was never retrieved'): about 110 lines. The same exception reaches the
+  caller, where the checkpoint's save or wait turns it into a one-line CheckpointError. Other
+  errors of those threads, bugs included, are still logged.
+  """
+  orbax = f'{os.sep}orbax{os.sep}'
+  if not (record.exc_info and (orbax in record.pathname or orbax in str(record.msg)
+                               or any(orbax in str(a) for a in record.args or ()))):
+    return True
+  from mlp_mnist.records import checkpointing  # pylint: disable=g-import-not-at-top
+  return not checkpointing.is_storage_error(record.exc_info[1])
 
 
 def default_workdir() -> str:
@@ -127,6 +147,8 @@ def run_training(config, workdir: str, restart: bool = False) -> None:
   with exit_on_user_error(), locks.held(workdir, 'run'):
     try:
       train.train_and_evaluate(config, workdir, restart=restart)
+    except errors.UserError:
+      raise
     except (RuntimeError, MemoryError) as e:
       if not is_out_of_memory(e):
         raise
@@ -139,8 +161,12 @@ _OUT_OF_MEMORY = re.compile(r'RESOURCE_EXHAUSTED|[Oo]ut of memory|OOM when alloc
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-  """Whether `error` (JAX's JaxRuntimeError, a host MemoryError) is a failed allocation."""
-  return isinstance(error, MemoryError) or bool(_OUT_OF_MEMORY.search(str(error)))
+  """Whether `error` (JAX's JaxRuntimeError, a host MemoryError) is a failed allocation, not a
+  full disk (tensorstore reports that as RESOURCE_EXHAUSTED too)."""
+  if isinstance(error, MemoryError):
+    return True
+  text = str(error)
+  return bool(_OUT_OF_MEMORY.search(text)) and 'No space left' not in text
 
 
 def out_of_memory_error(error: BaseException, config) -> errors.UserError:

@@ -575,3 +575,31 @@ def test_a_damaged_tfds_data_directory_is_one_line(tmp_path, how):
   message = _one_line(error)
   assert message.startswith(f'the TFDS data of mnist/3.0.1 in {record.parent} is damaged (')
   assert 'delete that folder and prepare it again' in message
+
+
+def test_full_disk_in_orbax_save_threads_is_one_line_without_their_tracebacks(tmp_path):
+  """tensorstore fails to write the arrays inside orbax's save threads (as on a full disk): orbax
+  logs it on each thread and asyncio on each write task; the script prints only the one line."""
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset())
+  code = ('import runpy, sys\n'
+          'import tensorstore\n'
+          'original = tensorstore.open\n'
+          'def full(spec, *args, **kwargs):\n'
+          '  if "orbax-checkpoint-tmp" in str(spec):\n'
+          '    raise ValueError("RESOURCE_EXHAUSTED: Error writing \\"step/0\\" in OCDBT database: '
+          'Failed to write 95920 bytes to file 17: No space left on device")\n'
+          '  return original(spec, *args, **kwargs)\n'
+          'tensorstore.open = full\n'
+          'sys.argv = sys.argv[1:]\n'
+          'runpy.run_path(sys.argv[0], run_name="__main__")\n')
+  result = subprocess.run(
+      [sys.executable, '-c', code, os.path.join(REPO, 'scripts', 'train.py'),
+       f'--config={os.path.join(REPO, "configs", "default.py")}', '--config.num_epochs=1',
+       f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={tmp_path / "run"}',
+       '--config.model.hidden_sizes=(16,)', '--jax_cache_dir='],
+      capture_output=True, text=True, timeout=180, cwd=REPO,
+      env={**os.environ, 'PYTHONPATH': REPO})
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.startswith(f'error: cannot save checkpoint 8 in {tmp_path / "run"}'), (
+      result.stderr)
+  assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr, result.stderr
