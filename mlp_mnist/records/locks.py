@@ -10,7 +10,6 @@ taken over with a warning.
 
 import contextlib
 import datetime
-import errno
 import json
 import os
 import socket
@@ -156,6 +155,7 @@ class Lock:
     self._content: dict[str, Any] | None = None
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
+    self._created_directory = False
 
   def try_acquire(self, warn: Callable[[str], Any] = print) -> dict | None:
     """Takes the lock (taking over a stale one, with a warning); returns None when taken, else the
@@ -164,6 +164,7 @@ class Lock:
     if directory.exists() and not directory.is_dir():
       raise run_files.WorkdirError(f'{self.directory} is a file, not a folder; give a folder as '
                                    '--workdir (a new one, or that of the run to resume).')
+    self._created_directory = not self._storage.remote and not directory.exists()
     start = time.time()
     self._content = {'host': socket.gethostname(), 'pid': os.getpid(), 'start_time': _now(),
                      'heartbeat_unix': start}
@@ -225,11 +226,10 @@ class Lock:
     self._thread = None
     holder = self._storage.read()
     if holder and holder.get('pid') == os.getpid() and holder.get('host') == socket.gethostname():
-      try:
-        self._storage.delete()
-      except OSError as e:
-        if e.errno not in (errno.ENOENT,):
-          raise
+      self._storage.delete()
+    if self._created_directory:  # A run that stopped before writing anything leaves no folder.
+      with contextlib.suppress(OSError):  # Not empty: the run's records stay.
+        os.rmdir(self.directory)
 
   def __enter__(self) -> 'Lock':
     return self.acquire()
