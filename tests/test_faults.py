@@ -428,15 +428,19 @@ def test_unwritable_or_full_cache_warns_once_and_trains_without_it(tmp_path, mon
   assert any(line.startswith('Final test accuracy') for line in lines)
 
 
-def test_damaged_dataset_json_is_one_line_naming_it(workdir):
+@pytest.mark.parametrize('how', ['truncate', 'garble', 'empty object'])
+def test_damaged_dataset_json_is_one_line_naming_it(workdir, how):
   path = workdir / run_files.DATASET_FILE
-  _damage(path, 'truncate')
+  if how == 'empty object':
+    path.write_text('{}')
+  else:
+    _damage(path, how)
   before = _snapshot(workdir)
   for action in (lambda: _run(_config(), workdir), lambda: _evaluate(workdir)):
     with pytest.raises(workdirs.WorkdirError) as error:
       action()
     message = _one_line(error)
-    assert message.startswith(f'{path} is damaged (JSONDecodeError') and 'delete it' in message
+    assert message.startswith(f'{path} is damaged (') and 'delete it' in message
   assert _snapshot(workdir) == before
 
 

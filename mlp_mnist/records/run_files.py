@@ -89,8 +89,13 @@ def read_dataset_info(workdir: str) -> dict | None:
   path = epath.Path(workdir) / DATASET_FILE
   if not path.exists():
     return None
-  return read_json(path, 'delete it (the next training run rewrites it from the data), or pass '
-                   '--restart to start over')
+  remedy = ('delete it (the next training run rewrites it from the data), or pass --restart to '
+            'start over')
+  info = read_json(path, remedy)
+  if not (isinstance(info, dict) and isinstance(info.get('image_shape'), list)
+          and isinstance(info.get('num_classes'), int)):
+    raise WorkdirError(f'{path} is damaged (no image_shape and num_classes); {remedy}.')
+  return info
 
 
 def read_metrics(workdir: str) -> list[dict]:
