@@ -162,3 +162,31 @@ def test_two_identical_sweeps_on_one_workdir_never_train_a_trial_twice(tmp_path)
     assert not (trial / folder / locks.LOCK_FILE).exists()
   trained = sum(int(n) for out in outputs for n in re.findall(r'finished: (\d+) done', out))
   assert trained == 4, outputs
+
+
+def test_a_sweep_skips_a_trial_a_live_worker_holds_and_takes_over_a_dead_workers(tmp_path,
+                                                                                config):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import results  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import sweep_files  # pylint: disable=g-import-not-at-top
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  config.num_epochs = 1
+  config.model.hidden_sizes = (16,)
+  workdir = str(tmp_path / 'run')
+  live, dead = (results.trial_dir(workdir, t.name)
+                for t in sweep_files.sweep_trials(config, str(sweep_path)))
+  _write_lock(live, pid=os.getppid())  # Another process on this host, alive.
+  _write_lock(dead, pid=_dead_pid())
+  lines = []
+  runner.run_sweep(config, str(sweep_path), workdir, devices=jax.devices()[:1],
+                   dataset=synthetic_dataset(num_train=64, num_test=20), log=lines.append)
+  assert results.read_status(live) is None and not os.path.exists(
+      os.path.join(live, 'metrics.jsonl'))
+  assert results.read_status(dead) == results.DONE
+  assert any(line.startswith(f'{live} is being trained by another worker (host ') and
+             f'pid {os.getppid()}' in line and line.endswith('skipped here.') for line in lines)
+  assert any(line.startswith(f'warning: taking over the lock on {dead}') for line in lines)
+  assert os.path.exists(os.path.join(live, locks.LOCK_FILE))  # The live worker's, untouched.
+  assert not os.path.exists(os.path.join(dead, locks.LOCK_FILE))
