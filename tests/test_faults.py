@@ -506,6 +506,13 @@ def test_workdir_that_is_a_file_is_one_line_and_exit_2(tmp_path):
   assert result.stderr == (f'error: {tmp_path / "run"} is a file, not a folder; give a folder as '
                            '--workdir (a new one, or that of the run to resume).\n')
   assert (tmp_path / 'run').read_text() == 'not a folder'
+  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  with pytest.raises(workdirs.WorkdirError) as error:
+    runner.run_sweep(_config(), str(sweep_path), str(tmp_path / 'run'),
+                     dataset=synthetic_dataset(), log=lambda _: None)
+  assert _one_line(error).startswith(f'{tmp_path / "run"} is a file, not a folder')
 
 
 @pytest.mark.parametrize('where', ['compile', 'first call'])

@@ -43,6 +43,14 @@ def describe(holder: dict) -> str:
           f'started {holder.get("start_time", "?")}')
 
 
+def check_folder(workdir: str) -> None:
+  """Refuses a `--workdir` that is a file, in one line."""
+  path = epath.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise run_files.WorkdirError(f'{workdir} is a file, not a folder; give a folder as --workdir '
+                                 '(a new one, or that of the run to resume).')
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -160,11 +168,8 @@ class Lock:
   def try_acquire(self, warn: Callable[[str], Any] = print) -> dict | None:
     """Takes the lock (taking over a stale one, with a warning); returns None when taken, else the
     live holder's content."""
-    directory = epath.Path(self.directory)
-    if directory.exists() and not directory.is_dir():
-      raise run_files.WorkdirError(f'{self.directory} is a file, not a folder; give a folder as '
-                                   '--workdir (a new one, or that of the run to resume).')
-    self._created_directory = not self._storage.remote and not directory.exists()
+    check_folder(self.directory)
+    self._created_directory = not self._storage.remote and not epath.Path(self.directory).exists()
     start = time.time()
     self._content = {'host': socket.gethostname(), 'pid': os.getpid(), 'start_time': _now(),
                      'heartbeat_unix': start}

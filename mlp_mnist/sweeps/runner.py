@@ -60,6 +60,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   `command` (how the sweep was started) go into the report. Returns the results table (one row
   per trial of the sweep, in trial order, all workers' trials included).
   """
+  locks.check_folder(workdir)
   trials = sweep_files.sweep_trials(config, sweep_path)
   keys = sweep_files.swept_keys([t.overrides for t in trials])
   replicate_keys = sweep_files.replicate_keys(config, sweep_path)
