@@ -16,13 +16,16 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # Your own modules or .py files, imported before the config is checked: they register models,
+  # losses, optimizers and augmentations by name (docs/extending.md).
+  config.imports = ()
   config.seed = 0
   config.batch_size = 32
   config.num_epochs = 5
   config.eval_batch_size = 1000
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'mlp'  # A name in mlp_mnist/models MODELS: 'mlp' or 'cnn'.
+  config.model.name = 'mlp'  # A registered model: 'mlp', 'cnn' or yours (config.imports).
   config.model.dropout_rate = 0.0  # Every model's (a value in the train state).
   # The MLP's keys.
   config.model.hidden_sizes = (128,)
@@ -34,7 +37,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.cnn.dense_width = 128  # 0: no hidden dense layer.
   config.model.cnn.activation = 'relu'
 
+  # The float type of the model's computation ('float32', 'bfloat16'); parameters, optimizer
+  # state and the loss stay float32.
+  config.compute_dtype = 'float32'
+
+  # The training loss (mlp_mnist/losses.py): 'cross_entropy', 'label_smoothing' (its key
+  # loss.label_smoothing.smoothing), 'l2' (loss.l2.weight), or yours. Evaluation reports plain
+  # cross-entropy whatever it is.
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'cross_entropy'
+
+  # Training-only augmentation on the device (mlp_mnist/augmentations.py): 'none',
+  # 'random_shift' (augment.random_shift.max_shift pixels), 'random_flip', or yours.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.name = 'none'
+
   config.optimizer = ml_collections.ConfigDict()
+  # 'adam', 'adamw', 'sgd', 'rmsprop', or 'optax': any optax optimizer by name
+  # (optimizer.optax.name = 'lion', optimizer.optax.kwargs = {'b1': 0.9}).
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-3
   config.optimizer.b1 = 0.9

@@ -49,8 +49,7 @@ def _flat_json(config) -> dict[str, Any]:
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Keys that affect results and differ between a saved config and `config`, as 'key: a -> b'."""
-  saved = {**config_checks.LATER_KEYS, **_flat_json(saved)}
-  requested = _flat_json(config)
+  saved, requested = config_checks.comparable_config(saved), config_checks.comparable_config(config)
   missing = '(absent)'
   return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
           for key in sorted(set(saved) | set(requested))
