@@ -64,11 +64,12 @@ class Registry:
                schema: Schema | None = None, per_trial: Sequence[str] = (),
                check: Callable[[Any], str | None] | None = None):
     """Decorator registering `build` under `name`; registering a name again replaces it only
-    from the same module (a file imported twice), else it is an error."""
+    with the same function (a file imported twice, or its copy), else it is an error."""
 
     def decorator(build):
       old = self._components.get(name)
-      if old is not None and _origin(old.build) != _origin(build):
+      if old is not None and _origin(old.build) != _origin(build) and not _same_code(
+          old.build, build):
         raise ValueError(f'{self.kind} {name!r} is already registered (by {_origin(old.build)}); '
                          'choose another name.')
       missing = set(defaults or {}) ^ set(schema or {})
@@ -105,6 +106,13 @@ def _origin(build) -> str:
   return f'{getattr(build, "__module__", "?")}.{getattr(build, "__qualname__", "?")}'
 
 
+def _same_code(a, b) -> bool:
+  """Whether two builders are the same function (a file and its copy imported in one process)."""
+  code = lambda f: getattr(getattr(f, '__code__', None), 'co_code', None)
+  return getattr(a, '__qualname__', None) == getattr(b, '__qualname__', None) and (
+      code(a) is not None and code(a) == code(b))
+
+
 _IMPORTED_FILES: dict[str, Any] = {}  # absolute path -> module, so a file runs once per process.
 
 
@@ -116,7 +124,7 @@ def import_user_code(imports: Sequence[str]) -> None:
   for entry in imports:
     try:
       if entry.endswith('.py'):
-        _import_file(entry)
+        import_file(entry)
       else:
         importlib.import_module(entry)
     except errors.UserError:
@@ -127,7 +135,8 @@ def import_user_code(imports: Sequence[str]) -> None:
                               f'{type(e).__name__}: {first_line}') from None
 
 
-def _import_file(path: str):
+def import_file(path: str):
+  """The module a `.py` file defines, run once per process (by absolute path)."""
   path = os.path.abspath(os.path.expanduser(path))
   if path in _IMPORTED_FILES:
     return _IMPORTED_FILES[path]
@@ -146,8 +155,3 @@ def _import_file(path: str):
   _IMPORTED_FILES[path] = module
   return module
 
-
-def file_sha256(path: str) -> str:
-  """The SHA-256 of a file's bytes, as recorded with a run."""
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()

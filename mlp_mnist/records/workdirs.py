@@ -120,6 +120,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config.model.hidden_sizes = tuple(config.model.hidden_sizes)  # JSON has lists.
   config.model.cnn.features = tuple(config.model.cnn.features)
   config.hooks = tuple(config.hooks)
+  config.imports = provenance.available_imports(workdir, config.imports)
   config_checks.validate_config(config)
   return config
 
@@ -148,7 +149,8 @@ class RunRecorder:
     run_files.write_config(self.workdir, config)
     if dataset_info is not None:
       run_files.write_dataset_info(self.workdir, dataset_info)
-    provenance.append(self.workdir, provenance.collect(devices, resumed_step), warn=log)
+    provenance.append(self.workdir, provenance.collect(
+        devices, resumed_step, provenance.keep_imports(self.workdir, config.imports)), warn=log)
     run_files.write_metrics(self.workdir, self._history)
     self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,
                                                          purge_step=(resumed_step or 0) + 1)
