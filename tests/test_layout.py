@@ -14,8 +14,8 @@ PACKAGE = os.path.join(REPO, 'mlp_mnist')
 # Bottom to top. A module may import its own unit (package or module) and any lower layer; units
 # of one layer never import each other.
 LAYERS = (
-    ('errors', 'config_files'),
-    ('registry',),
+    ('errors', 'configs'),
+    ('config_files', 'registry'),
     ('models', 'optimizers', 'losses', 'augmentations', 'data', 'devices', 'epochs',
      'early_stopping', 'hooks'),
     ('config_checks',),
@@ -175,8 +175,11 @@ def test_a_regular_install_runs_every_tool_from_any_directory(installed):
   sweep_file = root / 'two.py'
   sweep_file.write_text("def get_sweep(hyper):\n"
                         "  return hyper.sweep('optimizer.learning_rate', [1e-3, 2e-3])\n")
-  out = _run(installed, os.path.join(scripts, 'sweep.py'),
-             f'--config={os.path.join(REPO, "configs", "default.py")}', *common,
+  # A config file outside the checkout builds on the shipped default by name.
+  (root / 'mine.py').write_text('from mlp_mnist import config_files\n\n\ndef get_config():\n'
+                                "  config = config_files.shipped_config('default')\n"
+                                '  config.model.hidden_sizes = (32,)\n  return config\n')
+  out = _run(installed, os.path.join(scripts, 'sweep.py'), f'--config={root / "mine.py"}', *common,
              f'--sweep={sweep_file}', f'--workdir={root / "sweep"}', '--cpu_devices=1')
   assert (root / 'sweep' / 'results.csv').exists(), out
   assert (root / 'sweep' / 'report.html').exists(), out
