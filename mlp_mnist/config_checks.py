@@ -198,6 +198,14 @@ def fill_defaults(config: ml_collections.ConfigDict) -> None:
           parent[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
 
 
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` after importing its `imports` and filling in its selected components' defaults: what
+  a config file returns so that `--config.<section>.<name>.<key>=...` overrides find the keys."""
+  registry.import_user_code(config.get('imports', ()))
+  fill_defaults(config)
+  return config
+
+
 def per_trial_keys(config: ml_collections.ConfigDict) -> set[str]:
   """The dotted keys whose values reach the steps as arrays in the train state, for `config`'s
   selected components: trials that differ only in them share one compiled program."""
