@@ -391,3 +391,24 @@ def test_in_memory_runs_refuse_to_evaluate_without_their_data(config, tmp_path):
   with pytest.raises(data.DataError, match='was trained on arrays given in memory') as raised:
     evaluation.evaluate_run(str(tmp_path / 'run'), devices=jax.devices()[:1])
   assert '\n' not in str(raised.value)
+
+
+def test_evaluate_script_refuses_an_in_memory_run_unless_given_its_data(config, tmp_path):
+  config = _small(config)
+  config.num_epochs = 1
+  dataset = synthetic_dataset(num_train=64, num_test=30)
+  result = _run(config, dataset, workdir=tmp_path / 'run')
+  np.savez(tmp_path / 'mine.npz', x_train=dataset['train'][0], y_train=dataset['train'][1],
+           x_test=dataset['test'][0], y_test=dataset['test'][1], num_classes=10)
+  env = {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'}
+  script = [sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'),
+            f'--workdir={tmp_path / "run"}', '--json']
+  refused = subprocess.run(script, capture_output=True, text=True, env=env, timeout=300)
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      f'error: {tmp_path / "run"} was trained on arrays given in memory')
+  given = subprocess.run(script + [f'--npz_path={tmp_path / "mine.npz"}'], capture_output=True,
+                         text=True, env=env, timeout=300)
+  assert given.returncode == 0, given.stderr
+  assert json.loads(given.stdout)['test_accuracy'] == pytest.approx(
+      result['history'][-1]['test_accuracy'], abs=1e-6)
