@@ -378,6 +378,15 @@ def test_keys_of_unselected_components_do_not_tell_runs_apart(config):
   assert workdirs.config_differences(saved, changed) == []
   changed.model.name = 'cnn'
   assert workdirs.config_differences(saved, changed)[0].startswith('model.activation')
+  # A key added to a component later, with a default that keeps old runs as they were.
+  config.loss.name = 'label_smoothing'
+  config_checks.fill_defaults(config)
+  saved = json.loads(config.to_json_best_effort())
+  del saved['loss']['label_smoothing']
+  assert workdirs.config_differences(saved, config) == []
+  config.loss.label_smoothing.smoothing = 0.2
+  assert workdirs.config_differences(saved, config) == [
+      'loss.label_smoothing.smoothing: 0.1 -> 0.2']
 
 
 def test_in_memory_runs_refuse_to_evaluate_without_their_data(config, tmp_path):
