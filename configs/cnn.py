@@ -13,19 +13,6 @@ Seeds 0-2 as one vectorized sweep:
         --workdir runs/cnn_seeds --config.data.local_dir=/path/to/mnist_idx
 """
 
-from mlp_mnist import config_files
-
-
-def get_config():
-  config = config_files.load_config(__file__, 'default')
-  config.model.name = 'cnn'
-  config.model.cnn.features = (16, 32)
-  config.model.cnn.kernel_size = 3
-  config.model.cnn.dense_width = 128
-  config.model.dropout_rate = 0.25
-  config.batch_size = 128
-  config.num_epochs = 5
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.schedule = 'warmup_cosine'
-  config.optimizer.warmup_epochs = 0.3
-  return config
+# The recipe ships with the package (mlp_mnist/configs/cnn.py), so a config file anywhere builds on
+# it by name: config_files.shipped_config('cnn').
+from mlp_mnist.configs.cnn import get_config  # pylint: disable=unused-import

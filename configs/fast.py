@@ -7,15 +7,6 @@ seeds 0-3 (2 epochs do not reach 98%); see docs/benchmarks.md for its measured t
     python scripts/train.py --config configs/fast.py --config.data.local_dir=/path/to/mnist_idx
 """
 
-from mlp_mnist import config_files
-
-
-def get_config():
-  config = config_files.load_config(__file__, 'default')
-  config.model.hidden_sizes = (512,)
-  config.batch_size = 128
-  config.num_epochs = 3
-  config.optimizer.learning_rate = 4e-3
-  config.optimizer.schedule = 'warmup_cosine'
-  config.optimizer.warmup_epochs = 0.3
-  return config
+# The recipe ships with the package (mlp_mnist/configs/fast.py), so a config file anywhere builds on
+# it by name: config_files.shipped_config('fast').
+from mlp_mnist.configs.fast import get_config  # pylint: disable=unused-import

@@ -1,15 +1,26 @@
-"""Checks a config completely before any work starts: every key known, typed and in range."""
+"""Checks a config completely before any work starts: every key known, typed and in range.
 
+A config selects one component of each registry by name (`config.model.name`, `config.loss.name`,
+`config.optimizer.name`, `config.augment.name`); only the selected components' keys are required
+(their defaults are filled in when absent), and keys of the others are ignored when comparing
+runs, so registering a component or adding a key to one never changes what an existing run's
+config means. `config.imports` (your modules or `.py` files) is imported first.
+"""
+
+import json
 import math
 from typing import Any, Callable
 
 import ml_collections
 
+from mlp_mnist import augmentations
 from mlp_mnist import early_stopping
 from mlp_mnist import errors
 from mlp_mnist import hooks
+from mlp_mnist import losses
 from mlp_mnist import models
 from mlp_mnist import optimizers
+from mlp_mnist import registry
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -43,7 +54,7 @@ RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'dat
                        'tracking.wandb.entity', 'tracking.wandb.run_name', 'tracking.wandb.tags',
                        'tracking.wandb.mode', 'tracking.mlflow.enabled',
                        'tracking.mlflow.tracking_uri', 'tracking.mlflow.experiment',
-                       'tracking.mlflow.run_name', 'tracking.mlflow.tags')
+                       'tracking.mlflow.run_name', 'tracking.mlflow.tags', 'imports')
 
 # Keys added after runs were recorded, with the value (as JSON) that reproduces those runs: a saved
 # config.json without them still loads, resumes and compares equal to today's defaults. (Early
@@ -61,7 +72,15 @@ LATER_KEYS = {
     'tracking.wandb.mode': 'online', 'tracking.mlflow.enabled': False,
     'tracking.mlflow.tracking_uri': '', 'tracking.mlflow.experiment': 'mlp_mnist',
     'tracking.mlflow.run_name': '', 'tracking.mlflow.tags': [],
+    'imports': [], 'compute_dtype': 'float32', 'loss.name': 'cross_entropy', 'augment.name': 'none',
 }
+
+# config section -> the registry whose component `config.<section>.name` selects.
+REGISTRIES: dict[str, registry.Registry] = {
+    'model': models.MODELS, 'loss': losses.LOSSES, 'optimizer': optimizers.OPTIMIZERS,
+    'augment': augmentations.AUGMENTATIONS,
+}
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # dotted key -> (accepted types, check, what a valid value is)
 SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
@@ -69,10 +88,14 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'batch_size': ((int,), _positive, 'a positive integer'),
     'num_epochs': ((int,), _positive, 'a positive integer'),
     'eval_batch_size': ((int,), _positive, 'a positive integer'),
-    'model.name': ((str,), lambda v: v in models.MODELS, f'one of {sorted(models.MODELS)}'),
+    'model.name': ((str,), bool, 'a registered model'),
+    'loss.name': ((str,), bool, 'a registered loss'),
+    'augment.name': ((str,), bool, 'a registered augmentation'),
+    'imports': ((tuple, list), lambda v: all(isinstance(s, str) and s for s in v),
+                "a tuple of module names or .py file paths, e.g. \"('my_model.py',)\""),
+    'compute_dtype': ((str,), lambda v: v in COMPUTE_DTYPES, f'one of {list(COMPUTE_DTYPES)}'),
     'model.dropout_rate': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'optimizer.name': ((str,), lambda v: v in optimizers.OPTIMIZERS,
-                       f'one of {list(optimizers.OPTIMIZERS)}'),
+    'optimizer.name': ((str,), bool, 'a registered optimizer'),
     'optimizer.learning_rate': ((float, int), _positive, 'a positive number'),
     'optimizer.b1': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
     'optimizer.b2': ((float, int), lambda v: 0 <= v < 1, 'in [0, 1)'),
@@ -132,9 +155,94 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'tracking.mlflow.tags': ((tuple, list), _strings,
                              "a tuple of 'key=value' or 'key' strings"),
 }
-# Every model's own keys, under config.model.
-SCHEMA.update({f'model.{key}': spec for model in models.MODELS.values()
-               for key, spec in model.CONFIG_SCHEMA.items()})
+
+
+def _component_schemas() -> dict[str, dict[str, tuple]]:
+  """Dotted key -> {component name: its spec}, for every registered component's keys."""
+  found = {}
+  for section, components in REGISTRIES.items():
+    for component in components.components():
+      for key, spec in component.schema.items():
+        found.setdefault(f'{section}.{key}', {})[component.name] = spec
+  return found
+
+
+def _lookup(config, dotted: str, missing=None):
+  for part in dotted.split('.'):
+    if not isinstance(config, (ml_collections.ConfigDict, dict)) or part not in config:
+      return missing
+    config = config[part]
+  return config
+
+
+def _selected(config, section: str) -> registry.Component | None:
+  name = _lookup(config, f'{section}.name', LATER_KEYS.get(f'{section}.name'))
+  return REGISTRIES[section][name] if name in REGISTRIES[section] else None
+
+
+def fill_defaults(config: ml_collections.ConfigDict) -> None:
+  """Adds the selected components' keys that `config` lacks, with their defaults (in place)."""
+  for section in REGISTRIES:
+    component = _selected(config, section)
+    if component is None or section not in config:
+      continue
+    with config.unlocked():
+      for key, value in component.defaults.items():
+        *parents, leaf = key.split('.')
+        parent = config[section]
+        for part in parents:
+          if part not in parent:
+            parent[part] = ml_collections.ConfigDict()
+          parent = parent[part]
+        if leaf not in parent:
+          parent[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` after importing its `imports` and filling in its selected components' defaults: what
+  a config file returns so that `--config.<section>.<name>.<key>=...` overrides find the keys."""
+  registry.import_user_code(config.get('imports', ()))
+  fill_defaults(config)
+  return config
+
+
+def per_trial_keys(config: ml_collections.ConfigDict) -> set[str]:
+  """The dotted keys whose values reach the steps as arrays in the train state, for `config`'s
+  selected components: trials that differ only in them share one compiled program."""
+  keys = {'seed', 'model.dropout_rate'}
+  keys |= {f'optimizer.{k}' for k in optimizers.hyperparam_keys(config.optimizer).values()}
+  for section in ('model', 'loss', 'augment'):
+    component = _selected(config, section)
+    keys |= {f'{section}.{k}' for k in (component.per_trial if component else ())}
+  return keys
+
+
+def per_trial_values(config: ml_collections.ConfigDict, section: str) -> dict[str, float]:
+  """The selected component of `section`'s per-trial values, by key relative to the section."""
+  component = REGISTRIES[section][config[section].name]
+  return {k: float(_lookup(config[section], k)) for k in component.per_trial}
+
+
+def comparable_config(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """A config (or its saved JSON) as dotted keys, as runs are compared: keys added since it was
+  saved at their defaults (`LATER_KEYS`, the selected components' defaults) and keys of the
+  components it does not select left out."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = json.loads(config.to_json_best_effort())  # As saved: tuples become lists.
+  flat = {**LATER_KEYS, **flatten_config(config)}
+  schemas = _component_schemas()
+  for section in REGISTRIES:
+    component = _selected(config, section)
+    if component is None:
+      continue
+    defaults = json.loads(json.dumps({k: v for k, v in component.defaults.items()
+                                      if not isinstance(v, dict)}))
+    flat.update({f'{section}.{k}': v for k, v in defaults.items()
+                 if f'{section}.{k}' not in flat})
+    for key, owners in schemas.items():
+      if key.startswith(f'{section}.') and component.name not in owners:
+        flat = {k: v for k, v in flat.items() if k != key and not k.startswith(key + '.')}
+  return flat
 
 
 def flatten_config(config: ml_collections.ConfigDict | dict,
@@ -150,31 +258,78 @@ def flatten_config(config: ml_collections.ConfigDict | dict,
   return flat
 
 
-def has_valid_type(key: str, value: Any) -> bool:
-  """Whether `value` is of a type `SCHEMA` accepts for `key` (booleans are not numbers)."""
-  types = SCHEMA[key][0]
+def has_valid_type(key: str, value: Any, spec: tuple | None = None) -> bool:
+  """Whether `value` is of a type `SCHEMA` (or `spec`) accepts for `key` (booleans are not
+  numbers)."""
+  types = (spec or SCHEMA[key])[0]
+  if dict in types:
+    types = types + (ml_collections.ConfigDict,)
   return isinstance(value, types) and (bool in types or not isinstance(value, bool))
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError, naming the key and what it must be, for the first problem found."""
-  flat = flatten_config(config)
+def _check_value(key: str, value: Any, spec: tuple) -> None:
+  _, check, requirement = spec
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ConfigError(f'config.{key}={value!r} is not a finite number: it must be '
+                      f'{requirement}.')
+  if not has_valid_type(key, value, spec) or not check(value):
+    raise ConfigError(f'config.{key}={value!r} is invalid: it must be {requirement}.')
+
+
+def _check_components(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
+  """The selected components exist; every registered component's keys present are valid."""
+  for section, components in REGISTRIES.items():
+    name = config[section].name
+    if name not in components:
+      raise ConfigError(f'config.{section}.name={name!r} is invalid: it must be one of '
+                        f'{sorted(components)} (or a {components.kind} registered by a file '
+                        'named in config.imports).')
+  schemas = _component_schemas()
+  nested = [k for k, owners in schemas.items()
+            if any(dict in spec[0] for spec in owners.values())]
   for key in flat:
-    if key not in SCHEMA:
-      raise ConfigError(f'unknown config key {key!r}; the keys are those of configs/default.py '
-                        '(add new ones to mlp_mnist/config_checks.SCHEMA).')
-  for key, (_, check, requirement) in SCHEMA.items():
+    if key not in SCHEMA and key not in schemas and not any(
+        key.startswith(k + '.') for k in nested):
+      section = key.split('.')[0]
+      hint = (f' (the keys of {section} {config[section].name!r} are '
+              f'{sorted(REGISTRIES[section][config[section].name].schema)})'
+              if section in REGISTRIES else '')
+      raise ConfigError(f'unknown config key {key!r}{hint}; the keys are those of '
+                        'configs/default.py and of the registered components.')
+  for key, owners in schemas.items():
+    value = _lookup(config, key, missing=registry)
+    if value is registry:
+      continue
+    section = key.split('.')[0]
+    selected = config[section].name
+    _check_value(key, value, owners.get(selected, next(iter(owners.values()))))
+  for section in REGISTRIES:
+    component = REGISTRIES[section][config[section].name]
+    problem = component.check(config[section]) if component.check else None
+    if problem:
+      raise ConfigError(problem)
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Imports `config.imports`, fills in the selected components' missing keys with their defaults
+  (`fill_defaults`), then raises ConfigError, naming the key and what it must be, for the first
+  problem found."""
+  registry.import_user_code(config.get('imports', ()))
+  for section in REGISTRIES:
+    if section not in config or 'name' not in config[section]:
+      raise ConfigError(f'config is missing {section + ".name"!r}; start from configs/default.py.')
+  fill_defaults(config)
+  flat = flatten_config(config)
+  for key, spec in SCHEMA.items():
     if key not in flat:
       raise ConfigError(f'config is missing {key!r}; start from configs/default.py.')
-    value = flat[key]
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ConfigError(f'config.{key}={value!r} is not a finite number: it must be '
-                        f'{requirement}.')
-    if not has_valid_type(key, value) or not check(value):
-      raise ConfigError(f'config.{key}={value!r} is invalid: it must be {requirement}.')
+    _check_value(key, flat[key], spec)
+  _check_components(config, flat)
   if config.optimizer.name != 'adamw' and config.optimizer.weight_decay:
     raise ConfigError(f'config.optimizer.weight_decay={config.optimizer.weight_decay} only '
-                      "applies to optimizer.name='adamw'; set it to 0 or switch optimizer.")
+                      "applies to optimizer.name='adamw'; set it to 0, switch optimizer, or use "
+                      "optimizer.name='optax' with an optax optimizer that takes weight_decay "
+                      '(optimizer.optax.kwargs).')
   _check_early_stopping(config)
   for name in config.hooks:
     try:

@@ -1,15 +1,17 @@
 """Python files that describe runs, loaded by path: config files (`configs/*.py`) and sweep files.
 
-A config file may build on another one beside it, as `configs/fast.py` builds on `default.py`:
+A config file anywhere (outside the checkout, with the package installed) builds on a shipped
+config by name, or on another file beside it:
 
     from mlp_mnist import config_files
 
     def get_config():
-      config = config_files.load_config(__file__, 'default')
+      config = config_files.shipped_config('default')  # or config_files.load_config(__file__, 'mine')
       config.batch_size = 128
       return config
 """
 
+import importlib
 import importlib.util
 import os
 import types
@@ -30,3 +32,9 @@ def load_config(beside: str, name: str, *args):
   """`get_config(*args)` of the config file `name`.py in the folder of the file `beside`."""
   path = os.path.join(os.path.dirname(os.path.abspath(beside)), f'{name}.py')
   return load_module(path).get_config(*args)
+
+
+def shipped_config(name: str, *args):
+  """`get_config(*args)` of the config `name` shipped with the package (`mlp_mnist/configs/`:
+  'default', 'fast', 'cnn')."""
+  return importlib.import_module(f'mlp_mnist.configs.{name}').get_config(*args)

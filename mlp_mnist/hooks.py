@@ -7,7 +7,8 @@ key) and `summary.json` like the built-in metrics. Hooks run outside compiled co
 epoch's evaluation; a run without hooks does no extra work.
 
 Select them in the config, by a name registered in `HOOKS` or a 'module:function' path
-(`--config.hooks="('per_layer_weight_norms', 'my_project.probes:dead_units')"`), or pass callables
+(`--config.hooks="('per_layer_weight_norms', 'my_project.probes:dead_units')"`, or a file:
+'probes.py:dead_units'), or pass callables
 to `train.train_and_evaluate(..., hooks=[...])`.
 """
 
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 
 from mlp_mnist import errors
+from mlp_mnist import registry
 
 Hook = Callable[[dict, Any], Mapping[str, float] | None]
 
@@ -45,13 +47,14 @@ def resolve(name: str) -> Hook:
   """The hook `name` stands for: a key of `HOOKS` or a 'module:function' path."""
   if name in HOOKS:
     return HOOKS[name]
-  module_name, _, function = name.partition(':')
+  module_name, _, function = name.rpartition(':')
   if not module_name or not function:
     raise HookError(f'{name!r} is neither a registered hook ({sorted(HOOKS)}) nor a '
                     "'module:function' path.")
   try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
+    module = (registry.import_file(module_name) if module_name.endswith('.py')
+              else importlib.import_module(module_name))
+  except (ImportError, OSError) as e:
     raise HookError(f'cannot import module {module_name!r} of hook {name!r} ({e}); check the '
                     'name and that it is on PYTHONPATH.') from None
   hook = getattr(module, function, None)

@@ -16,18 +16,31 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from mlp_mnist import augmentations
+from mlp_mnist import config_checks
+from mlp_mnist import losses
 from mlp_mnist import models
 from mlp_mnist import optimizers
 
 Batch = dict[str, jax.Array]
+AUGMENT_KEY = 1  # Folded into an example's key for its augmentation.
 Metrics = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, optimizer state and the per-run values a step needs (a pytree; vmappable)."""
+  """Parameters, optimizer state and the per-run values a step needs (a pytree; vmappable).
+
+  `hparams` holds the selected loss's and augmentation's per-trial values ('loss.<key>',
+  'augment.<key>'; empty for the default recipe). `loss_fn` (`losses.py`), `augment_fn`
+  (`augmentations.py`, None: none) and `compute_dtype` are structure.
+  """
   dropout_rng: jax.Array
   dropout_rate: jax.Array
   lr_multiplier: Callable[[jax.Array], jax.Array] = struct.field(pytree_node=False)
+  hparams: dict[str, jax.Array] = struct.field(default_factory=dict)
+  loss_fn: Callable[..., jax.Array] = struct.field(pytree_node=False, default=None)
+  augment_fn: Callable[..., jax.Array] | None = struct.field(pytree_node=False, default=None)
+  compute_dtype: Any = struct.field(pytree_node=False, default=jnp.float32)
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int,
@@ -38,11 +51,19 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_
   tx, lr_multiplier = optimizers.create_optimizer(config.optimizer, steps_per_epoch,
                                                   config.num_epochs)
   init_rng, dropout_rng = jax.random.split(rng)
+  hparams = {f'{section}.{key}': jnp.asarray(value, jnp.float32)
+             for section in ('loss', 'augment')
+             for key, value in config_checks.per_trial_values(config, section).items()}
   return TrainState.create(apply_fn=model.apply, params=_init_params(model, tuple(input_shape), init_rng),
                            tx=tx,
                            dropout_rng=dropout_rng,
                            dropout_rate=jnp.asarray(config.model.dropout_rate, jnp.float32),
-                           lr_multiplier=lr_multiplier)
+                           lr_multiplier=lr_multiplier,
+                           hparams=hparams,
+                           loss_fn=losses.LOSSES[config.loss.name].build(config.loss),
+                           augment_fn=augmentations.AUGMENTATIONS[config.augment.name].build(
+                               config.augment),
+                           compute_dtype=jnp.dtype(config.compute_dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -58,26 +79,29 @@ def _sum_over_devices(tree, axis_name: str | None):
   return jax.lax.psum(tree, axis_name)
 
 
-def _loss_and_correct_sums(logits, labels, weights):
-  # One-hot labels: the integer-label form's gradient is a scatter, several times slower on CPUs.
-  losses = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return jnp.sum(losses * weights), jnp.sum(correct * weights)
+def _section(hparams: dict[str, jax.Array], section: str) -> dict[str, jax.Array]:
+  return {k[len(section) + 1:]: v for k, v in hparams.items() if k.startswith(section + '.')}
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, axis_name: str | None = None,
-               norms: bool = True) -> tuple[TrainState, Metrics]:
+def _logits(state: TrainState, params, images, *dropout):
+  """The model's float32 logits, computed in `state.compute_dtype` (parameters stay float32)."""
+  if state.compute_dtype != jnp.float32:
+    params = jax.tree.map(lambda p: p.astype(state.compute_dtype), params)
+    images = images.astype(state.compute_dtype)
+  return state.apply_fn({'params': params}, images, *dropout).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
   """One optimizer step on the global batch (this device's slice of it when `axis_name` is set).
 
   `batch` holds uint8 `image`, int `label`, bool `mask` (False for padding) and `index` (the
-  example's dataset index: with `rng` it keys that example's dropout, so results do not depend on
-  how the batch is split over devices). Returns summed metrics over the global batch, with the
-  gradient and parameter norms when `norms` (they cost a third of a small step on CPU).
+  example's dataset index: with `rng` it keys that example's dropout and augmentation, so results
+  do not depend on how the batch is split over devices). Returns summed metrics over the global
+  batch, with the gradient and parameter norms.
   """
   new_state, metrics, grads = _step_and_gradients(state, batch, rng, axis_name)
-  if norms:
-    metrics.update(grad_norm=optax.tree.norm(grads),
-                   param_norm=optax.tree.norm(new_state.params))
+  metrics.update(grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(new_state.params))
   return new_state, metrics
 
 
@@ -88,10 +112,18 @@ def _step_and_gradients(state: TrainState, batch: Batch, rng: jax.Array,
   weights = batch['mask'].astype(jnp.float32)
   count = _sum_over_devices(jnp.sum(weights), axis_name)
   example_rngs = jax.vmap(jax.random.fold_in, (None, 0))(rng, batch['index'])
+  if state.augment_fn is not None:
+    # Keys of their own (dropout keeps using example_rngs): a function of seed, step, example.
+    augment_rngs = jax.vmap(jax.random.fold_in, (0, None))(example_rngs, AUGMENT_KEY)
+    images = jax.vmap(state.augment_fn, (0, 0, None))(images, augment_rngs,
+                                                     _section(state.hparams, 'augment'))
+  loss_hparams = _section(state.hparams, 'loss')
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, images, state.dropout_rate, example_rngs)
-    loss_sum, correct = _loss_and_correct_sums(logits, batch['label'], weights)
+    logits = _logits(state, params, images, state.dropout_rate, example_rngs)
+    objective = state.loss_fn(logits, batch['label'], params, loss_hparams)
+    loss_sum = jnp.sum(objective * weights)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32) * weights)
     # Normalized by the global count: the summed per-device gradients are exactly the gradient
     # of the global batch mean, also for a last batch whose padding leaves devices uneven.
     return loss_sum / jnp.maximum(count, 1.0), (loss_sum, correct)
@@ -106,11 +138,13 @@ def _step_and_gradients(state: TrainState, batch: Batch, rng: jax.Array,
 
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> Metrics:
-  """Summed loss, correct predictions and example count; no gradients, no dropout."""
+  """Summed cross-entropy (whatever the training loss), correct predictions and example count; no
+  gradients, no dropout, no augmentation."""
   images = batch['image'].astype(jnp.float32) / 255.0
-  logits = state.apply_fn({'params': state.params}, images)
-  loss_sum, correct = _loss_and_correct_sums(logits, batch['label'],
-                                             batch['mask'].astype(jnp.float32))
+  logits = _logits(state, state.params, images)
+  weights = batch['mask'].astype(jnp.float32)
+  loss_sum = jnp.sum(losses.cross_entropy(logits, batch['label']) * weights)
+  correct = jnp.sum((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32) * weights)
   return _sum_over_devices(
       {'loss_sum': loss_sum, 'correct': correct, 'count': jnp.sum(batch['mask'], dtype=jnp.float32)},
       axis_name)

@@ -98,6 +98,8 @@ def font_run(tmp_path_factory):
   config.eval_batch_size = 64
   config.data.cache_dir = str(root / 'cache')
   devices = jax.devices()[:2]
-  result = train.train_and_evaluate(config, str(root / 'run'), devices=devices, dataset=dataset,
-                                    log=lambda _: None)
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
+  # The data the config names (read from the cache), as the scripts load it.
+  result = train.train_and_evaluate(config, str(root / 'run'), devices=devices,
+                                    dataset=data.load_dataset(config.data), log=lambda _: None)
   return {'workdir': str(root / 'run'), 'dataset': dataset, 'result': result, 'devices': devices}

@@ -14,8 +14,10 @@ PACKAGE = os.path.join(REPO, 'mlp_mnist')
 # Bottom to top. A module may import its own unit (package or module) and any lower layer; units
 # of one layer never import each other.
 LAYERS = (
-    ('errors', 'config_files'),
-    ('models', 'optimizers', 'data', 'devices', 'epochs', 'early_stopping', 'hooks'),
+    ('errors', 'configs'),
+    ('config_files', 'registry'),
+    ('models', 'optimizers', 'losses', 'augmentations', 'data', 'devices', 'epochs',
+     'early_stopping', 'hooks'),
     ('config_checks',),
     ('steps', 'records'),
     ('train', 'sweeps'),
@@ -113,8 +115,8 @@ def test_the_checks_catch_wrong_imports_and_cycles():
   graph = {'mlp_mnist.data.pipeline': {'mlp_mnist.train'}, 'mlp_mnist.train': set(),
            'mlp_mnist.steps': {'mlp_mnist.records.workdirs'}, 'mlp_mnist.records.workdirs': set()}
   assert layer_violations(graph) == [
-      'mlp_mnist.data.pipeline (layer 2) imports mlp_mnist.train (layer 5)',
-      'mlp_mnist.steps (layer 4) imports mlp_mnist.records.workdirs (layer 4)']
+      'mlp_mnist.data.pipeline (layer 3) imports mlp_mnist.train (layer 6)',
+      'mlp_mnist.steps (layer 5) imports mlp_mnist.records.workdirs (layer 5)']
   cyclic = {'mlp_mnist.a': {'mlp_mnist.b'}, 'mlp_mnist.b': {'mlp_mnist.c'},
             'mlp_mnist.c': {'mlp_mnist.a'}}
   assert find_cycle(cyclic) == ['mlp_mnist.a', 'mlp_mnist.b', 'mlp_mnist.c', 'mlp_mnist.a']
@@ -173,8 +175,11 @@ def test_a_regular_install_runs_every_tool_from_any_directory(installed):
   sweep_file = root / 'two.py'
   sweep_file.write_text("def get_sweep(hyper):\n"
                         "  return hyper.sweep('optimizer.learning_rate', [1e-3, 2e-3])\n")
-  out = _run(installed, os.path.join(scripts, 'sweep.py'),
-             f'--config={os.path.join(REPO, "configs", "default.py")}', *common,
+  # A config file outside the checkout builds on the shipped default by name.
+  (root / 'mine.py').write_text('from mlp_mnist import config_files\n\n\ndef get_config():\n'
+                                "  config = config_files.shipped_config('default')\n"
+                                '  config.model.hidden_sizes = (32,)\n  return config\n')
+  out = _run(installed, os.path.join(scripts, 'sweep.py'), f'--config={root / "mine.py"}', *common,
              f'--sweep={sweep_file}', f'--workdir={root / "sweep"}', '--cpu_devices=1')
   assert (root / 'sweep' / 'results.csv').exists(), out
   assert (root / 'sweep' / 'report.html').exists(), out

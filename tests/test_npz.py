@@ -56,7 +56,7 @@ def test_npz_route_reads_shape_classes_and_trains(config, tmp_path):
     info = json.load(f)
   assert info == {'name': 'mine.npz', 'image_shape': [8, 8, 3], 'num_classes': 5,
                   'class_names': list('abcde'), 'num_train': 40, 'num_validation': 0,
-                  'num_test': 12}
+                  'num_test': 12, 'source': 'config'}
 
 
 def test_float_images_in_unit_range_and_single_channel(tmp_path):

@@ -30,6 +30,9 @@ class Dataset:
   validation: Split | None = None
   name: str = ''
   class_names: tuple[str, ...] = ()
+  # Where the arrays came from: 'config' (what config.data names, which evaluation can load
+  # again) or 'memory' (arrays handed to the library, which evaluation must be given).
+  source: str = 'memory'
 
   @property
   def image_shape(self) -> tuple[int, ...]:
@@ -48,7 +51,7 @@ class Dataset:
             'num_classes': self.num_classes, 'class_names': list(self.class_names),
             'num_train': len(self.train[1]),
             'num_validation': len(self.validation[1]) if self.validation is not None else 0,
-            'num_test': len(self.test[1])}
+            'num_test': len(self.test[1]), 'source': self.source}
 
 
 def as_dataset(dataset: 'Dataset | Mapping[str, Split]') -> Dataset:

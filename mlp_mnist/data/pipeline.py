@@ -7,6 +7,8 @@
   by the source (`cache.py`), so later runs never import TensorFlow.
 """
 
+import dataclasses
+
 from mlp_mnist.data import cache
 from mlp_mnist.data import dataset as dataset_lib
 from mlp_mnist.data import idx
@@ -16,6 +18,10 @@ from mlp_mnist.data import tfds_source
 
 def load_dataset(data_config) -> dataset_lib.Dataset:
   """The train and test splits as uint8 images and int32 labels, with shape and classes."""
+  return dataclasses.replace(_load(data_config), source='config')
+
+
+def _load(data_config) -> dataset_lib.Dataset:
   if data_config.npz_path:
     return npz.load(data_config.npz_path)
   # A wrong IDX path fails here, before TensorFlow's slow import.

@@ -1,7 +1,11 @@
-"""How a run was made: software versions, devices, the code's git commit, the command line."""
+"""How a run was made: software versions, devices, the code's git commit, the command line, and
+the researcher's own code it imported (`config.imports`: each file's path and SHA-256, and a copy
+in the workdir's `imports/`, which evaluation imports when the original is gone)."""
 
 import datetime
+import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -19,6 +23,7 @@ from mlp_mnist.records import run_files
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
             'numpy', 'ml-collections')
 PROVENANCE_FILE = 'provenance.json'
+IMPORTS_DIR = 'imports'
 
 
 def package_versions() -> dict[str, str | None]:
@@ -47,8 +52,59 @@ def git_state(path: str) -> dict[str, Any] | None:
   return {'commit': commit, 'dirty': dirty}
 
 
-def collect(devices: Sequence[jax.Device], resumed_from_step: int | None) -> dict[str, Any]:
-  """One record of this process's run: when, where, with what, resumed from which step."""
+def _source_file(entry: str) -> str | None:
+  """The file an entry of `config.imports` runs: the path itself, or a module's file."""
+  if entry.endswith('.py'):
+    return os.path.abspath(os.path.expanduser(entry))
+  try:
+    spec = importlib.util.find_spec(entry)
+  except (ImportError, ValueError):
+    return None
+  return spec.origin if spec and spec.origin and os.path.isfile(spec.origin) else None
+
+
+def keep_imports(workdir: str, imports: Sequence[str]) -> list[dict[str, Any]]:
+  """Copies the file of each entry of `imports` into `workdir/imports/`; returns one record per
+  entry: the entry, its file's path and SHA-256, and the copy's path in the workdir."""
+  records = []
+  for index, entry in enumerate(imports):
+    path = _source_file(entry)
+    if path is None or not os.path.isfile(path):
+      records.append({'entry': entry, 'path': path, 'sha256': None, 'copy': None})
+      continue
+    with open(path, 'rb') as f:
+      content = f.read()
+    copy = f'{IMPORTS_DIR}/{index}-{os.path.basename(path)}'
+    target = epath.Path(workdir) / copy
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
+    records.append({'entry': entry, 'path': path,
+                    'sha256': hashlib.sha256(content).hexdigest(), 'copy': copy})
+  return records
+
+
+def available_imports(workdir: str, imports: Sequence[str]) -> tuple[str, ...]:
+  """`imports` with each `.py` file that no longer exists (and each module that can no longer be
+  found) replaced by its copy in the workdir, when the run recorded one."""
+  try:
+    records = read(workdir)
+  except run_files.WorkdirError:
+    records = []
+  copies = {r['entry']: r['copy'] for record in records for r in record.get('imports', ())
+            if r.get('copy')}
+  resolved = []
+  for entry in imports:
+    gone = (not os.path.exists(os.path.expanduser(entry)) if entry.endswith('.py')
+            else _source_file(entry) is None)
+    copy = epath.Path(workdir) / copies[entry] if entry in copies else None
+    resolved.append(os.fspath(copy) if gone and copy is not None and copy.exists() else entry)
+  return tuple(resolved)
+
+
+def collect(devices: Sequence[jax.Device], resumed_from_step: int | None,
+            imports: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+  """One record of this process's run: when, where, with what, resumed from which step, with
+  which files of the researcher's own (`keep_imports`)."""
   return {
       'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'resumed_from_step': resumed_from_step,
@@ -61,6 +117,7 @@ def collect(devices: Sequence[jax.Device], resumed_from_step: int | None) -> dic
       'device_count': len(devices),
       'process_count': jax.process_count(),
       'git': git_state(os.path.dirname(os.path.abspath(__file__))),
+      'imports': list(imports),
   }
 
 

@@ -49,8 +49,7 @@ def _flat_json(config) -> dict[str, Any]:
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Keys that affect results and differ between a saved config and `config`, as 'key: a -> b'."""
-  saved = {**config_checks.LATER_KEYS, **_flat_json(saved)}
-  requested = _flat_json(config)
+  saved, requested = config_checks.comparable_config(saved), config_checks.comparable_config(config)
   missing = '(absent)'
   return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
           for key in sorted(set(saved) | set(requested))
@@ -138,6 +137,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config.model.hidden_sizes = tuple(config.model.hidden_sizes)  # JSON has lists.
   config.model.cnn.features = tuple(config.model.cnn.features)
   config.hooks = tuple(config.hooks)
+  config.imports = provenance.available_imports(workdir, config.imports)
   config_checks.validate_config(config)
   return config
 
@@ -166,7 +166,8 @@ class RunRecorder:
     run_files.write_config(self.workdir, config)
     if dataset_info is not None:
       run_files.write_dataset_info(self.workdir, dataset_info)
-    provenance.append(self.workdir, provenance.collect(devices, resumed_step), warn=log)
+    provenance.append(self.workdir, provenance.collect(
+        devices, resumed_step, provenance.keep_imports(self.workdir, config.imports)), warn=log)
     run_files.write_metrics(self.workdir, self._history)
     self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,
                                                          purge_step=(resumed_step or 0) + 1)

@@ -56,8 +56,7 @@ def injected_config_keys(opt_config: ml_collections.ConfigDict) -> set[str]:
 def program_key(config: ml_collections.ConfigDict) -> str:
   """Equal for configs that `train_trials` can train together in one compiled program."""
   flat = config_checks.flatten_config(config)
-  value_keys = {'seed', 'model.dropout_rate'}
-  value_keys |= {f'optimizer.{k}' for k in injected_config_keys(config.optimizer)}
+  value_keys = config_checks.per_trial_keys(config)
   key = {k: v for k, v in flat.items()
          if k not in value_keys and not k.startswith('early_stopping.')}
   key['model.use_dropout'] = config.model.dropout_rate > 0

@@ -144,10 +144,15 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
   from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
   config, state, step, run = load_run(workdir, step, devices)
   devices = parallel.local_devices(devices)
+  info = run['dataset']
+  if dataset is None and info.get('source') == 'memory':
+    raise data.DataError(
+        f'{workdir} was trained on arrays given in memory ({info["name"] or "unnamed"}), not on '
+        'the data its config names; give them: evaluation.evaluate_run(workdir, dataset=...) in '
+        'Python, or scripts/evaluate.py --npz_path=FILE.npz.')
   if dataset is None:
     dataset = data.load_dataset(config.data)
   dataset = data.as_dataset(dataset)
-  info = run['dataset']
   if (dataset.image_shape, dataset.num_classes) != (info['image_shape'], info['num_classes']):
     raise data.DataError(
         f'{workdir} was trained on {info["num_classes"]} classes of images {info["image_shape"]}, '
