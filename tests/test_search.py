@@ -399,3 +399,18 @@ def test_bayesian_search_refuses_several_workers(tmp_path):
   with pytest.raises(sweep_files.SweepError, match='runs on one worker'):
     bayesian.run_search(_config(), _write(tmp_path, BAYESIAN), str(tmp_path / 'run'),
                         num_workers=2, worker_index=0)
+
+
+def test_tables_show_short_values_and_bands_stay_within_the_metric():
+  from mlp_mnist.sweeps import aggregate  # pylint: disable=g-import-not-at-top
+  assert aggregate.display(1e-4 * 1.06**3) == '0.0001191' and aggregate.display(0.001) == '0.001'
+  assert aggregate.setting_label({'optimizer.learning_rate': 1e-4 * 1.06**3, 'seed': 2}) == (
+      'learning_rate=0.0001191,seed=2')
+  histories = [[{'epoch': 1, 'validation_accuracy': a, 'validation_loss': l}]
+               for a, l in [(1.0, 0.001), (0.9, 0.5), (1.0, 0.002)]]
+  accuracy = aggregate.epoch_curves(histories, 'validation_accuracy')
+  loss = aggregate.epoch_curves(histories, 'validation_loss')
+  unclipped = aggregate.describe([1.0, 0.9, 1.0])
+  assert unclipped['ci_high'] > 1 and unclipped['ci_low'] < 0.9
+  assert accuracy['ci_high'][0] == 1.0 and accuracy['ci_low'][0] == unclipped['ci_low']
+  assert loss['ci_low'][0] == 0.0 and loss['ci_high'][0] > 0.5
