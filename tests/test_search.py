@@ -61,7 +61,8 @@ def test_ranges_map_the_unit_interval():
                                          ('random', {})])
 def test_sampled_trials_stay_in_their_ranges_and_repeat(make, kwargs):
   ranges = [HYPER.loguniform('optimizer.learning_rate', 1e-4, 1e-1),
-            HYPER.integer('model.num_layers', 1, 3), HYPER.choice('model.activation', ['relu', 'gelu'])]
+            HYPER.integer('model.num_layers', 1, 3),
+            HYPER.choice('model.activation', ['relu', 'gelu'])]
   trials = getattr(HYPER, make)(ranges, num_trials=32, seed=1, **kwargs)
   assert trials == getattr(HYPER, make)(ranges, num_trials=32, seed=1, **kwargs)
   assert trials != getattr(HYPER, make)(ranges, num_trials=32, seed=2, **kwargs)
@@ -338,7 +339,8 @@ def test_bayesian_search_trains_generations_and_resumes_without_asking_twice(tmp
   plan = bayesian.search_plan(str(tmp_path / 'sweep.py'))
   study = bayesian.open_study(workdir, plan)
   asked_before = {t.number: t.params for t in study.get_trials()}
-  assert len(asked_before) == 6 and [t.state.name for t in study.get_trials()].count('COMPLETE') == 3
+  states = [t.state.name for t in study.get_trials()]
+  assert len(asked_before) == 6 and states.count('COMPLETE') == 3
   monkeypatch.setattr(runner, 'train_group', original)
   lines = []
   rows = _search(tmp_path, workdir, log=lines.append)
@@ -363,7 +365,8 @@ def test_bayesian_search_trains_generations_and_resumes_without_asking_twice(tmp
 
 def test_bayesian_search_without_optuna_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'optuna', None)
-  with pytest.raises(sweep_files.SweepError, match=r"needs Optuna.*pip install 'mlp_mnist\[optuna\]'"):
+  with pytest.raises(sweep_files.SweepError,
+                     match=r"needs Optuna.*pip install 'mlp_mnist\[optuna\]'"):
     _search(tmp_path, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
 

@@ -100,7 +100,7 @@ def _templates(base_config: ml_collections.ConfigDict, path: str):
 def trials_for(base_config, path: str, templates, settings: list[dict[str, Any]],
                numbers: list[int]) -> list[sweep_files.Trial]:
   """The trials of `settings` (values of the ranged keys; Optuna's trial `numbers`): each
-  setting in every template. Names start with the Optuna trial's number, e.g. `search=007,seed=1`."""
+  setting in every template. Names start with the Optuna trial's number: `search=007,seed=1`."""
   overrides = [{k: setting.get(k, v) for k, v in t.items()} for setting in settings
                for t in templates]
   trials = sweep_files.expand(base_config, overrides, source=f'sweep file {path}')

@@ -79,7 +79,8 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     devices = parallel.local_devices(devices)
     worker = f'worker {worker_index} of {num_workers}: ' if num_workers > 1 else ''
     log(f'{len(trials)} trials in {len(groups)} program group(s); {worker}{sum(map(len, share))} '
-        f'of them here: {len(finished)} already finished, {sum(len(t) for _, t in todo)} to train on '
+        f'of them here: {len(finished)} already finished, {sum(len(t) for _, t in todo)} to train '
+        f'on '
         f'{len(devices)} {devices[0].platform} device(s).')
     if todo:
       if dataset is None:

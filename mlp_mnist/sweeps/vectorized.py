@@ -171,13 +171,13 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   hooks' metrics), on the epochs it logs; `diverged` and `stopped` (by early stopping, after this
   or an earlier epoch) flag every trial. `on_epoch` may return the indices of trials to prune
   (successive halving): they stop training, and the others go on in a program compiled for them
-  alone, so pruned trials cost no more steps. `chunk_size` (0: `default_chunk_size`) sets how many of a
-  device's trials train side by side. With `config.data.validation_split`, every trial validates
+  alone, so pruned trials cost no more steps. `chunk_size` (0: `default_chunk_size`) sets how
+  many of a device's trials train side by side. With `config.data.validation_split`, every trial validates
   on the same held-out examples (`data.hold_out_validation`). Returns per trial its `history`
   (the records), `diverged`, `diverged_step` (the first step not applied, or None),
   `stopped_epoch` (None: not stopped early), `pruned_epoch` (None: not pruned) and
-  `early_stopping` (its summary, None when off); the stacked final `state` (a pruned trial's as
-  it was when pruned) (a trial with `restore_best_weights` holds its best epoch's); the examples
+  `early_stopping` (its summary, None when off); the stacked final `state` (a pruned trial holds
+  its state when pruned, a trial with `restore_best_weights` its best epoch's); the examples
   trained on (`num_train`, after any validation split); `timings`.
   """
   start = time.time()
@@ -223,7 +223,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
   platform = devices[0].platform
 
-  def compile_programs():
+  def compile_programs():  # For the carry and chunk as they are now (pruning changes them).
     train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
                                     donate_argnums=(0,))
     eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
@@ -272,7 +272,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
         totals = merge(jax.device_get(eval_fn(carry[0], *test_data, test_indices)))
       merged_state = merge(carry[0]) if any(trial_hooks) else None
       for i in np.flatnonzero(~halted):
-        pick = lambda tree: jax.tree.map(lambda x: x[position[i]], tree)  # pylint: disable=cell-var-from-loop
+        row = position[i]
+        pick = lambda tree: jax.tree.map(lambda x: x[row], tree)  # pylint: disable=cell-var-from-loop
         record = book.record(epoch, pick(step_metrics), pick(totals), epoch_sec,
                              pick(validation_totals) if validation_totals is not None else None)
         if trial_hooks[i]:
@@ -295,7 +296,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
       merged, merged_best = merge((carry[0], best_weights))
       for i in prune:
         pruned_epoch[i] = epoch
-        pruned_states[i] = jax.device_get(jax.tree.map(lambda x: x[position[i]], merged))  # pylint: disable=cell-var-from-loop
+        pruned_states[i] = jax.device_get(jax.tree.map(lambda x, row=position[i]: x[row], merged))
       keep = np.asarray([int(i) not in pruned_states for i in active])
       survivors = lambda tree: jax.tree.map(lambda x: np.asarray(x)[keep], tree)
       active = active[keep]
