@@ -237,7 +237,8 @@ def report_blocks(workdir: str, rows: Sequence[dict[str, Any]],
   if not halving and not pruned:
     return []
   spent_timings = report.timings(workdir, rows)
-  spent_sec = (spent_timings['train_sec'] + spent_timings['eval_sec']) if spent_timings else None
+  spent_sec = (sum(spent_timings[k] for k in ('train_sec', 'validation_sec', 'eval_sec'))
+               if spent_timings else None)
   spent = budget(rows, configs, spent_sec)
   blocks = [report.Block('h2', 'Successive halving')]
   if halving:
@@ -251,7 +252,7 @@ def report_blocks(workdir: str, rows: Sequence[dict[str, Any]],
       'table', header=['', 'spent', 'full sweep', 'share'],
       rows=[['trial-epochs', str(spent['trial_epochs']), str(spent['full_trial_epochs']),
              share(spent['trial_epochs'], spent['full_trial_epochs'])],
-            ['device seconds (train + evaluation)', device(spent['device_sec']),
+            ['device seconds (training, validation, test)', device(spent['device_sec']),
              device(spent['full_device_sec_estimate']) + ' (estimated)',
              share(spent['device_sec'], spent['full_device_sec_estimate'])]]))
   blocks.append(report.Block('p', (
