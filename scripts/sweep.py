@@ -48,13 +48,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
   from mlp_mnist import config_files  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import bayesian  # pylint: disable=g-import-not-at-top
   from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(_SWEEP.value))[0])
   cli.split_cpu_into_devices(_CPU_DEVICES.value)
   cli.set_up_jax()  # Several processes (TPU pod slice...): each runs its share of the trials.
   with cli.exit_on_user_error():
-    rows = runner.run_sweep(
+    rows = bayesian.run_search(  # A sweep, or a Bayesian search where the file declares one.
         _CONFIG.value, _SWEEP.value, workdir,
         num_workers=(jax.process_count() if _NUM_WORKERS.value is None else _NUM_WORKERS.value),
         worker_index=(jax.process_index() if _WORKER_INDEX.value is None

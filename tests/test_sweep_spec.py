@@ -45,7 +45,8 @@ def test_combinators_reject_mistakes(build, message):
 
 @pytest.mark.parametrize('name,num_trials', [('lr_seed', 32), ('width_depth', 12),
                                               ('activation_dropout', 16), ('optimizers', 12),
-                                              ('seeds', 3)])
+                                              ('seeds', 3), ('quasirandom_adam', 128),
+                                              ('quasirandom_adam_halving', 128)])
 def test_shipped_sweeps_expand_and_validate(config, name, num_trials):
   path = os.path.join(SWEEPS, f'{name}.py')
   trials = sweep_files.sweep_trials(config, path)
@@ -62,7 +63,8 @@ def test_shipped_sweeps_expand_and_validate(config, name, num_trials):
 
 def test_every_shipped_sweep_is_tested():
   shipped = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(SWEEPS, '*.py'))}
-  assert shipped == {'lr_seed', 'width_depth', 'activation_dropout', 'optimizers', 'seeds'}
+  assert shipped == {'lr_seed', 'width_depth', 'activation_dropout', 'optimizers', 'seeds',
+                     'quasirandom_adam', 'quasirandom_adam_halving'}
 
 
 def test_trial_names_and_resolved_values(config):

@@ -243,3 +243,44 @@ def save_overlaid_curves(histories: dict[str, Sequence[dict]], split: str, path:
   accuracy_axes.legend(fontsize='x-small')
   figure.suptitle(title or f'{split} (solid) and training (dashed)', fontsize='medium')
   return _save(figure, path)
+
+
+def save_trial_scatter(key: str, groups: dict[str, tuple[Sequence[Any], Sequence[float]]],
+                       path: str, ylabel: str, log_x: bool = False,
+                       categories: Sequence[str] | None = None, title: str = '') -> str:
+  """One point per trial: a metric against its value of `key` (`groups`: legend label -> (x, y),
+  e.g. finished and pruned trials); with `categories`, x indexes them."""
+  figure = _figure(figsize=(7, 4.5))
+  axes = figure.subplots()
+  for (label, (x, y)), marker in zip(groups.items(), 'oxsd^v'):
+    axes.plot(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
+              linestyle='none', marker=marker, alpha=0.7, label=label)
+  if log_x:
+    axes.set_xscale('log')
+  if categories is not None:
+    axes.set_xticks(range(len(categories)), categories, rotation=30, ha='right')
+  return _save_labelled(figure, axes, key, ylabel, title, path)
+
+
+def _save_labelled(figure, axes, xlabel: str, ylabel: str, title: str, path: str) -> str:
+  """Labels, a percent y axis, grid and legend; saves the figure."""
+  axes.set_xlabel(xlabel)
+  axes.set_ylabel(ylabel)
+  axes.yaxis.set_major_formatter(_percent_formatter())
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize='small')
+  if title:
+    axes.set_title(title, fontsize='medium')
+  return _save(figure, path)
+
+
+def save_best_so_far(values: Sequence[float], path: str, ylabel: str, title: str = '') -> str:
+  """Each trial's metric (in the order the search ran them) and the best so far, as a step line."""
+  figure = _figure(figsize=(7, 4.5))
+  axes = figure.subplots()
+  values = np.asarray(values, dtype=np.float64)
+  trials = np.arange(1, len(values) + 1)
+  axes.plot(trials, values, linestyle='none', marker='o', alpha=0.5, label='trial')
+  axes.step(trials, np.fmax.accumulate(values), where='post', label='best so far')
+  return _save_labelled(figure, axes, 'trial (in the order the search ran them)', ylabel, title,
+                        path)

@@ -134,7 +134,7 @@ def setting_label(values: dict[str, Any]) -> str:
 def display(value: Any) -> str:
   if isinstance(value, (tuple, list)):
     return '(' + ','.join(map(str, value)) + (',' if len(value) == 1 else '') + ')'
-  return str(value)
+  return sweep_files.short_value(value)  # Sampled floats to a few significant digits.
 
 
 def settings(rows: Sequence[dict[str, Any]], keys: Sequence[str],
@@ -219,6 +219,18 @@ def epoch_curves(histories: Sequence[Sequence[dict]], key: str) -> dict[str, np.
         by_epoch.setdefault(record['epoch'], []).append(record[key])
   epochs = sorted(by_epoch)
   stats = [describe(by_epoch[e]) for e in epochs]
-  return {'epoch': np.asarray(epochs),
-          **{k: np.asarray([s[k] for s in stats], dtype=np.float64)
-             for k in ('n', 'mean', 'ci_low', 'ci_high')}}
+  curves = {'epoch': np.asarray(epochs),
+            **{k: np.asarray([s[k] for s in stats], dtype=np.float64)
+               for k in ('n', 'mean', 'ci_low', 'ci_high')}}
+  low, high = metric_bounds(key)
+  for bound in ('ci_low', 'ci_high'):
+    curves[bound] = np.clip(curves[bound], low, high)
+  return curves
+
+
+def metric_bounds(key: str) -> tuple[float, float]:
+  """The values a metric can take (an interval band is drawn within them): accuracies [0, 1],
+  losses [0, inf)."""
+  if key.endswith('accuracy'):
+    return 0.0, 1.0
+  return (0.0, math.inf) if key.endswith('loss') else (-math.inf, math.inf)

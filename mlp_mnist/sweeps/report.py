@@ -62,7 +62,7 @@ def timings(workdir: str, rows: Sequence[dict[str, Any]]) -> dict[str, float] | 
   if not runs:
     return None
   total = {'program_runs': len(runs), 'trials': sum(n for _, n in runs.values())}
-  for key in ('compile_sec', 'train_sec', 'eval_sec', 'total_sec'):
+  for key in ('compile_sec', 'train_sec', 'validation_sec', 'eval_sec', 'total_sec'):
     total[key] = sum(t.get(key, 0.0) for t, _ in runs.values())
   total['trials_per_sec'] = total['trials'] / total['total_sec'] if total['total_sec'] else None
   return total

@@ -19,6 +19,7 @@ import math
 from typing import Any, Sequence
 
 import ml_collections
+import numpy as np
 from etils import epath
 
 from mlp_mnist import config_checks
@@ -28,7 +29,10 @@ from mlp_mnist.sweeps import aggregate
 
 DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
 STOPPED = 'stopped'  # Ended by early stopping: its metrics are valid results.
-FINISHED = (DONE, DIVERGED, STOPPED)  # Final results: a re-run skips them (and reruns the others).
+# Cut by successive halving at a rung (sweeps/search.py): its records so far are kept.
+PRUNED = 'pruned'
+# Final results: a re-run skips them (and reruns the others).
+FINISHED = (DONE, DIVERGED, STOPPED, PRUNED)
 METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
 VALIDATION_COLUMNS = ('validation_loss', 'validation_accuracy')
 PLOTS_DIR = 'plots'
@@ -268,8 +272,8 @@ def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict
     for e in entries:
       label = aggregate.setting_label({k: e[k] for k in setting_keys if k != key})
       lines.setdefault('' if label == 'all trials' else label, []).append(
-          (position[e[key]], e[f'{split}_accuracy_mean'], e[f'{split}_accuracy_ci_low'],
-           e[f'{split}_accuracy_ci_high']))
+          (position[e[key]], e[f'{split}_accuracy_mean'],
+           *np.clip([e[f'{split}_accuracy_ci_low'], e[f'{split}_accuracy_ci_high']], 0.0, 1.0)))
     paths.append(plots.save_mean_plot(
         key, lines, str(plots_dir / f'{split}_accuracy_vs_{key}.png'),
         ylabel=f'final {split} accuracy', log_x=_log_scale(key, values),

@@ -27,6 +27,7 @@ from mlp_mnist.records import workdirs
 from mlp_mnist.sweeps import aggregate
 from mlp_mnist.sweeps import report
 from mlp_mnist.sweeps import results
+from mlp_mnist.sweeps import search
 from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.sweeps import vectorized
 
@@ -62,33 +63,42 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   """
   locks.check_folder(workdir)
   trials = sweep_files.sweep_trials(config, sweep_path)
+  # Folders named by the rule before sampled values got short names keep their names.
+  trials = sweep_files.adopt_recorded_names(trials, recorded_trial_names(workdir))
   keys = sweep_files.swept_keys([t.overrides for t in trials])
   replicate_keys = sweep_files.replicate_keys(config, sweep_path)
   groups = vectorized.group_by_program([t.config for t in trials], max_group_size)
+  halving = search.halving_plan(sweep_path, trials)
   if not report_only:
     share = worker_share(groups, num_workers, worker_index)
     _check_existing_trials(workdir, [trials[i] for g in share for i in g])
-    _write_sweep_file(workdir, sweep_path, keys, replicate_keys, trials, groups, command)
+    _write_sweep_file(workdir, sweep_path, keys, replicate_keys, trials, groups, command,
+                      search.sweep_description(sweep_path, halving))
     finished = {i for g in share for i in g
                 if results.read_status(_dir(workdir, trials[i])) in results.FINISHED}
-    todo = [[i for i in g if i not in finished] for g in share]
-    todo = [g for g in todo if g]
+    # Per group: all its trials (successive halving counts its settings) and those to train.
+    todo = [(g, [i for i in g if i not in finished]) for g in share]
+    todo = [(g, left) for g, left in todo if left]
     devices = parallel.local_devices(devices)
     worker = f'worker {worker_index} of {num_workers}: ' if num_workers > 1 else ''
     log(f'{len(trials)} trials in {len(groups)} program group(s); {worker}{sum(map(len, share))} '
-        f'of them here: {len(finished)} already finished, {sum(map(len, todo))} to train on '
+        f'of them here: {len(finished)} already finished, {sum(len(t) for _, t in todo)} to train '
+        f'on '
         f'{len(devices)} {devices[0].platform} device(s).')
     if todo:
       if dataset is None:
         dataset = data.load_dataset(config.data)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
-      for group in todo:
+      for group, left in todo:
         with contextlib.ExitStack() as claims:  # Trials another worker trains (or has) are skipped.
-          group = [i for i in group if locks.claim(_dir(workdir, trials[i]), claims, log)
-                   and results.read_status(_dir(workdir, trials[i])) not in results.FINISHED]
-          if group:
-            _run_group(workdir, [trials[i] for i in group], dataset, devices, progress, failures)
+          left = [i for i in left if locks.claim(_dir(workdir, trials[i]), claims, log)
+                  and results.read_status(_dir(workdir, trials[i])) not in results.FINISHED]
+          if left:
+            pruner = search.pruner_for_group(halving, [trials[i] for i in group],
+                                             [trials[i] for i in left], replicate_keys)
+            _run_group(workdir, [trials[i] for i in left], dataset, devices, progress, failures,
+                       pruner)
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():
@@ -110,8 +120,11 @@ def write_results(workdir: str, trials, keys: Sequence[str],
   paths = results.write_tables(workdir, rows, keys)
   paths += results.write_summary_tables(workdir, entries, keys, replicate_keys, split)
   plot_paths = results.write_plots(workdir, rows, entries, keys, replicate_keys, split)
+  plot_paths += search.write_search_plots(workdir, rows, keys, replicate_keys, split)
   blocks = report.build(workdir, sweep_path, config, reference_config, rows, entries, keys,
                         replicate_keys, split, plot_paths)
+  blocks = search.with_report_blocks(blocks, search.report_blocks(
+      workdir, rows, [t.config for t in trials]))
   paths += plot_paths + report.write_report(workdir, blocks)
   log(results.leaderboard(rows))
   log(results.settings_leaderboard(entries, split, replicate_keys, keys))
@@ -119,14 +132,30 @@ def write_results(workdir: str, trials, keys: Sequence[str],
   return rows
 
 
+def recorded_trial_names(workdir: str) -> set[str]:
+  """The names of the trial folders in `workdir`."""
+  trials_dir = epath.Path(workdir) / 'trials'
+  return {p.name for p in trials_dir.iterdir() if p.is_dir()} if trials_dir.exists() else set()
+
+
 def _dir(workdir: str, trial: sweep_files.Trial) -> str:
   return results.trial_dir(workdir, trial.name)
 
 
+def train_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
+                log: Callable[[str], Any] = print) -> None:
+  """Trains `trials` (of one program) as `run_sweep` trains a group, e.g. a generation of a
+  Bayesian search (sweeps/bayesian.py)."""
+  _run_group(workdir, trials, dataset, parallel.local_devices(devices),
+             Progress(len(trials), 0, 1, log))
+
+
 def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
-               progress: 'Progress', failures: tracking.Failures | None = None) -> None:
+               progress: 'Progress', failures: tracking.Failures | None = None,
+               pruner: search.Pruner | None = None) -> None:
   """Trains one program group; writes each trial's config, metrics and final status, and logs
-  each trial to the trackers its config enables."""
+  each trial to the trackers its config enables. With `pruner` (successive halving), the trials
+  it cuts at a rung are marked `pruned` at once and train no further."""
   dirs = [_dir(workdir, t) for t in trials]
   for trial, directory in zip(trials, dirs):
     run_files.write_config(directory, trial.config)
@@ -150,6 +179,15 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
       if trackers[i]:
         trackers[i].write_scalars(record['step'], record)
     progress.epoch(epoch, records, diverged, stopped)
+    if pruner is None:
+      return None
+    prune = pruner(epoch, records)
+    for i in prune:  # Marked at once: a sweep resumed after this rung does not train them again.
+      if not diverged[i]:
+        run_files.write_summary(dirs[i], results.final_record(
+            trials[i].config, results.read_records(dirs[i])))
+        results.write_status(dirs[i], results.PRUNED, pruner.cuts[i])
+    return prune
 
   try:
     result = vectorized.train_trials([t.config for t in trials], dataset, devices, on_epoch)
@@ -188,6 +226,9 @@ def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
           directory, status,
           f'loss or weights not finite at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); '
           'training stopped there.')
+    elif result['pruned_epoch'][i] is not None:
+      status = results.PRUNED
+      results.write_status(directory, status, pruner.cuts[i])
     elif result['stopped_epoch'][i] is not None:
       status = results.STOPPED
       results.write_status(directory, status, f'early stopping after epoch '
@@ -242,14 +283,14 @@ def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) ->
 
 
 def _write_sweep_file(workdir: str, sweep_path: str, keys, replicate_keys, trials, groups,
-                      command: str) -> None:
+                      command: str, search_description: dict | None = None) -> None:
   """`sweep.json`: the sweep file, the command, the swept and replicate keys and every trial with
   its program group."""
   program = {i: g for g, group in enumerate(groups) for i in group}
   content = {'sweep_file': os.path.abspath(sweep_path), 'command': command,
              'swept_keys': list(keys), 'replicate_keys': list(replicate_keys),
              'trials': [{'name': t.name, 'overrides': t.overrides, 'program_group': program[i]}
-                        for i, t in enumerate(trials)]}
+                        for i, t in enumerate(trials)], **(search_description or {})}
   run_files.write_text_atomic(epath.Path(workdir) / 'sweep.json',
                               json.dumps(content, indent=2) + '\n')
 
@@ -296,10 +337,14 @@ class Progress:
     finished = self.previously + sum(self.counts.values())
     left = self.total - finished - running
     return (f'[trials: {finished}/{self.total} finished ({self.counts["diverged"]} diverged, '
-            f'{self._stopped(self.counts["stopped"])}{self.counts["failed"]} failed), '
+            f'{self._stopped(self.counts["stopped"])}{self._pruned()}{self.counts["failed"]} '
+            'failed), '
             f'{running} running, {left} left, '
             f'{time.time() - self.start:.0f}s]')
 
+
+  def _pruned(self) -> str:
+    return f'{self.counts["pruned"]} pruned, ' if self.counts.get('pruned') else ''
 
   @staticmethod
   def _stopped(count: int) -> str:

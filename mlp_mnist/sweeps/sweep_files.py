@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+import math
 import os
 import re
 import types
@@ -33,6 +34,7 @@ import ml_collections
 from mlp_mnist import config_checks
 from mlp_mnist import config_files
 from mlp_mnist import errors
+from mlp_mnist.sweeps import sampling
 
 Overrides = dict[str, Any]
 # Data keys a sweep file may set, with one value for all its trials (hyper.fixed): the validation
@@ -79,7 +81,10 @@ def chain(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
   return [dict(t) for s in _checked(sweeps, 'chain') for t in s]
 
 
-HYPER = types.SimpleNamespace(sweep=sweep, fixed=fixed, product=product, zip=zip, chain=chain)
+GRID_FUNCTIONS = dict(sweep=sweep, fixed=fixed, product=product, zip=zip, chain=chain)
+# Ranges and sampled trial sets (sampling.py): hyper.uniform/loguniform/integer/choice,
+# hyper.quasirandom/random.
+HYPER = types.SimpleNamespace(**GRID_FUNCTIONS, **sampling.RangeRecorder().functions())
 
 
 def _checked(sweeps, name: str) -> list[list[Overrides]]:
@@ -131,16 +136,16 @@ def _check_exists(path: str) -> None:
                      'configs/sweeps/lr_seed.py.')
 
 
-def load_sweep(path: str) -> list[Overrides]:
-  """Runs the sweep file's `get_sweep(HYPER)`; returns its trials as dicts of overrides."""
+def load_sweep(path: str, hyper: types.SimpleNamespace = HYPER) -> list[Overrides]:
+  """Runs the sweep file's `get_sweep(hyper)`; returns its trials as dicts of overrides."""
   _check_exists(path)
   try:
     module = _load_module(path)
     get_sweep = getattr(module, 'get_sweep', None)
     if not callable(get_sweep):
       raise SweepError('it defines no get_sweep(hyper) function.')
-    trials = get_sweep(HYPER)
-  except SweepError as e:
+    trials = get_sweep(hyper)
+  except (SweepError, sampling.RangeError) as e:
     raise SweepError(f'sweep file {path}: {e}') from None
   except SyntaxError as e:
     raise SweepError(f'sweep file {path}, line {e.lineno}: {e.msg}.') from None
@@ -152,6 +157,22 @@ def load_sweep(path: str) -> list[Overrides]:
   if not trials:
     raise SweepError(f'sweep file {path}: get_sweep returned no trials.')
   return trials
+
+
+def sweep_ranges(path: str) -> dict[str, sampling.Range]:
+  """The ranges the sweep file samples its trials from, by key (empty for a grid)."""
+  recorder = sampling.RangeRecorder()
+  load_sweep(path, types.SimpleNamespace(**GRID_FUNCTIONS, **recorder.functions()))
+  return recorder.ranges
+
+
+def module_attribute(path: str, name: str, default: Any = None) -> Any:
+  """The sweep file's module-level `name` (e.g. `SUCCESSIVE_HALVING`), or `default`."""
+  _check_exists(path)
+  try:
+    return getattr(_load_module(path), name, default)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'sweep file {path}: loading it failed with {type(e).__name__}: {e}') from None
 
 
 def replicate_keys(base_config: ml_collections.ConfigDict, path: str) -> tuple[str, ...]:
@@ -232,6 +253,10 @@ def _check_key(key: str, value: Any, known: dict[str, Any], source: str) -> None
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise SweepError(f'{source}: unknown config key {key!r}{hint}; sweep keys are the dotted keys '
                      'of the config (configs/default.py).')
+  if isinstance(value, sampling.Range):
+    raise SweepError(f'{source}: {key!r} is a range to search (hyper.optuna), which needs '
+                     "BAYESIAN_SEARCH = {'generations': ..., 'trials_per_generation': ...} in the "
+                     'sweep file; use hyper.quasirandom or hyper.random to sample a sweep.')
   if key.startswith('data.') and key not in FIXED_DATA_KEYS:
     raise SweepError(f'{source}: {key!r} cannot be swept: every trial trains on the dataset of the '
                      'base config; set it with --config.' + key + '.')
@@ -270,14 +295,22 @@ def swept_keys(trials: Sequence[Overrides]) -> list[str]:
   return [k for k in keys if len({repr(t.get(k, missing)) for t in trials}) > 1]
 
 
-def trial_names(trials: Sequence[Overrides]) -> list[str]:
-  """Readable, unique folder names from the swept values, e.g. `learning_rate=0.001,seed=0`."""
+def trial_names(trials: Sequence[Overrides], legacy: bool = False) -> list[str]:
+  """Readable, unique folder names from the swept values, e.g. `learning_rate=0.001,seed=0`.
+
+  A float that needs more than `SHORT_DIGITS` significant digits (a sampled one, or `1e-4*1.06**3`)
+  is shown with `NAME_DIGITS`, more where two values of its key would read the same; the full
+  value stays in the trial's config.json. `legacy`: the names of sweeps recorded before (every
+  value as `str` writes it).
+  """
   keys = swept_keys(trials) or list(dict.fromkeys(k for t in trials for k in t))
   leaves = [k.rpartition('.')[2] for k in keys]
   short = {k: (leaf if leaves.count(leaf) == 1 else k) for k, leaf in builtins.zip(keys, leaves)}
+  digits = {k: None if legacy else _name_digits([t[k] for t in trials if k in t]) for k in keys}
   names = []
   for overrides in trials:
-    name = ','.join(f'{short[k]}={_format_value(overrides[k])}' for k in keys if k in overrides)
+    name = ','.join(f'{short[k]}={_format_value(overrides[k], digits[k])}' for k in keys
+                    if k in overrides)
     name = re.sub(r'[^A-Za-z0-9._,=+-]', '_', name) or 'trial'
     if len(name) > 120:
       name = f'{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}'
@@ -292,10 +325,41 @@ def trial_names(trials: Sequence[Overrides]) -> list[str]:
   return names
 
 
-def _format_value(value: Any) -> str:
+SHORT_DIGITS, NAME_DIGITS = 6, 4
+
+
+def _name_digits(values: Sequence[Any]) -> int:
+  """The fewest significant digits (from NAME_DIGITS) that keep the key's values apart."""
+  distinct = {repr(v): v for v in values}
+  for digits in range(NAME_DIGITS, 18):
+    if len({_format_value(v, digits) for v in distinct.values()}) == len(distinct):
+      return digits
+  return 17
+
+
+def _format_value(value: Any, digits: int | None = None) -> str:
+  """`str(value)`; with `digits`, a float that `SHORT_DIGITS` digits do not hold exactly is shown
+  with `digits` significant digits."""
   if isinstance(value, tuple):
-    return 'x'.join(_format_value(v) for v in value) if value else 'none'
+    return 'x'.join(_format_value(v, digits) for v in value) if value else 'none'
+  if (digits is not None and isinstance(value, float) and math.isfinite(value)
+      and float(f'{value:.{SHORT_DIGITS}g}') != value):
+    return f'{value:.{digits}g}'
   return str(value)
+
+
+def short_value(value: Any) -> str:
+  """How tables, plots and names show a value: long floats to `NAME_DIGITS` significant digits."""
+  return _format_value(value, NAME_DIGITS)
+
+
+def adopt_recorded_names(trials: Sequence[Trial], recorded: set[str]) -> list[Trial]:
+  """`trials`, each named as a sweep recorded before named it where only that folder exists
+  (`recorded`: the names of the folders in the workdir), so older sweeps resume and report."""
+  legacy_names = trial_names([t.overrides for t in trials], legacy=True)
+  return [dataclasses.replace(t, name=old)
+          if old != t.name and old in recorded and t.name not in recorded else t
+          for t, old in builtins.zip(trials, legacy_names)]
 
 
 def _describe(overrides: Overrides) -> str:

@@ -168,12 +168,15 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   After each epoch calls `on_epoch(epoch, records, diverged, stopped)`: `records` maps the index
   of each trial still training to its epoch record (the keys `train_and_evaluate` writes, with its
   hooks' metrics), on the epochs it logs; `diverged` and `stopped` (by early stopping, after this
-  or an earlier epoch) flag every trial. `chunk_size` (0: `default_chunk_size`) sets how many of a
-  device's trials train side by side. With `config.data.validation_split`, every trial validates
+  or an earlier epoch) flag every trial. `on_epoch` may return the indices of trials to prune
+  (successive halving): they stop training, and the others go on in a program compiled for them
+  alone, so pruned trials cost no more steps. `chunk_size` (0: `default_chunk_size`) sets how
+  many of a device's trials train side by side. With `config.data.validation_split`, every trial validates
   on the same held-out examples (`data.hold_out_validation`). Returns per trial its `history`
   (the records), `diverged`, `diverged_step` (the first step not applied, or None),
-  `stopped_epoch` (None: not stopped early) and `early_stopping` (its summary, None when off); the
-  stacked final `state` (a trial with `restore_best_weights` holds its best epoch's); the examples
+  `stopped_epoch` (None: not stopped early), `pruned_epoch` (None: not pruned) and
+  `early_stopping` (its summary, None when off); the stacked final `state` (a pruned trial holds
+  its state when pruned, a trial with `restore_best_weights` its best epoch's); the examples
   trained on (`num_train`, after any validation split); `timings`.
   """
   start = time.time()
@@ -192,69 +195,84 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   states = [steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch,
                                      dataset.image_shape, dataset.num_classes)
             for c in configs]
-  chunk = chunk_size or default_chunk_size(-(-num_trials // num_devices), tree_bytes(states[0]),
-                                           devices[0].platform)
+  state_bytes = tree_bytes(states[0])
+  chunk_for = lambda n: chunk_size or default_chunk_size(-(-n // num_devices), state_bytes,
+                                                         devices[0].platform)
+  chunk = chunk_for(num_trials)
   carry = parallel.split_trials((stack_trials(states), np.zeros(num_trials, bool)),
                                 num_devices, chunk)
+  active = np.arange(num_trials)  # The trials in the carry, in its order; pruning drops some.
   eval_indices = lambda split: parallel.eval_batch_indices(len(split[1]), first.eval_batch_size,
                                                            1)[0]
   validation = dataset.validation
   train_data, test_data, test_indices, validation_data, validation_indices = parallel.replicate(
       ((train_images, train_labels), (test_images, test_labels), eval_indices(dataset.test),
        validation, eval_indices(validation) if validation is not None else None), devices)
-  train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
-                                  donate_argnums=(0,))
-  eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
-                                 devices, (0, None, None, None), chunk)
 
   def epoch_indices(epoch):
-    return parallel.split_trials(trial_batch_indices(configs, epoch, num_train), num_devices,
-                                 chunk)
+    return parallel.split_trials(
+        trial_batch_indices([configs[i] for i in active], epoch, num_train), num_devices, chunk)
 
-  def split(flags):  # Per-trial flags in the layout of the carry.
-    return parallel.split_trials(np.asarray(flags), num_devices, chunk)
+  def split(flags):  # Per-trial flags (of every trial) in the layout of the carry.
+    return parallel.split_trials(np.asarray(flags)[active], num_devices, chunk)
+
+  def merge(tree):  # The carry's layout -> [active trials, ...].
+    return parallel.merge_trials(tree, len(active))
 
   book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
   platform = devices[0].platform
-  with book.timed('compile_sec'):
-    train_fn = compilation.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)),
-                                           platform, first.batch_size)
-    validation_fn = None
-    if validation is not None:  # The same program, compiled for the validation set's shapes.
-      validation_fn = compilation.compile_program(
-          eval_fn.lower(carry[0], *validation_data, validation_indices), platform,
-          first.eval_batch_size)
-    eval_fn = compilation.compile_program(eval_fn.lower(carry[0], *test_data, test_indices),
-                                          platform, first.eval_batch_size)
+
+  def compile_programs():  # For the carry and chunk as they are now (pruning changes them).
+    train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
+                                    donate_argnums=(0,))
+    eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
+                                   devices, (0, None, None, None), chunk)
+    with book.timed('compile_sec'):
+      train_fn = compilation.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)),
+                                             platform, first.batch_size)
+      validation_fn = None
+      if validation is not None:  # The same program, compiled for the validation set's shapes.
+        validation_fn = compilation.compile_program(
+            eval_fn.lower(carry[0], *validation_data, validation_indices), platform,
+            first.eval_batch_size)
+      eval_fn = compilation.compile_program(eval_fn.lower(carry[0], *test_data, test_indices),
+                                            platform, first.eval_batch_size)
+    return train_fn, validation_fn, eval_fn
+
+  train_fn, validation_fn, eval_fn = compile_programs()
 
   history = [[] for _ in configs]
   diverged = np.zeros(num_trials, bool)
   stopping = [early_stopping.State() for _ in configs]
   stopped = np.zeros(num_trials, bool)
+  pruned_epoch = [None] * num_trials
+  pruned_states = {}  # Trial index -> its state when pruned (on the host).
   best_weights = None  # Stacked, in the carry's layout: each restore_best_weights trial's best.
   for epoch in range(1, first.num_epochs + 1):
     with book.timed('train_sec'):
       # A stopped trial is frozen as a diverged one is; only true divergence is reported so.
       carry = (carry[0], split(diverged | stopped))
       carry, step_metrics = train_fn(carry, *train_data, epoch_indices(epoch))
-      step_metrics, halted = parallel.merge_trials(
-          jax.device_get((step_metrics, carry[1])), num_trials)
+      step_metrics, active_halted = merge(jax.device_get((step_metrics, carry[1])))
     epoch_sec = book.last_sec
-    diverged_now = halted & ~stopped
+    halted = diverged | stopped | np.asarray([e is not None for e in pruned_epoch])
+    halted[active] = active_halted
+    diverged_now = diverged.copy()
+    diverged_now[active] = active_halted & ~stopped[active]
+    position = {int(i): j for j, i in enumerate(active)}  # Trial index -> its row in the carry.
     records, improved = {}, np.zeros(num_trials, bool)
     if book.logs(epoch):
       validation_totals = None
       if validation_fn is not None:
         with book.timed('validation_sec'):
-          validation_totals = parallel.merge_trials(jax.device_get(
-              validation_fn(carry[0], *validation_data, validation_indices)), num_trials)
+          validation_totals = merge(jax.device_get(
+              validation_fn(carry[0], *validation_data, validation_indices)))
       with book.timed('eval_sec'):
-        totals = parallel.merge_trials(
-            jax.device_get(eval_fn(carry[0], *test_data, test_indices)), num_trials)
-      merged_state = (parallel.merge_trials(carry[0], num_trials)
-                      if any(trial_hooks) else None)
+        totals = merge(jax.device_get(eval_fn(carry[0], *test_data, test_indices)))
+      merged_state = merge(carry[0]) if any(trial_hooks) else None
       for i in np.flatnonzero(~halted):
-        pick = lambda tree: jax.tree.map(lambda x: x[i], tree)  # pylint: disable=cell-var-from-loop
+        row = position[i]
+        pick = lambda tree: jax.tree.map(lambda x: x[row], tree)  # pylint: disable=cell-var-from-loop
         record = book.record(epoch, pick(step_metrics), pick(totals), epoch_sec,
                              pick(validation_totals) if validation_totals is not None else None)
         if trial_hooks[i]:
@@ -270,29 +288,60 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
       best_weights = _select_trials(split(improved), carry[0],
                                     carry[0] if best_weights is None else best_weights)
     diverged = diverged_now
-    if on_epoch:
-      on_epoch(epoch, records, diverged.tolist(), stopped.tolist())
-    if (diverged | stopped).all():
+    prune = on_epoch(epoch, records, diverged.tolist(), stopped.tolist()) if on_epoch else None
+    prune = sorted({int(i) for i in prune or ()} & set(active.tolist()))
+    if prune:
+      # The pruned trials leave the carry; the others go on in a program compiled for them.
+      merged, merged_best = merge((carry[0], best_weights))
+      for i in prune:
+        pruned_epoch[i] = epoch
+        pruned_states[i] = jax.device_get(jax.tree.map(lambda x, row=position[i]: x[row], merged))
+      keep = np.asarray([int(i) not in pruned_states for i in active])
+      survivors = lambda tree: jax.tree.map(lambda x: np.asarray(x)[keep], tree)
+      active = active[keep]
+      if not len(active):
+        break
+      chunk = chunk_for(len(active))
+      carry = parallel.split_trials((survivors(merged), diverged[active]), num_devices, chunk)
+      if best_weights is not None:
+        best_weights = parallel.split_trials(survivors(merged_best), num_devices, chunk)
+      train_fn, validation_fn, eval_fn = compile_programs()
+    if (diverged | stopped)[active].all():
       break
 
-  state = parallel.merge_trials(carry[0], num_trials)
+  state = _all_trials(merge(carry[0]), active, pruned_states, num_trials)
   final_steps = np.asarray(jax.device_get(state.step))
   if best_weights is not None:
     restored = np.asarray([s.restore_best_weights and early_stopping.best_record(
-        h, s.monitor, s.mode) is not None for s, h in zip(stoppers, history)])
-    state = _select_trials(restored, parallel.merge_trials(best_weights, num_trials), state)
+        h, s.monitor, s.mode) is not None and p is None
+        for s, h, p in zip(stoppers, history, pruned_epoch)])
+    state = _select_trials(restored, _all_trials(merge(best_weights), active, pruned_states,
+                                                 num_trials), state)
   timings = book.finish()
   return {
       'history': history,
       'diverged': diverged.tolist(),
       'diverged_step': [int(s) + 1 if d else None for s, d in zip(final_steps, diverged)],
       'stopped_epoch': [s.stopped_epoch for s in stopping],
+      'pruned_epoch': pruned_epoch,
       'early_stopping': [st.summary(s) if st.enabled else None
                          for st, s in zip(stoppers, stopping)],
       'state': state,
       'num_train': num_train,
       'timings': timings,
   }
+
+
+def _all_trials(active_state, active: np.ndarray, pruned_states: dict[int, Any], num_trials: int):
+  """The stacked state of every trial: the active ones' rows, and each pruned one's own state."""
+  if not pruned_states:
+    return active_state
+  rows = {int(i): j for j, i in enumerate(active)}
+  leaves, structure = jax.tree.flatten(jax.device_get(active_state))
+  pruned = {i: jax.tree.leaves(s) for i, s in pruned_states.items()}
+  return jax.tree.unflatten(structure, [
+      np.stack([pruned[i][k] if i in pruned else leaf[rows[i]] for i in range(num_trials)])
+      for k, leaf in enumerate(leaves)])
 
 
 def _select_trials(mask, chosen, others):
