@@ -3,6 +3,9 @@ peak dense matmul rate, and at the rate XLA reaches on the model's own matmul sh
 
 import time
 
+# configs/cnn.py's convolutions (3x3, SAME): name -> (image size, channels in, channels out).
+CNN_CONVOLUTIONS = {'conv 28x28x1 -> 16': (28, 1, 16), 'conv 14x14x16 -> 32': (14, 16, 32)}
+
 
 def training_flops_per_example(hidden_sizes, input_size: int = 784, classes: int = 10) -> int:
   """Matmul FLOPs of one training example: forward, weight gradients, and input gradients of
@@ -73,3 +76,54 @@ def measure_training_matmul_gflops(batch_size: int, hidden_sizes=(128,),
     elapsed = time.perf_counter() - start
     best = max(best, training_flops_per_example(hidden_sizes) * batch_size * repeats / elapsed / 1e9)
   return best
+
+
+def conv_training_flops(size: int, channels: int, features: int, kernel: int = 3) -> int:
+  """Matmul FLOPs of one example through a SAME convolution, forward and backward (the input's
+  gradient only where the input is not the pixels, i.e. more than one channel)."""
+  return 2 * size * size * kernel * kernel * channels * features * (3 if channels > 1 else 2)
+
+
+def cnn_training_flops_per_example(dense_width: int = 128, classes: int = 10) -> int:
+  """configs/cnn.py's training FLOPs per example: the convolutions and both dense layers."""
+  convs = sum(conv_training_flops(*shape) for shape in CNN_CONVOLUTIONS.values())
+  flattened = 7 * 7 * 32
+  return convs + 2 * 3 * (flattened * dense_width + dense_width * classes)
+
+
+def measure_cnn_layer_gflops(batch_size: int, seconds: float = 1.0,
+                             steps_per_call: int = 20) -> dict[str, float]:
+  """GFLOP/s of each of configs/cnn.py's convolutions, forward and backward, as mlp_mnist's CPU
+  path runs them (`models.layers`: patches times a matrix), in a scan as an epoch runs them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.models import layers  # pylint: disable=g-import-not-at-top
+  rates = {}
+  for name, (size, channels, features) in CNN_CONVOLUTIONS.items():
+    images = jnp.ones((batch_size, size, size, channels), jnp.float32)
+    kernel = jnp.ones((3, 3, channels, features), jnp.float32)
+    argnums = (0, 1) if channels > 1 else (1,)
+
+    def steps(images, kernel):
+      def step(carry, _):
+        images, kernel = carry
+        def loss(x, k):
+          return layers.conv_general_dilated(x, k, (1, 1), 'SAME',
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC')).sum()
+        grads = jax.grad(loss, argnums)(images, kernel)
+        # Each step depends on the one before: none is hoisted out of the loop or skipped.
+        kernel = kernel - 1e-30 * grads[-1]
+        if channels > 1:
+          images = images - 1e-30 * grads[0]
+        return (images, kernel), None
+      return jax.lax.scan(step, (images, kernel), None, length=steps_per_call)[0]
+
+    program = jax.jit(steps).lower(images, kernel).compile()
+    jax.block_until_ready(program(images, kernel))
+    repeats, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      jax.block_until_ready(program(images, kernel))
+      repeats += steps_per_call
+    flops = conv_training_flops(size, channels, features) * batch_size * repeats
+    rates[name] = flops / (time.perf_counter() - start) / 1e9
+  return rates

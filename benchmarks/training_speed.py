@@ -1,4 +1,5 @@
-"""Side by side: this codebase, the Keras tutorial program, a naive JAX loop, and the roofline.
+"""Side by side: this codebase, the Keras tutorial program, a naive JAX loop, and the roofline;
+for the CNN (`model='cnn'`, configs/cnn.py's recipe), the same CNN in Keras and in PyTorch eager.
 
 Each contender runs in its own process (`python -m benchmarks.training_speed --contender ...`), so its
 end-to-end time includes Python start-up, imports, data loading and compilation, exactly as a user
@@ -21,8 +22,11 @@ import numpy as np
 from benchmarks import roofline
 
 CONTENDERS = ('mlp_mnist', 'keras', 'keras_silent', 'naive_jax')
+CNN_CONTENDERS = ('mlp_mnist', 'keras', 'pytorch')
+MODELS = ('mlp', 'cnn')
 KERAS_BACKENDS = ('tensorflow', 'jax')
 NAMES = {'mlp_mnist': 'mlp_mnist (scripts/train.py)', 'keras': 'Keras tutorial program',
+         'pytorch': 'PyTorch eager',
          'keras_silent': 'Keras, fit(verbose=0)', 'naive_jax': 'naive JAX loop (jit per step)',
          'roofline': 'roofline (matmul peak)',
          'roofline_shapes': "roofline (the model's matmul shapes)"}
@@ -61,13 +65,17 @@ def run_keras(args) -> dict[str, Any]:
   data_sec = time.perf_counter() - start
 
   keras.utils.set_random_seed(args.seed)
-  model = keras.Sequential([
-      keras.Input((28, 28)),
-      keras.layers.Flatten(),
-      keras.layers.Dense(128, activation='relu'),
-      keras.layers.Dense(10, activation='softmax'),
-  ])
-  model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
+  if args.model == 'cnn':
+    model, optimizer = _keras_cnn(keras, len(y_train), args.batch_size, args.epochs)
+    x_train, x_test = x_train[..., None], x_test[..., None]
+  else:
+    model, optimizer = keras.Sequential([
+        keras.Input((28, 28)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation='relu'),
+        keras.layers.Dense(10, activation='softmax'),
+    ]), 'adam'
+  model.compile(optimizer=optimizer, loss='sparse_categorical_crossentropy', metrics=['accuracy'])
   start = time.perf_counter()
   verbose = 0 if args.contender == 'keras_silent' else 'auto'
   model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=verbose)
@@ -78,6 +86,96 @@ def run_keras(args) -> dict[str, Any]:
   return dict(import_sec=import_sec, data_sec=data_sec, compile_sec=None, train_sec=train_sec,
               eval_sec=eval_sec, test_accuracy=float(test_accuracy), framework=framework,
               keras_backend=args.keras_backend, num_train=len(y_train))
+
+
+def _keras_cnn(keras, num_train: int, batch_size: int, epochs: int):
+  """configs/cnn.py's CNN and optimizer as a Keras user writes them."""
+  layers = keras.layers
+  model = keras.Sequential([
+      keras.Input((28, 28, 1)),
+      layers.Conv2D(16, 3, padding='same', activation='relu'),
+      layers.MaxPooling2D(),
+      layers.Conv2D(32, 3, padding='same', activation='relu'),
+      layers.MaxPooling2D(),
+      layers.Flatten(),
+      layers.Dense(128, activation='relu'),
+      layers.Dropout(0.25),
+      layers.Dense(10, activation='softmax'),
+  ])
+  steps = -(-num_train // batch_size) * epochs
+  warmup = round(0.3 * steps / epochs)
+  schedule = keras.optimizers.schedules.CosineDecay(
+      0.0, decay_steps=steps - warmup, warmup_target=3e-3, warmup_steps=warmup)
+  return model, keras.optimizers.Adam(schedule)
+
+
+def run_pytorch(args) -> dict[str, Any]:
+  """configs/cnn.py's recipe as a PyTorch user writes it: eager mode, a DataLoader, Adam with
+  linear warmup and cosine decay."""
+  start = time.perf_counter()
+  import math  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  from torch.utils.data import DataLoader, TensorDataset  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
+  import_sec = time.perf_counter() - start
+
+  start = time.perf_counter()
+  dataset = data.load_dataset(_data_config(args))
+  (x_train, y_train), (x_test, y_test) = dataset['train'], dataset['test']
+  x_train = torch.tensor(x_train, dtype=torch.float32).div_(255).unsqueeze(1)
+  x_test = torch.tensor(x_test, dtype=torch.float32).div_(255).unsqueeze(1)
+  y_train, y_test = torch.tensor(y_train).long(), torch.tensor(y_test).long()
+  data_sec = time.perf_counter() - start
+
+  torch.manual_seed(args.seed)
+  model = nn.Sequential(
+      nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, 10))
+  loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True)
+  optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+  steps = len(loader) * args.epochs
+  warmup = round(0.3 * len(loader))
+  scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+      step / warmup if step < warmup
+      else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))))
+  start = time.perf_counter()
+  for _ in range(args.epochs):
+    model.train()
+    for images, labels in loader:
+      optimizer.zero_grad()
+      loss = nn.functional.cross_entropy(model(images), labels)
+      loss.backward()
+      optimizer.step()
+      scheduler.step()
+  train_sec = time.perf_counter() - start
+  start = time.perf_counter()
+  model.eval()
+  with torch.no_grad():
+    test_accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
+  eval_sec = time.perf_counter() - start
+  return dict(import_sec=import_sec, data_sec=data_sec, compile_sec=None, train_sec=train_sec,
+              eval_sec=eval_sec, test_accuracy=test_accuracy, num_train=len(y_train),
+              framework=f'PyTorch {torch.__version__}, {torch.get_num_threads()} threads',
+              layer_gflops=cnn_layer_gflops_torch(torch, args.batch_size))
+
+
+def cnn_layer_gflops_torch(torch, batch_size: int, seconds: float = 1.0) -> dict[str, float]:
+  """GFLOP/s of each convolution of configs/cnn.py forward and backward in PyTorch."""
+  rates = {}
+  for name, (size, channels, features) in roofline.CNN_CONVOLUTIONS.items():
+    conv = torch.nn.Conv2d(channels, features, 3, padding=1)
+    images = torch.rand(batch_size, channels, size, size, requires_grad=channels > 1)
+    repeats, start = 0, None
+    while start is None or time.perf_counter() - start < seconds:
+      conv(images).sum().backward()
+      repeats += 1
+      if start is None:
+        repeats, start = 0, time.perf_counter()
+    flops = roofline.conv_training_flops(size, channels, features) * batch_size * repeats
+    rates[name] = flops / (time.perf_counter() - start) / 1e9
+  return rates
 
 
 def run_naive_jax(args) -> dict[str, Any]:
@@ -140,16 +238,17 @@ def run_naive_jax(args) -> dict[str, Any]:
 
 
 def run_contender(args) -> dict[str, Any]:
-  return {'keras': run_keras, 'keras_silent': run_keras,
-          'naive_jax': run_naive_jax}[args.contender](args)
+  return {'keras': run_keras, 'keras_silent': run_keras, 'naive_jax': run_naive_jax,
+          'pytorch': run_pytorch}[args.contender](args)
 
 
 def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: int,
              data_dir: str, local_dir: str, cache_dir: str, jax_cache_dir: str,
-             keras_backend: str = 'tensorflow') -> list[str]:
+             keras_backend: str = 'tensorflow', model: str = 'mlp') -> list[str]:
   if contender == 'mlp_mnist':  # The user's own command, nothing special.
+    config = 'cnn.py' if model == 'cnn' else 'default.py'
     return [sys.executable, os.path.join(REPO, 'scripts', 'train.py'),
-            f'--config={os.path.join(REPO, "configs", "default.py")}',
+            f'--config={os.path.join(REPO, "configs", config)}',
             f'--config.batch_size={batch_size}', f'--config.num_epochs={epochs}',
             f'--config.seed={seed}', f'--config.data.data_dir={data_dir}',
             f'--config.data.local_dir={local_dir}', f'--config.data.cache_dir={cache_dir}',
@@ -157,7 +256,7 @@ def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: i
   return [sys.executable, '-m', 'benchmarks.training_speed', f'--contender={contender}',
           f'--batch_size={batch_size}', f'--epochs={epochs}', f'--seed={seed}',
           f'--data_dir={data_dir}', f'--local_dir={local_dir}', f'--cache_dir={cache_dir}',
-          f'--keras_backend={keras_backend}']
+          f'--keras_backend={keras_backend}', f'--model={model}']
 
 
 def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
@@ -194,27 +293,38 @@ def _with_repo_on_path(environ) -> dict[str, str]:
 def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
                   local_dir: str = '', cache_dir: str = '', jax_cache_dir: str = '',
                   contenders=CONTENDERS, matmul_sizes=(512, 1024, 2048),
-                  keras_backend: str = 'tensorflow', log=print) -> dict[str, Any]:
-  """Every contender at every batch size, one process each, plus the roofline."""
+                  keras_backend: str = 'tensorflow', model: str = 'mlp', rounds: int = 1,
+                  log=print) -> dict[str, Any]:
+  """Every contender at every batch size, one process each, plus the roofline; `rounds` times,
+  the contenders alternating, each process's record with the load average before it started."""
   gflops = roofline.measure_matmul_gflops(matmul_sizes)
   log(f'dense float32 matmul peak: {gflops:.1f} GFLOP/s')
-  rows = []
+  rows, layer_gflops = [], {}
   for batch_size in batch_sizes:
-    results = []
-    for contender in contenders:  # mlp_mnist first: it also prepares the data and its cache.
-      results.append(run_in_process(contender, batch_size=batch_size, epochs=epochs, seed=seed,
-                                    data_dir=data_dir, local_dir=local_dir,
-                                    cache_dir=cache_dir, jax_cache_dir=jax_cache_dir,
-                                    keras_backend=keras_backend))
-      log(json.dumps(results[-1]))
-    shapes_gflops = roofline.measure_training_matmul_gflops(batch_size)
-    log(f'the training matmuls at batch {batch_size}: {shapes_gflops:.1f} GFLOP/s')
-    rows += with_ratios(results, gflops, batch_size, epochs, shapes_gflops)
-  return {'epochs': epochs, 'matmul_gflops': gflops, 'rows': rows}
+    for round_index in range(rounds):
+      results = []
+      for contender in contenders:  # mlp_mnist first: it also prepares the data and its cache.
+        load = os.getloadavg()[0]
+        results.append({**run_in_process(
+            contender, batch_size=batch_size, epochs=epochs, seed=seed, data_dir=data_dir,
+            local_dir=local_dir, cache_dir=cache_dir, jax_cache_dir=jax_cache_dir,
+            keras_backend=keras_backend, model=model), 'round': round_index, 'load': load})
+        log(json.dumps(results[-1]))
+      if model == 'cnn':
+        shapes_gflops = None
+        if round_index == 0:
+          layer_gflops[batch_size] = roofline.measure_cnn_layer_gflops(batch_size)
+          log(f'the convolutions at batch {batch_size}: {layer_gflops[batch_size]}')
+      else:
+        shapes_gflops = roofline.measure_training_matmul_gflops(batch_size)
+        log(f'the training matmuls at batch {batch_size}: {shapes_gflops:.1f} GFLOP/s')
+      rows += with_ratios(results, gflops, batch_size, epochs, shapes_gflops, model=model)
+  return {'epochs': epochs, 'model': model, 'matmul_gflops': gflops, 'rows': rows,
+          'layer_gflops': layer_gflops}
 
 
 def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int,
-                shapes_gflops: float | None = None) -> list[dict]:
+                shapes_gflops: float | None = None, model: str = 'mlp') -> list[dict]:
   """Adds examples/s, the roofline rows, and every figure as a ratio to mlp_mnist's.
 
   A roofline row is the time the epochs' matmul FLOPs take at a measured rate: the machine's peak
@@ -223,7 +333,9 @@ def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int
   for r in results:
     if 'train_sec' in r:
       r['examples_per_sec'] = r['num_train'] * epochs / r['train_sec']
-  flops = roofline.training_flops_per_example((128,)) * 60000 * epochs
+  per_example = (roofline.cnn_training_flops_per_example() if model == 'cnn'
+                 else roofline.training_flops_per_example((128,)))
+  flops = per_example * 60000 * epochs
   rates = {'roofline': gflops, 'roofline_shapes': shapes_gflops}
   rows = results + [
       {'contender': name, 'batch_size': batch_size, 'gflops': rate,
@@ -235,6 +347,22 @@ def with_ratios(results: list[dict], gflops: float, batch_size: int, epochs: int
       if ours and r.get(key) is not None:
         r[f'{key}_vs_ours'] = r[key] / ours[key]
   return rows
+
+
+def layer_table(result: dict[str, Any]) -> str:
+  """Each convolution's GFLOP/s forward and backward, and its share of the matmul peak: mlp_mnist's
+  CPU path and PyTorch's (measured in its process, after training), as a Markdown table."""
+  peak = result['matmul_gflops']
+  lines = ['| batch | layer | mlp_mnist GFLOP/s | share of peak | PyTorch GFLOP/s | share of peak |',
+           '|---:|---|---:|---:|---:|---:|']
+  for batch_size, ours in result.get('layer_gflops', {}).items():
+    torch_rates = next((r['layer_gflops'] for r in result['rows'] if r['contender'] == 'pytorch'
+                        and r['batch_size'] == int(batch_size) and 'layer_gflops' in r), {})
+    for name, rate in ours.items():
+      theirs = torch_rates.get(name)
+      lines.append(f'| {batch_size} | {name} | {rate:.1f} | {rate / peak:.0%} | '
+                   f'{_fmt(theirs, ".1f")} | {_fmt(theirs and theirs / peak, ".0%")} |')
+  return '\n'.join(lines)
 
 
 def roofline_shares(rows: list[dict]) -> str:
@@ -271,6 +399,8 @@ def markdown_table(rows: list[dict]) -> str:
     name = NAMES[r['contender']]
     if r.get('keras_backend', 'tensorflow') != 'tensorflow':
       name += f" (Keras on {r['keras_backend']})"
+    if 'load' in r:
+      name += f" (load {r['load']:.1f})"
     if 'error' in r:
       lines.append(f"| {r['batch_size']} | {name} | {r['error']} |" + ' |' * 8)
       continue
@@ -288,8 +418,9 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None):
   """Entry point of one contender's process: prints its result as one JSON line."""
   parser = argparse.ArgumentParser()
-  parser.add_argument('--contender', choices=('keras', 'keras_silent', 'naive_jax'),
+  parser.add_argument('--contender', choices=('keras', 'keras_silent', 'naive_jax', 'pytorch'),
                       required=True)
+  parser.add_argument('--model', choices=MODELS, default='mlp')
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--epochs', type=int, default=5)
   parser.add_argument('--seed', type=int, default=0)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from benchmarks import roofline
 from benchmarks import training_speed
@@ -93,3 +94,55 @@ def test_contender_processes_keep_the_callers_python_path():
   env = training_speed._with_repo_on_path({'PYTHONPATH': f'/opt/site{os.pathsep}/x', 'HOME': '/h'})
   assert env == {'PYTHONPATH': os.pathsep.join([REPO, '/opt/site', '/x']), 'HOME': '/h'}
   assert training_speed._with_repo_on_path({})['PYTHONPATH'] == REPO
+
+
+def test_cnn_flops_count_each_layers_matmuls():
+  # 3x3 SAME convolutions: forward and kernel gradient; the input's gradient but for the pixels'.
+  conv1 = 2 * 28 * 28 * 9 * 1 * 16 * 2
+  conv2 = 2 * 14 * 14 * 9 * 16 * 32 * 3
+  dense = 2 * 3 * (7 * 7 * 32 * 128 + 128 * 10)
+  assert roofline.cnn_training_flops_per_example() == conv1 + conv2 + dense
+  rows = training_speed.with_ratios(
+      [{'contender': 'mlp_mnist', 'batch_size': 128, 'train_sec': 10.0, 'num_train': 60000}],
+      gflops=100.0, batch_size=128, epochs=5, model='cnn')
+  np.testing.assert_allclose(rows[1]['train_sec'], (conv1 + conv2 + dense) * 300000 / 100e9)
+  result = {'matmul_gflops': 100.0, 'layer_gflops': {128: {'conv 28x28x1 -> 16': 50.0}},
+            'rows': [{'contender': 'pytorch', 'batch_size': 128,
+                      'layer_gflops': {'conv 28x28x1 -> 16': 20.0}}]}
+  assert training_speed.layer_table(result).splitlines()[2] == (
+      '| 128 | conv 28x28x1 -> 16 | 50.0 | 50% | 20.0 | 20% |')
+
+
+def test_quick_cnn_benchmark_runs_ours_and_keras(tmp_path):
+  cache = _synthetic_cache(tmp_path)
+  out = tmp_path / 'bench'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'benchmark.py'), '--quick', '--model=cnn',
+       '--contenders=mlp_mnist,keras', f'--cache_dir={cache}',
+       f'--jax_cache_dir={tmp_path / "jax"}', f'--out={out}'],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path,
+      env={**os.environ, 'PYTHONPATH': REPO})
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(f'{out}.json') as f:
+    written = json.load(f)
+  rows = written['rows']
+  assert [r['contender'] for r in rows] == ['mlp_mnist', 'keras', 'roofline']
+  assert all('error' not in r and r['train_sec'] > 0 and r['load'] >= 0 for r in rows[:2])
+  assert written['model'] == 'cnn' and set(written['layer_gflops']['1024']) == set(
+      roofline.CNN_CONVOLUTIONS)
+  assert '| 1024 | conv 14x14x16 -> 32 |' in (tmp_path / 'bench.md').read_text()
+
+
+def test_pytorch_cnn_contender(tmp_path):
+  pytest.importorskip('torch')
+  cache = _synthetic_cache(tmp_path, num_train=512)
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.training_speed', '--contender=pytorch', '--model=cnn',
+       '--batch_size=128', '--epochs=1', f'--cache_dir={cache}'],
+      capture_output=True, text=True, timeout=300, cwd=tmp_path,
+      env=training_speed._with_repo_on_path(os.environ))
+  assert result.returncode == 0, result.stderr[-2000:]
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  assert record['num_train'] == 512 and record['train_sec'] > 0
+  assert 0 <= record['test_accuracy'] <= 1
+  assert set(record['layer_gflops']) == set(roofline.CNN_CONVOLUTIONS)

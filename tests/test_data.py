@@ -52,19 +52,26 @@ def test_offline_preparation_writes_a_real_tfds_dataset(config, tmp_path):
   expected = synthetic_dataset(num_train=40, num_test=12, seed=3)
   _write_idx_dir(tmp_path / 'idx', expected)
   data_config = _data_config(config, tmp_path, local_dir=str(tmp_path / 'idx'))
-  dataset = pipeline.load_dataset(data_config)
-  assert (dataset.image_shape, dataset.num_classes) == ((28, 28), 10)
-  assert dataset.class_names == tuple(str(c) for c in range(10))
-  for split in ('train', 'test'):
-    images, labels = dataset[split]
-    assert images.dtype == np.uint8 and labels.dtype == np.int32
-    for got, want in zip(_sorted(images, labels), _sorted(*expected[split])):
-      np.testing.assert_array_equal(got, want)
+  data.prepare_from_idx(data_config.local_dir, data_config.data_dir)  # scripts/prepare_data.py
   # The registered TFDS builder now reads it with download=False, as tfds.load would.
   tfds = tfds_source.import_tfds()
   test = tfds.as_numpy(tfds.load('mnist', split='test', data_dir=data_config.data_dir, download=False,
                                  batch_size=-1))
   assert test['image'].shape == (12, 28, 28, 1)
+  from_tfds = tfds_source.read_dataset(tfds, tfds_source.builder(tfds, data_config), data_config)
+  for split in ('train', 'test'):
+    for got, want in zip(_sorted(*from_tfds[split]), _sorted(*expected[split])):
+      np.testing.assert_array_equal(got, want)
+  # Training from the IDX files reads them directly: TFDS' arrays, in TFDS' order.
+  dataset = pipeline.load_dataset(data_config)
+  assert (dataset.image_shape, dataset.num_classes) == ((28, 28), 10)
+  assert (dataset.name, dataset.class_names) == (from_tfds.name, from_tfds.class_names)
+  for split in ('train', 'test'):
+    images, labels = dataset[split]
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    np.testing.assert_array_equal(images, from_tfds[split][0])
+    np.testing.assert_array_equal(labels, from_tfds[split][1])
+  assert not np.array_equal(dataset['train'][1], expected['train'][1])  # TFDS reorders.
   # The decoded cache was written, named after the IDX files, and serves the next load.
   path = cache.cache_path(data_config, idx.files_identity(data_config.local_dir))
   assert os.listdir(tmp_path / 'cache') == [os.path.basename(path)]
@@ -75,6 +82,34 @@ def test_offline_preparation_writes_a_real_tfds_dataset(config, tmp_path):
   _write_idx_dir(tmp_path / 'idx', synthetic_dataset(num_train=40, num_test=12, seed=4))
   os.utime(tmp_path / 'idx' / 't10k-labels-idx1-ubyte', ns=(1, 1))
   assert cache.cache_path(data_config, idx.files_identity(data_config.local_dir)) != path
+
+
+def test_training_from_idx_files_skips_tensorflow_and_the_tfds_round_trip(config, tmp_path):
+  _write_idx_dir(tmp_path / 'idx', synthetic_dataset(num_train=40, num_test=12))
+  code = ('import sys, ml_collections; from mlp_mnist.data import pipeline as ip; '
+          'd = ip.load_dataset(ml_collections.ConfigDict(dict(name="mnist", version="3.0.1", '
+          f'data_dir="{tmp_path / "tfds"}", local_dir="{tmp_path / "idx"}", '
+          f'cache_dir="{tmp_path / "cache"}", use_cache=True, download=False, npz_path=""))); '
+          'assert d["train"][0].shape == (40, 28, 28); '
+          'assert "tensorflow" not in sys.modules, "TensorFlow was imported"')
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+  assert not (tmp_path / 'tfds').exists() and len(os.listdir(tmp_path / 'cache')) == 1
+
+
+def test_real_mnist_from_idx_files_equals_tfds(config, tmp_path):
+  """Real MNIST read directly from its IDX files equals what TFDS writes and reads back."""
+  idx_dir = os.environ.get('MLP_MNIST_IDX_DIR')
+  if not idx_dir:
+    pytest.skip('set MLP_MNIST_IDX_DIR to a directory with the four MNIST IDX files')
+  data_config = _data_config(config, tmp_path, local_dir=idx_dir)
+  data.prepare_from_idx(idx_dir, data_config.data_dir)
+  tfds = tfds_source.import_tfds()
+  from_tfds = tfds_source.read_dataset(tfds, tfds_source.builder(tfds, data_config), data_config)
+  direct = idx.read_as_tfds_mnist(idx_dir)
+  for split in ('train', 'test'):
+    for got, want in zip(direct[split], from_tfds[split]):
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(got, want)
 
 
 def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):

@@ -76,50 +76,6 @@ def test_cnn_takes_its_input_shape_and_classes_from_the_data(config):
   assert params['params']['Dense_0']['kernel'].shape == (3 * 2 * 8, 16)
 
 
-@pytest.mark.parametrize('image_shape,kernel_shape,padding', [
-    ((3, 28, 28, 1), (3, 3, 1, 4), 'SAME'),
-    ((2, 9, 7, 3), (4, 4, 3, 5), 'SAME'),  # An even kernel: SAME pads unevenly.
-    ((2, 8, 8, 2), (5, 3, 2, 3), ((1, 2), (0, 2))),
-])
-def test_cnn_convolution_and_its_gradient_equal_lax(image_shape, kernel_shape, padding):
-  from mlp_mnist.models import cnn  # pylint: disable=g-import-not-at-top
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  images = jax.random.normal(keys[0], image_shape)
-  kernel = jax.random.normal(keys[1], kernel_shape)
-  dims = ('NHWC', 'HWIO', 'NHWC')
-  want, want_vjp = jax.vjp(
-      lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dims),
-      images, kernel)
-  got, got_vjp = jax.vjp(
-      lambda x, k: cnn.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dims),
-      images, kernel)
-  grad_out = jax.random.normal(keys[2], want.shape)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  for g, w in zip(got_vjp(grad_out), want_vjp(grad_out)):
-    assert g.shape == w.shape
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-
-
-def test_cnn_gradient_convolutions_in_an_epoch_are_canonical(config, monkeypatch):
-  """In a scanned epoch, every convolution is NHWC x HWIO (XLA's CPU backend runs the others as
-  plain loops, 9-13x slower); with `lax.conv_general_dilated`'s own gradient they are not."""
-  from mlp_mnist.models import cnn  # pylint: disable=g-import-not-at-top
-  config = _tiny_cnn(config)
-  state = steps.create_train_state(config, jax.random.PRNGKey(0), 2, (28, 28), 10)
-  images, labels = np.zeros((8, 28, 28), np.uint8), np.zeros((8,), np.int32)
-  indices = np.arange(8).reshape(2, 4)
-
-  def conv_layouts(state):
-    hlo = jax.jit(steps.train_epoch).lower(state, images, labels, indices).compile().as_text()
-    return re.findall(r'convolution\(.*dim_labels=([^,]+)', hlo)
-
-  assert len(conv_layouts(state)) == 5  # Two forward; the kernels' gradients, the images' of one.
-  assert set(conv_layouts(state)) == {'b01f_01io->b01f'}
-  monkeypatch.setattr(cnn, 'conv_general_dilated', jax.lax.conv_general_dilated)
-  jax.clear_caches()  # The traced epoch is cached by function and arguments.
-  assert set(conv_layouts(state)) != {'b01f_01io->b01f'}  # The check can fail.
-
-
 def test_cnn_model_keys_are_checked(config):
   config.model.cnn.features = (8, 0)
   with pytest.raises(config_checks.ConfigError, match=r'config.model.cnn.features=\(8, 0\)'):

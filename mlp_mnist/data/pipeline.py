@@ -3,8 +3,9 @@
 - `config.data.npz_path` set: your own arrays (`npz.py`).
 - Otherwise the TFDS dataset `config.data.name:version` (`tfds_source.py`), downloaded and prepared
   by TFDS, read from `config.data.data_dir`, or, for the MNIST-format datasets, prepared offline
-  from the IDX files in `config.data.local_dir` (`idx.py`). Its arrays go to a decoded cache keyed
-  by the source (`cache.py`), so later runs never import TensorFlow.
+  from the IDX files in `config.data.local_dir` (`idx.py`); mnist:3.0.1 is read from those files
+  directly, in TFDS' order, without TensorFlow. Its arrays go to a decoded cache keyed by the
+  source (`cache.py`), so later runs never import TensorFlow.
 """
 
 import dataclasses
@@ -30,7 +31,10 @@ def _load(data_config) -> dataset_lib.Dataset:
   cached = cache.read(path) if path else None
   if cached is not None:
     return cached
-  dataset = _load_from_tfds(data_config)
+  if data_config.local_dir and (data_config.name, data_config.version) == idx.TFDS_MNIST:
+    dataset = idx.read_as_tfds_mnist(data_config.local_dir)
+  else:
+    dataset = _load_from_tfds(data_config)
   if path:
     cache.write(path, dataset)
   return dataset

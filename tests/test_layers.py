@@ -1,0 +1,95 @@
+"""The convolutional building blocks: the CPU convolution's values and gradients equal `lax`'s, the
+compiled CPU epoch holds no convolution, and other platforms keep `lax`'s."""
+
+import re
+
+import flax.linen as nn
+import jax
+from jax import export
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlp_mnist import steps
+from mlp_mnist.models import layers
+
+from test_extending import _tiny_cnn
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+@pytest.mark.parametrize('image_shape,kernel_shape,padding,strides,dilation', [
+    ((3, 28, 28, 1), (3, 3, 1, 4), 'SAME', (1, 1), (1, 1)),
+    ((2, 9, 7, 3), (4, 4, 3, 5), 'SAME', (1, 1), (1, 1)),  # An even kernel: SAME pads unevenly.
+    ((2, 8, 8, 2), (5, 3, 2, 3), ((1, 2), (0, 2)), (1, 1), (1, 1)),
+    ((2, 9, 8, 2), (3, 3, 2, 3), 'VALID', (1, 1), (1, 1)),
+    ((2, 9, 8, 2), (3, 2, 2, 3), 'SAME', (2, 3), (1, 1)),  # Odd and even sizes, strided.
+    ((2, 11, 10, 2), (3, 3, 2, 4), ((3, 0), (2, 4)), (2, 1), (2, 3)),  # Dilated kernel.
+])
+def test_convolution_and_its_gradients_equal_lax(image_shape, kernel_shape, padding, strides,
+                                                 dilation):
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  images = jax.random.normal(keys[0], image_shape)
+  kernel = jax.random.normal(keys[1], kernel_shape)
+
+  def conv(fn):
+    return jax.jit(lambda x, k: fn(x, k, strides, padding, rhs_dilation=dilation,
+                                   dimension_numbers=_NHWC, precision='highest'))
+
+  want, want_vjp = jax.vjp(conv(jax.lax.conv_general_dilated), images, kernel)
+  got, got_vjp = jax.vjp(conv(layers.conv_general_dilated), images, kernel)
+  grad_out = jax.random.normal(keys[2], want.shape)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for g, w in zip(got_vjp(grad_out), want_vjp(grad_out)):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_module_equals_flax_conv():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 3))
+  fast, plain = layers.Conv(4, (3, 3)), nn.Conv(4, (3, 3))
+  params = plain.init(jax.random.PRNGKey(1), images)
+  assert jax.tree.structure(fast.init(jax.random.PRNGKey(1), images)) == jax.tree.structure(params)
+  np.testing.assert_allclose(fast.apply(params, images), plain.apply(params, images),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_other_layouts_and_grouped_convolutions_fall_back_to_lax():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 6))  # NCHW
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (4, 2, 3, 3))  # OIHW, two groups.
+  args = ((1, 1), 'SAME')
+  kwargs = dict(dimension_numbers=('NCHW', 'OIHW', 'NCHW'), feature_group_count=2)
+  assert 'platform_index' not in str(jax.make_jaxpr(
+      lambda x, k: layers.conv_general_dilated(x, k, *args, **kwargs))(images, kernel))
+  np.testing.assert_array_equal(layers.conv_general_dilated(images, kernel, *args, **kwargs),
+                                jax.lax.conv_general_dilated(images, kernel, *args, **kwargs))
+
+
+def test_max_pool_equals_flax_max_pool():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))  # An odd row is dropped.
+  np.testing.assert_array_equal(layers.max_pool_2x2(x),
+                                nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID'))
+
+
+def _cnn_epoch(config):
+  state = steps.create_train_state(_tiny_cnn(config), jax.random.PRNGKey(0), 2, (28, 28), 10)
+  images, labels = np.zeros((8, 28, 28), np.uint8), np.zeros((8,), np.int32)
+  return jax.jit(steps.train_epoch), (state, images, labels, np.arange(8).reshape(2, 4))
+
+
+def test_cpu_epoch_holds_no_convolution_and_accelerators_keep_lax(config, monkeypatch):
+  """On CPUs the CNN's epoch is matmuls (XLA's CPU convolutions are slower, and inside a scan
+  their gradients run as plain loops); lowered for a GPU, it holds `lax`'s convolutions."""
+  epoch, args = _cnn_epoch(config)
+
+  def cpu_convolutions():
+    return re.findall(r'= \S+ convolution\(', epoch.lower(*args).compile().as_text())
+
+  assert not cpu_convolutions()
+  gpu = export.export(epoch, platforms=['cuda'])(*args).mlir_module()
+  assert len(re.findall(r'stablehlo.convolution', gpu)) == 5  # Two forward, three gradients.
+  monkeypatch.setattr(layers, 'conv_as_matmul', lambda x, k, strides, pads, *_: (
+      jax.lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_NHWC)))
+  jax.clear_caches()  # The traced epoch is cached by function and arguments.
+  assert cpu_convolutions()  # The check can fail.
