@@ -190,3 +190,21 @@ def test_a_sweep_skips_a_trial_a_live_worker_holds_and_takes_over_a_dead_workers
   assert any(line.startswith(f'warning: taking over the lock on {dead}') for line in lines)
   assert os.path.exists(os.path.join(live, locks.LOCK_FILE))  # The live worker's, untouched.
   assert not os.path.exists(os.path.join(dead, locks.LOCK_FILE))
+
+
+def test_one_heartbeat_thread_serves_every_lock_of_the_process(tmp_path, monkeypatch):
+  import threading  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(locks, 'HEARTBEAT_SEC', 0.05)
+  held = [locks.Lock(str(tmp_path / str(i))).acquire() for i in range(50)]
+  try:
+    assert [t.name for t in threading.enumerate()].count('lock heartbeats') == 1
+    before = [json.loads((tmp_path / str(i) / locks.LOCK_FILE).read_text())['heartbeat_unix']
+              for i in range(50)]
+    time.sleep(0.3)
+    after = [json.loads((tmp_path / str(i) / locks.LOCK_FILE).read_text())['heartbeat_unix']
+             for i in range(50)]
+    assert all(b > a for a, b in zip(before, after))
+  finally:
+    for lock in held:
+      lock.release()
+  assert not list(tmp_path.rglob(locks.LOCK_FILE))

@@ -161,8 +161,8 @@ class Lock:
     self._storage = _Storage(self.path)
     self._what = what
     self._content: dict[str, Any] | None = None
-    self._stop = threading.Event()
-    self._thread: threading.Thread | None = None
+    self._held = False
+    self._mutex = threading.Lock()  # A heartbeat never rewrites a lock being released.
     self._created_directory = False
 
   def try_acquire(self, warn: Callable[[str], Any] = print) -> dict | None:
@@ -179,7 +179,8 @@ class Lock:
       except OSError as e:  # Not a FileExistsError: an unwritable workdir, a full disk.
         raise run_files.write_error(self.path, e) from e
       if created:
-        self._start_heartbeat()
+        self._held = True
+        _HEARTBEATS.add(self)
         return None
       holder = self._storage.read()
       if holder is None:
@@ -209,29 +210,28 @@ class Lock:
           f'to force it, delete {self.path}.')
     return self
 
-  def _start_heartbeat(self) -> None:
-    self._stop.clear()
-    self._thread = threading.Thread(target=self._beat, daemon=True, name=f'lock {self.path}')
-    self._thread.start()
-
-  def _beat(self) -> None:
-    while not self._stop.wait(HEARTBEAT_SEC):
+  def beat(self) -> None:
+    """Refreshes the heartbeat in the lock (the process-wide heartbeat thread calls it)."""
+    with self._mutex:
+      if not self._held:
+        return
+      self._content['heartbeat_unix'] = time.time()
       try:
-        self._content['heartbeat_unix'] = time.time()
         self._storage.overwrite(json.dumps(self._content))
       except OSError:
         pass  # A missed beat; the next one retries. Only STALE_SEC of misses lose the lock.
 
   def release(self) -> None:
     """Removes the lock if this process still holds it."""
-    if self._thread is None:
-      return
-    self._stop.set()
-    self._thread.join()
-    self._thread = None
-    holder = self._storage.read()
-    if holder and holder.get('pid') == os.getpid() and holder.get('host') == socket.gethostname():
-      self._storage.delete()
+    _HEARTBEATS.remove(self)
+    with self._mutex:
+      if not self._held:
+        return
+      self._held = False
+      holder = self._storage.read()
+      if holder and holder.get('pid') == os.getpid() and holder.get(
+          'host') == socket.gethostname():
+        self._storage.delete()
     if self._created_directory:  # A run that stopped before writing anything leaves no folder.
       with contextlib.suppress(OSError):  # Not empty: the run's records stay.
         os.rmdir(self.directory)
@@ -241,6 +241,44 @@ class Lock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+class _Heartbeats:
+  """One thread that refreshes every lock this process holds, every `HEARTBEAT_SEC` (a sweep
+  group may claim thousands of trials: one thread, not one per lock)."""
+
+  def __init__(self):
+    self._locks: set[Lock] = set()
+    self._guard = threading.Lock()
+    self._wake = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def add(self, lock: Lock) -> None:
+    with self._guard:
+      self._locks.add(lock)
+      if self._thread is None or not self._thread.is_alive():
+        self._thread = threading.Thread(target=self._run, daemon=True, name='lock heartbeats')
+        self._thread.start()
+      else:
+        self._wake.set()  # Restart its wait, with the current HEARTBEAT_SEC.
+
+  def remove(self, lock: Lock) -> None:
+    with self._guard:
+      self._locks.discard(lock)
+
+  def _run(self) -> None:
+    while True:
+      woken = self._wake.wait(HEARTBEAT_SEC)
+      self._wake.clear()
+      if woken:
+        continue
+      with self._guard:
+        held = list(self._locks)
+      for lock in held:
+        lock.beat()
+
+
+_HEARTBEATS = _Heartbeats()
 
 
 def claim(directory: str, claims: contextlib.ExitStack, log: Callable[[str], Any] = print) -> bool:

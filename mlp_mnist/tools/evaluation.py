@@ -62,8 +62,10 @@ def restore_checked(checkpoints: checkpointing.Checkpointer, target, step: int |
   """`checkpoints.restore`, its failures sorted as training's restore sorts them (a mismatch with
   `config.json`, a storage error, damage) into one-line CheckpointErrors; nothing is moved."""
   available = checkpoints.steps()
-  resolved = {None: available[-1] if available else None,
-              'best': checkpoints.best_step()}.get(step, step)
+  if step is None:
+    resolved = available[-1] if available else None
+  else:
+    resolved = checkpoints.best_step() if step == 'best' else step
   retrain = ('evaluate another --step (the workdir has steps '
              f'{", ".join(map(str, available))}), or rerun the training command on this workdir, '
              'which sets a damaged checkpoint aside and resumes from the previous one')
