@@ -69,6 +69,8 @@ def test_extending_examples_train_sweep_evaluate_and_predict(tmp_path):
     sweep = json.load(f)
   assert len(sweep['trials']) == 6
   assert {t['program_group'] for t in sweep['trials']} == {0}  # One program.
+  assert [os.path.basename(r['copy']) for r in sweep['imports']] == [
+      '0-resmlp.py', '1-focal.py', '2-noise.py']
 
 
 def test_library_examples_run(tmp_path, monkeypatch):

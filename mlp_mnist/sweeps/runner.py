@@ -20,6 +20,7 @@ from mlp_mnist import config_checks
 from mlp_mnist import data
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import locks
+from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
@@ -72,7 +73,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   if not report_only:
     share = worker_share(groups, num_workers, worker_index)
     _check_existing_trials(workdir, [trials[i] for g in share for i in g])
-    _write_sweep_file(workdir, sweep_path, keys, replicate_keys, trials, groups, command,
+    _write_sweep_file(workdir, sweep_path, keys, replicate_keys, trials, groups, command, config,
                       search.sweep_description(sweep_path, halving))
     finished = {i for g in share for i in g
                 if results.read_status(_dir(workdir, trials[i])) in results.FINISHED}
@@ -283,14 +284,18 @@ def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) ->
 
 
 def _write_sweep_file(workdir: str, sweep_path: str, keys, replicate_keys, trials, groups,
-                      command: str, search_description: dict | None = None) -> None:
+                      command: str, config: ml_collections.ConfigDict,
+                      search_description: dict | None = None) -> None:
   """`sweep.json`: the sweep file, the command, the swept and replicate keys and every trial with
-  its program group."""
+  its program group, and the files of `config.imports` (copied into the workdir, as
+  `provenance.keep_imports` does for a run)."""
   program = {i: g for g, group in enumerate(groups) for i in group}
   content = {'sweep_file': os.path.abspath(sweep_path), 'command': command,
              'swept_keys': list(keys), 'replicate_keys': list(replicate_keys),
              'trials': [{'name': t.name, 'overrides': t.overrides, 'program_group': program[i]}
-                        for i, t in enumerate(trials)], **(search_description or {})}
+                        for i, t in enumerate(trials)],
+             'imports': provenance.keep_imports(workdir, config.imports),
+             **(search_description or {})}
   run_files.write_text_atomic(epath.Path(workdir) / 'sweep.json',
                               json.dumps(content, indent=2) + '\n')
 
