@@ -82,8 +82,7 @@ def final_record(config: ml_collections.ConfigDict, records: Sequence[dict]) -> 
   """The record a trial's results are those of: its last epoch's, or with early stopping's
   `restore_best_weights` its best epoch's (the weights it ends with, as its summary.json says)."""
   stopper = early_stopping.EarlyStopping(config)
-  best = (early_stopping.best_record(records, stopper.monitor, stopper.mode)
-          if stopper.restore_best_weights else None)
+  best = stopper.best_record(records) if stopper.restore_best_weights else None
   return best or records[-1]
 
 

@@ -265,8 +265,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
         stopper = stoppers[i]
         stopping[i] = stopper.update(stopping[i], record)
         stopped[i] = stopping[i].stopped
-        improved[i] = stopper.restore_best_weights and early_stopping.best_record(
-            history[i], stopper.monitor, stopper.mode) is record
+        improved[i] = stopper.restore_best_weights and stopper.best_record(history[i]) is record
     if improved.any():
       best_weights = _select_trials(split(improved), carry[0],
                                     carry[0] if best_weights is None else best_weights)
@@ -279,8 +278,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   state = parallel.merge_trials(carry[0], num_trials)
   final_steps = np.asarray(jax.device_get(state.step))
   if best_weights is not None:
-    restored = np.asarray([s.restore_best_weights and early_stopping.best_record(
-        h, s.monitor, s.mode) is not None for s, h in zip(stoppers, history)])
+    restored = np.asarray([s.restore_best_weights and s.best_record(h) is not None
+                           for s, h in zip(stoppers, history)])
     state = _select_trials(restored, parallel.merge_trials(best_weights, num_trials), state)
   timings = book.finish()
   return {
