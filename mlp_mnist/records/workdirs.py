@@ -54,7 +54,7 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   missing = '(absent)'
   return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
           for key in sorted(set(saved) | set(requested))
-          if key not in config_checks.RESULT_NEUTRAL_KEYS
+          if key not in config_checks.result_neutral_keys(config)
           and saved.get(key, missing) != requested.get(key, missing)]
 
 
@@ -149,6 +149,8 @@ class RunRecorder:
     run_files.write_config(self.workdir, config)
     if dataset_info is not None:
       run_files.write_dataset_info(self.workdir, dataset_info)
+    if resumed_step is not None and (change := provenance.device_change(self.workdir, devices)):
+      log(change)
     provenance.append(self.workdir, provenance.collect(devices, resumed_step), warn=log)
     run_files.write_metrics(self.workdir, self._history)
     self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,
