@@ -1,6 +1,8 @@
 """The best epoch: one definition for early stopping, the restored weights and the best checkpoint,
 and never chosen on the test set."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from mlp_mnist import early_stopping
 from mlp_mnist import train
 from mlp_mnist.records import checkpointing
+from mlp_mnist.records import workdirs
 from mlp_mnist.tools import evaluation
 
 from conftest import synthetic_dataset
@@ -74,3 +77,17 @@ def test_a_validation_split_keeps_the_best_checkpoint_by_validation_loss(config,
   best = early_stopping.best_record(result['history'], 'validation_loss', 'min')
   _, _, step, _ = evaluation.load_run(str(tmp_path), 'best', devices=jax.devices()[:1])
   assert step == best['step']
+
+
+def test_logging_cadence_is_result_neutral_only_when_nothing_chooses_on_logged_epochs(config):
+  """Early stopping and the best checkpoint see only logged epochs: with either, another
+  `logging.log_every_epochs` on resume would stop or choose elsewhere, so it is refused."""
+  def differences(config):
+    saved = json.loads(config.to_json_best_effort())
+    other = config.copy_and_resolve_references()
+    other.logging.log_every_epochs = 2
+    return workdirs.config_differences(saved, other)
+
+  assert differences(config) == []
+  config.data.validation_split = 10
+  assert differences(config) == ['logging.log_every_epochs: 1 -> 2']
