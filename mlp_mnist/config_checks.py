@@ -159,6 +159,15 @@ def flatten_config(config: ml_collections.ConfigDict | dict,
   return flat
 
 
+def differing_keys(*flat_configs: dict[str, Any]) -> list[str]:
+  """The sorted dotted keys whose values are not all equal in `flat_configs` (flattened configs;
+  a key some lack differs)."""
+  missing = object()
+  first, *others = flat_configs
+  return [key for key in sorted(set().union(*flat_configs))
+          if any(c.get(key, missing) != first.get(key, missing) for c in others)]
+
+
 def has_valid_type(key: str, value: Any) -> bool:
   """Whether `value` is of a type `SCHEMA` accepts for `key` (booleans are not numbers)."""
   types = SCHEMA[key][0]

@@ -151,7 +151,7 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
-                       devices=None, dataset: data.Dataset | dict | None = None,
+                       devices=None, dataset: data.Dataset | None = None,
                        log: Callable[[str], Any] = print, restart: bool = False,
                        stream: TextIO | None = None,
                        hooks: Sequence[hooks_lib.Hook] = ()) -> dict[str, Any]:
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     workdirs.prepare(workdir, config, restart)
   if dataset is None:
     dataset = data.load_dataset(config.data)
-  dataset = data.hold_out_validation(data.as_dataset(dataset), config.data.validation_split)
+  dataset = data.hold_out_validation(dataset, config.data.validation_split)
   if workdir:
     workdirs.check_dataset(workdir, dataset.info())
   (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test

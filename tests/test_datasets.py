@@ -189,7 +189,7 @@ def test_unknown_dataset_or_version_says_what_to_set(config, tmp_path):
 # The validation split.
 
 def test_validation_indices_are_disjoint_fixed_and_seed_independent(config):
-  dataset = data.as_dataset(synthetic_dataset(num_train=200, num_test=10))
+  dataset = synthetic_dataset(num_train=200, num_test=10)
   assert validation.validation_size(0.1, 60_000) == 6_000
   assert validation.validation_size(10_000, 60_000) == 10_000
   held = {}

@@ -252,7 +252,8 @@ class Checkpointer:
     last = history[-1] if history else {}
     metrics = None
     if last.get('epoch') == epoch:
-      metrics = {k: v for k, v in last.items() if type(v) in (int, float)}  # pylint: disable=unidiomatic-typecheck
+      metrics = {k: v for k, v in last.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
       if self.best:
         metrics[BEST_SO_FAR] = early_stopping.best_record(history, *self.best) is last
     run = {'epoch': epoch, 'history': history, 'checksum': state_checksum(state)}
@@ -333,22 +334,18 @@ class Checkpointer:
       handler.close()
     return tree_differences(getattr(metadata, 'tree', metadata), target)
 
-  def restore_latest(self, target: Any, warn: Callable[[str], Any],
-                     sleep: Callable[[float], Any] | None = None,
-                     retry_delays_sec: tuple[float, ...] | None = None,
-                     ) -> tuple[Any, int, dict] | None:
+  def restore_latest(self, target: Any,
+                     warn: Callable[[str], Any]) -> tuple[Any, int, dict] | None:
     """The newest checkpoint that can be read, or None when there is none.
 
     A damaged checkpoint is reported through `warn`, set aside (`set_aside`) and the next older
     one is tried; one that does not match `target`, or that storage errors keep from being read
-    after the retries (`retry_delays_sec`, default `RETRY_DELAYS_SEC`), is a CheckpointError and
-    stays where it is.
+    after the retries (`RETRY_DELAYS_SEC`), is a CheckpointError and stays where it is.
     """
     for warning in self._opening_warnings:
       warn(warning)
     self._opening_warnings = []
-    delays = RETRY_DELAYS_SEC if retry_delays_sec is None else retry_delays_sec
-    sleep = sleep or time.sleep
+    delays = RETRY_DELAYS_SEC
     # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
     _ignore_reads_finishing_after_a_failed_restore()
     for step in reversed(self.steps()):
@@ -362,7 +359,7 @@ class Checkpointer:
         if attempt < len(delays):
           warn(f'warning: checkpoint {step} in {self.directory} cannot be read now ({detail}); '
                f'retrying in {delays[attempt]:g}s.')
-          sleep(delays[attempt])
+          time.sleep(delays[attempt])
       if decision == MISMATCH:
         raise CheckpointError(
             f'checkpoint {step} in {self.directory} does not match this code and config '

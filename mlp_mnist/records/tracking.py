@@ -143,7 +143,7 @@ class MlflowWriter:
     self._client.log_dict(self.run_id, summary, run_files.SUMMARY_FILE)
 
   def write_artifact(self, path: str) -> None:
-    self._client.log_artifact(self.run_id, path, 'plots')
+    self._client.log_artifact(self.run_id, path, run_files.PLOTS_DIR)
 
   def close(self, failed: bool = False) -> None:
     self._client.set_terminated(self.run_id, 'FAILED' if failed else 'FINISHED')
@@ -185,7 +185,7 @@ class Trackers:
     self._path = epath.Path(workdir) / TRACKING_FILE
     self._state = json.loads(self._path.read_text()) if self._path.exists() else {}
     self._writers = {}
-    local = not str(workdir).startswith(('gs://', 's3://'))
+    local = not run_files.is_remote(workdir)
     for service in SERVICES:
       settings = config.tracking[service]
       if not settings.enabled or service in self.failures.services:

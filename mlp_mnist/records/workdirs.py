@@ -22,12 +22,11 @@ from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
 
-PLOTS_DIR = 'plots'
 PROFILE_DIR = 'profile'
 # What `restart` removes: the outputs of an earlier run, nothing else the user may keep there.
 RUN_OUTPUTS = (run_files.CONFIG_FILE, run_files.DATASET_FILE, provenance.PROVENANCE_FILE,
                f'{provenance.PROVENANCE_FILE}.damaged-*', run_files.METRICS_FILE,
-               run_files.SUMMARY_FILE, PLOTS_DIR, checkpointing.CHECKPOINTS_DIR,
+               run_files.SUMMARY_FILE, run_files.PLOTS_DIR, checkpointing.CHECKPOINTS_DIR,
                checkpointing.CORRUPT_DIR, 'events.out.tfevents.*', '.*.tmp-*', PROFILE_DIR,
                tracking.TRACKING_FILE)
 
@@ -52,10 +51,9 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   saved = {**config_checks.LATER_KEYS, **_flat_json(saved)}
   requested = _flat_json(config)
   missing = '(absent)'
+  neutral = config_checks.result_neutral_keys(config)
   return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
-          for key in sorted(set(saved) | set(requested))
-          if key not in config_checks.result_neutral_keys(config)
-          and saved.get(key, missing) != requested.get(key, missing)]
+          for key in config_checks.differing_keys(saved, requested) if key not in neutral]
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> None:
@@ -183,7 +181,7 @@ class RunRecorder:
       return
     from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
     path = plots.save_curves(self._history,
-                             str(epath.Path(self.workdir) / PLOTS_DIR / 'curves.png'),
+                             str(epath.Path(self.workdir) / run_files.PLOTS_DIR / 'curves.png'),
                              title=str(self.workdir))
     if self._trackers:
       self._trackers.write_artifact(path)

@@ -161,7 +161,7 @@ def tree_bytes(tree) -> int:
   return sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
 
-def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset | dict,
+def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset,
                  devices=None, on_epoch: Callable[..., Any] | None = None,
                  chunk_size: int = 0) -> dict[str, Any]:
   """Trains trials that share one program together, spread over `devices`.
@@ -183,7 +183,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   if any(program_key(c) != program_key(first) for c in configs):
     raise ValueError('train_trials needs configs of one program; group them by program_key.')
   num_trials, num_devices = len(configs), len(devices)
-  dataset = data.hold_out_validation(data.as_dataset(dataset), first.data.validation_split)
+  dataset = data.hold_out_validation(dataset, first.data.validation_split)
   (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
   num_train = len(train_labels)
   steps_per_epoch = -(-num_train // first.batch_size)

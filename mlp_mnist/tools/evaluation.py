@@ -109,7 +109,6 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
   devices = parallel.local_devices(devices)
   if dataset is None:
     dataset = data.load_dataset(config.data)
-  dataset = data.as_dataset(dataset)
   info = run['dataset']
   if (dataset.image_shape, dataset.num_classes) != (info['image_shape'], info['num_classes']):
     raise data.DataError(
@@ -129,7 +128,7 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
   mistakes = most_confident_mistakes(labels, probabilities, num_mistakes)
   epoch = run['epoch']
   reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
-  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / workdirs.PLOTS_DIR)
+  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / run_files.PLOTS_DIR)
   title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
   paths = {
       'confusion_matrix': plots.save_confusion_matrix(
