@@ -35,7 +35,6 @@ def compare(trials: list[sweep_files.Trial], dataset: data.Dataset, devices=None
             log: Callable[[str], Any] = print) -> dict[str, Any]:
   """Times both ways of training `trials` in this process; logs a report."""
   devices = parallel.local_devices(devices)
-  dataset = data.as_dataset(dataset)
   configs = [t.config for t in trials]
   epochs = '/'.join(sorted({str(c.num_epochs) for c in configs}, key=int))
   groups = vectorized.group_by_program(configs)

@@ -11,7 +11,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 FLOW = (
     ('config', 'configs/*.py\n--config.x.y=v\nconfig_checks'),
     ('arrays on devices', 'data.load_dataset\n(Dataset: shape, classes)\nparallel.replicate'),
-    ('pure steps', 'steps.train_epoch\n(lax.scan of train_step)\nunder pmap / vmap'),
+    ('pure steps', 'steps.train_epoch\n(lax.scan of one step)\nunder pmap / vmap'),
     ('metrics', 'epochs.EpochLog\nthe epoch record'),
     ('writers', 'records/: metrics.jsonl,\nTensorBoard, W&B, MLflow,\ncheckpoints, plots'),
 )

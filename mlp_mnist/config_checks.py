@@ -21,6 +21,7 @@ from mlp_mnist import losses
 from mlp_mnist import models
 from mlp_mnist import optimizers
 from mlp_mnist import registry
+from mlp_mnist.data import validation
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -55,6 +56,14 @@ RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'dat
                        'tracking.wandb.mode', 'tracking.mlflow.enabled',
                        'tracking.mlflow.tracking_uri', 'tracking.mlflow.experiment',
                        'tracking.mlflow.run_name', 'tracking.mlflow.tags', 'imports')
+
+
+def result_neutral_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`RESULT_NEUTRAL_KEYS` for this run: not the logging cadence when early stopping or the best
+  checkpoint choose among the logged epochs (another cadence would stop or choose elsewhere)."""
+  if early_stopping.best_checkpoint_metric(config) is None:
+    return RESULT_NEUTRAL_KEYS
+  return tuple(k for k in RESULT_NEUTRAL_KEYS if k != 'logging.log_every_epochs')
 
 # Keys added after runs were recorded, with the value (as JSON) that reproduces those runs: a saved
 # config.json without them still loads, resumes and compares equal to today's defaults. (Early
@@ -118,9 +127,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     'data.use_cache': ((bool,), lambda v: True, 'True or False'),
     'data.download': ((bool,), lambda v: True, 'True or False'),
     'data.npz_path': ((str,), lambda v: True, "a .npz file of your own arrays, or '' for TFDS"),
-    'data.validation_split': ((float, int), lambda v: v == 0 or 0 < v < 1 or (
-        v >= 1 and float(v).is_integer()), 'a whole number of held-out training examples (0: '
-                              'none) or a fraction in (0, 1)'),
+    'data.validation_split': ((float, int), validation.is_validation_split,
+                              'a whole number of held-out training examples (0: none; 1, not 1.0, '
+                              'for one) or a fraction in (0, 1)'),
     'checkpoint.every_epochs': ((int,), _non_negative, 'a non-negative integer (0: off)'),
     'checkpoint.keep': ((int,), _positive, 'a positive integer'),
     'checkpoint.keep_best': ((bool,), lambda v: True, 'True or False'),
@@ -256,6 +265,15 @@ def flatten_config(config: ml_collections.ConfigDict | dict,
     else:
       flat[f'{prefix}{key}'] = value
   return flat
+
+
+def differing_keys(*flat_configs: dict[str, Any]) -> list[str]:
+  """The sorted dotted keys whose values are not all equal in `flat_configs` (flattened configs;
+  a key some lack differs)."""
+  missing = object()
+  first, *others = flat_configs
+  return [key for key in sorted(set().union(*flat_configs))
+          if any(c.get(key, missing) != first.get(key, missing) for c in others)]
 
 
 def has_valid_type(key: str, value: Any, spec: tuple | None = None) -> bool:

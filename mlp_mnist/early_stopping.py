@@ -4,15 +4,21 @@
 a validation split, else off; 'off'), `mode` ('auto': 'max' for accuracies, else 'min'), `patience`
 (evaluated epochs without improvement before stopping; 0 stops at the first, as 1 does),
 `min_delta` (the least change that counts as an improvement) and `restore_best_weights` (end with
-the weights of the epoch with the best value: the latest of equal ones, the epoch of the best
-checkpoint, whether or not training stopped early). The state (best value, best epoch, epochs since) is rebuilt from the
+the weights of the best epoch, whether or not training stopped early). The state (best value, best epoch, epochs since) is rebuilt from the
 history, so a resumed run, whose history comes from its checkpoint, stops exactly where an
 uninterrupted one does.
+
+One definition of the best epoch, Keras' own: the last epoch that beat the best before it by more
+than `min_delta` (of equal values, the first). `State.best_epoch`, `best_record` (the weights
+`restore_best_weights` ends with) and the best checkpoint (only such epochs' checkpoints carry the
+metric orbax ranks) all follow it. The best is chosen on held-out data only: without a validation
+split and with early stopping off there is no best checkpoint (choosing by test loss would select
+on the test set).
 """
 
 import dataclasses
 import math
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import ml_collections
 
@@ -44,22 +50,41 @@ def mode(config: ml_collections.ConfigDict, metric: str) -> str:
   return 'max' if 'accuracy' in metric else 'min'
 
 
-def best_checkpoint_metric(config: ml_collections.ConfigDict) -> tuple[str, str]:
-  """(metric, mode) the best checkpoint is chosen by: the early-stopping monitor, or when early
-  stopping is off the validation loss, or without a validation split the test loss."""
-  metric = monitor(config) or ('validation_loss' if config.data.get('validation_split', 0)
-                               else 'test_loss')
-  return metric, mode(config, metric)
+class BestRule(NamedTuple):
+  """How the best epoch is chosen: by `metric`, 'min' or 'max', improving by more than `min_delta`."""
+  metric: str
+  mode: str
+  min_delta: float = 0.0
 
 
-def best_record(history: Iterable[dict], metric: str, mode: str) -> dict | None:
-  """The record with the best finite value of `metric` (the latest of equal ones), as the best
-  checkpoint is chosen; None when there is none."""
+def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+  """Keras' rule: a finite `value` improves on `best` (None: nothing yet) by more than `min_delta`."""
+  if not math.isfinite(value):
+    return False
+  if best is None:
+    return True
+  return value + min_delta < best if mode == 'min' else value - min_delta > best
+
+
+def best_checkpoint_metric(config: ml_collections.ConfigDict) -> BestRule | None:
+  """The rule the best checkpoint is chosen by: early stopping's, or when it is off the validation
+  loss; None without a validation split (nothing held out to choose on)."""
+  metric = monitor(config)
+  if metric:
+    return BestRule(metric, mode(config, metric), float(config.early_stopping.min_delta))
+  if config.data.get('validation_split', 0):
+    return BestRule('validation_loss', 'min')
+  return None
+
+
+def best_record(history: Iterable[dict], metric: str, mode: str,
+                min_delta: float = 0.0) -> dict | None:
+  """The best epoch's record: the last that improved on the best before it (`improves`); None
+  when no value is finite."""
   best = None
   for record in history:
     value = float(record[metric])
-    if math.isfinite(value) and (best is None or (value <= best[metric] if mode == 'min'
-                                                   else value >= best[metric])):
+    if improves(value, None if best is None else float(best[metric]), mode, min_delta):
       best = record
   return best
 
@@ -92,19 +117,16 @@ class EarlyStopping:
   def enabled(self) -> bool:
     return self.monitor is not None
 
-  def improves(self, value: float, best: float | None) -> bool:
-    if not math.isfinite(value):
-      return False
-    if best is None:
-      return True
-    return value + self.min_delta < best if self.mode == 'min' else value - self.min_delta > best
+  def best_record(self, history: Iterable[dict]) -> dict | None:
+    """The best epoch's record (`best_record` by this monitor), whose weights are restored."""
+    return best_record(history, self.monitor, self.mode, self.min_delta)
 
   def update(self, state: State, record: dict) -> State:
     """The state after `record` (an evaluated epoch)."""
     if not self.enabled or state.stopped:
       return state
     value = float(record[self.monitor])
-    if self.improves(value, state.best):
+    if improves(value, state.best, self.mode, self.min_delta):
       return State(value, record['epoch'], 0)
     wait = state.wait + 1
     stopped = record['epoch'] if wait >= max(self.patience, 1) else None

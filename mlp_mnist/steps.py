@@ -167,7 +167,8 @@ def step_rng(state: TrainState) -> jax.Array:
 
 def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
                 batch_indices: jax.Array, axis_name: str | None = None):
-  """Runs `train_step` over the rows of `batch_indices` [steps, batch] as one `lax.scan`.
+  """Runs the train step (`_step_and_gradients`) over the rows of `batch_indices` [steps, batch]
+  as one `lax.scan`.
 
   Dropout keys derive from the run's seed and the global step. Returns the state and the per-step
   metrics stacked along the first axis, with the gradient and parameter norms of the last step.

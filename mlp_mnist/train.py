@@ -151,7 +151,7 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
-                       devices=None, dataset: data.Dataset | dict | None = None,
+                       devices=None, dataset: data.Dataset | None = None,
                        log: Callable[[str], Any] = print, restart: bool = False,
                        stream: TextIO | None = None,
                        hooks: Sequence[hooks_lib.Hook] = ()) -> dict[str, Any]:
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     workdirs.prepare(workdir, config, restart)
   if dataset is None:
     dataset = data.load_dataset(config.data)
-  dataset = data.hold_out_validation(data.as_dataset(dataset), config.data.validation_split)
+  dataset = data.hold_out_validation(dataset, config.data.validation_split)
   if workdir and restart:  # Only once the new config and data have loaded and passed their checks.
     workdirs.prepare(workdir, config, restart)
   if workdir:
@@ -263,8 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       recorder.write_epoch(record)
       log(console.format_epoch(record))
       stopping = stopper.update(stopping, record)
-      if stopper.restore_best_weights and early_stopping.best_record(
-          history, stopper.monitor, stopper.mode) is record:
+      if stopper.restore_best_weights and stopper.best_record(history) is record:
         best_weights = jax.tree.map(jnp.copy, state)  # The next epoch donates `state`.
     every = config.checkpoint.every_epochs
     if checkpointer and every and (epoch % every == 0 or epoch == config.num_epochs
@@ -280,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   final = history[-1]
   if best_weights is not None:
     state = best_weights
-    final = early_stopping.best_record(history, stopper.monitor, stopper.mode)
+    final = stopper.best_record(history)
     log(f'Restored the best weights: epoch {final["epoch"]}, {stopper.monitor} '
         f'{final[stopper.monitor]:.4f}.')
   summary = {**final, 'num_train_examples': num_train, 'parameters': parameters,
@@ -309,8 +308,7 @@ def _best_weights_on_resume(stopper: early_stopping.EarlyStopping, history: list
                             checkpointer: checkpointing.Checkpointer | None, epoch: int):
   """The best weights so far of a resumed run (`state` is that of `epoch`), for
   `restore_best_weights`: the restored state's, or the best checkpoint's; None when not needed."""
-  best = (early_stopping.best_record(history, stopper.monitor, stopper.mode)
-          if stopper.restore_best_weights else None)
+  best = stopper.best_record(history) if stopper.restore_best_weights else None
   if best is None:
     return None
   if best['epoch'] == epoch:

@@ -31,11 +31,10 @@ def dataset():
 def write_dataset_cache(cache_dir, dataset, name: str = 'mnist', version: str = '3.0.1') -> None:
   """Writes `dataset` where `data.load_dataset` reads its decoded cache, so scripts run on it
   (`--config.data.cache_dir=cache_dir`, TFDS' default data_dir and no local_dir) without TFDS."""
-  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
   from mlp_mnist.data import cache  # pylint: disable=g-import-not-at-top
   data_config = default.get_config().data
   data_config.update(dict(name=name, version=version, cache_dir=str(cache_dir)))
-  cache.write(cache.cache_path(data_config), data.as_dataset(dataset))
+  cache.write(cache.cache_path(data_config), dataset)
 
 
 def draw_digit(digit: int, size: tuple[int, int] = (96, 96), font_size: int = 56,
@@ -64,7 +63,8 @@ def font_digit_dataset(per_class_train: int = 40, per_class_test: int = 10, seed
         angle=float(rng.uniform(-12, 12)))), 'dark') for d in labels])
     return images, labels
 
-  return {'train': split(per_class_train), 'test': split(per_class_test)}
+  from mlp_mnist import data  # pylint: disable=g-import-not-at-top
+  return data.Dataset(train=split(per_class_train), test=split(per_class_test), num_classes=10)
 
 
 def assert_png(path, min_size=(200, 150), max_size=(4000, 4000), min_bytes=5_000):

@@ -116,7 +116,8 @@ def test_cached_dataset_loads_without_importing_tensorflow(config, tmp_path):
   expected = synthetic_dataset(num_train=20, num_test=10)
   os.makedirs(tmp_path / 'cache')
   np.savez(tmp_path / 'cache' / 'mnist-3.0.1.npz',
-           **{f'{s}_{k}': a for s, (im, lb) in expected.items()
+           **{f'{s}_{k}': a
+              for s, (im, lb) in (('train', expected.train), ('test', expected.test))
               for k, a in (('images', im), ('labels', lb))})
   code = ('import sys, ml_collections; from mlp_mnist.data import pipeline as ip; '
           f'd = ip.load_dataset(ml_collections.ConfigDict(dict(name="mnist", version="3.0.1", '

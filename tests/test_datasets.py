@@ -3,6 +3,7 @@ split in single runs and sweeps, and the default recipe's numbers unchanged."""
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -188,7 +189,7 @@ def test_unknown_dataset_or_version_says_what_to_set(config, tmp_path):
 # The validation split.
 
 def test_validation_indices_are_disjoint_fixed_and_seed_independent(config):
-  dataset = data.as_dataset(synthetic_dataset(num_train=200, num_test=10))
+  dataset = synthetic_dataset(num_train=200, num_test=10)
   assert validation.validation_size(0.1, 60_000) == 6_000
   assert validation.validation_size(10_000, 60_000) == 10_000
   held = {}
@@ -208,6 +209,19 @@ def test_validation_indices_are_disjoint_fixed_and_seed_independent(config):
   for too_many in (200, 0.999):
     with pytest.raises(data.DataError, match='leaving none to train on'):
       data.hold_out_validation(dataset, too_many)
+
+
+def test_validation_split_of_float_one_is_refused_not_one_example(config):
+  """1.0 could mean all the examples or one: refused before any work; 1 holds out one."""
+  config.data.validation_split = 1.0
+  with pytest.raises(config_checks.ConfigError,
+                     match=re.escape('config.data.validation_split=1.0 is invalid')) as raised:
+    config_checks.validate_config(config)
+  assert '\n' not in str(raised.value)
+  with pytest.raises(data.DataError, match='neither a whole count'):
+    validation.validation_size(1.0, 100)
+  assert validation.validation_size(1, 100) == 1
+  assert validation.validation_size(2.0, 100) == 2
 
 
 def test_validation_in_the_run_and_in_a_sweep(config, tmp_path):

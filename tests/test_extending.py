@@ -160,7 +160,10 @@ def test_bad_early_stopping_settings_are_one_line_errors(config, settings, messa
 
 def test_default_run_has_no_early_stopping(config):
   assert early_stopping.monitor(config) is None
-  assert early_stopping.best_checkpoint_metric(config) == ('test_loss', 'min')
+  # Nothing held out: no best checkpoint (choosing by test loss would select on the test set).
+  assert early_stopping.best_checkpoint_metric(config) is None
+  config.data.validation_split = 10
+  assert early_stopping.best_checkpoint_metric(config) == ('validation_loss', 'min', 0.0)
 
 
 def _stopping_config(config):

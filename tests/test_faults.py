@@ -60,6 +60,21 @@ def workdir(trained, tmp_path):
   return copy
 
 
+@pytest.fixture(scope='module')
+def trained_best(tmp_path_factory):
+  """As `trained`, with a best checkpoint (by test loss: a fault test, nothing is reported), so
+  each checkpoint carries orbax's metrics file."""
+  root = tmp_path_factory.mktemp('trained_best') / 'run'
+  return {'workdir': root, 'result': _run(_config(**{'early_stopping.monitor': 'test_loss'}), root)}
+
+
+@pytest.fixture
+def workdir_best(trained_best, tmp_path):
+  copy = tmp_path / 'run'
+  shutil.copytree(trained_best['workdir'], copy)
+  return copy
+
+
 def _snapshot(root):
   """Every file under `root` with its bytes, by path relative to `root`."""
   return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob('*') if p.is_file()}
@@ -136,9 +151,11 @@ def test_each_damaged_checkpoint_file_restores_exactly_or_falls_back(trained, tm
   assert any(name.startswith('state/ocdbt.process_0/d/') for name in fell_back)
 
 
-def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trained, workdir):
+def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trained_best,
+                                                                           workdir_best):
   """orbax reads every checkpoint's metrics (the best checkpoint's value) when it opens them: a
   damaged file stops evaluation with one line, and the resumed run sets that checkpoint aside."""
+  trained, workdir = trained_best, workdir_best
   _damage(workdir / checkpointing.CHECKPOINTS_DIR / '16' / checkpointing.METRICS_FILE, 'truncate')
   with pytest.raises(checkpointing.CheckpointError, match='damaged metrics file') as error:
     evaluation.load_run(str(workdir))
@@ -152,7 +169,8 @@ def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trai
   assert os.listdir(workdir / checkpointing.CORRUPT_DIR)[0].startswith('16-')
 
 
-def test_deleted_metrics_file_restores_exactly(trained, workdir):
+def test_deleted_metrics_file_restores_exactly(trained_best, workdir_best):
+  trained, workdir = trained_best, workdir_best
   (workdir / checkpointing.CHECKPOINTS_DIR / '16' / checkpointing.METRICS_FILE).unlink()
   with checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min')) as checkpoints:
     warnings = []
@@ -403,7 +421,7 @@ def test_unwritable_or_full_cache_warns_once_and_trains_without_it(tmp_path, mon
   import zipfile  # pylint: disable=g-import-not-at-top
   from mlp_mnist.data import pipeline  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(pipeline, '_load_from_tfds',
-                      lambda data_config: data.as_dataset(synthetic_dataset()))
+                      lambda data_config: synthetic_dataset())
   if error.errno == errno.ENOSPC:
     def full(*args, **kwargs):  # The archive file exists, partly written, when the disk fills.
       raise error

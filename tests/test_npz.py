@@ -94,6 +94,9 @@ def _bad(kind):
                          'y_train has shape (10, 5); labels must be one integer per image'),
       'label_range': ({**a, 'num_classes': np.int64(2), 'y_train': np.maximum(a['y_train'], 2)},
                       'y_train has label'),
+      # Checked before any cast: as int32 it would silently become class 3.
+      'label_overflow': ({**a, 'y_train': a['y_train'].astype(np.int64) + (2**32 + 3) * (
+          a['y_train'] == a['y_train'].max())}, 'y_train has label 4294967'),
       'empty_split': ({**a, 'x_test': a['x_test'][:0], 'y_test': a['y_test'][:0]},
                       'x_test is empty'),
       'float_range': ({**a, 'x_train': a['x_train'].astype(np.float32)},
@@ -111,7 +114,7 @@ def _bad(kind):
 
 
 BAD_KINDS = ('missing_array', 'lengths', 'not_images', 'shapes_differ', 'negative_label',
-             'float_labels', 'one_hot_labels', 'label_range', 'empty_split', 'float_range',
+             'float_labels', 'one_hot_labels', 'label_range', 'label_overflow', 'empty_split', 'float_range',
              'image_dtype', 'objects', 'not_npz', 'npy', 'truncated', 'missing_file')
 
 

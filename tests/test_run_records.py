@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import struct
 import subprocess
 
@@ -150,6 +151,26 @@ def test_provenance_records_versions_devices_and_commit(config, tmp_path):
   except (OSError, subprocess.CalledProcessError):
     head = None
   assert (record['git'] or {}).get('commit') == head
+
+
+def test_resuming_on_another_device_count_warns(config, tmp_path):
+  config.num_epochs = 2
+  config.model.hidden_sizes = (8,)
+  _run(config, tmp_path)
+  shutil.rmtree(tmp_path / 'checkpoints' / '16')  # Killed before its last checkpoint.
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2],
+                           dataset=synthetic_dataset(), log=lines.append)
+  warnings = [line for line in lines if line.startswith('warning')]
+  assert len(warnings) == 1, lines
+  assert 'was trained on 1 device(s) in 1 process(es) and resumes on 2 in 1' in warnings[0]
+  assert [r['device_count'] for r in provenance.read(str(tmp_path))] == [1, 2]
+  shutil.rmtree(tmp_path / 'checkpoints' / '16')
+  lines = []  # On the devices it last ran on: no warning.
+  train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2],
+                           dataset=synthetic_dataset(), log=lines.append)
+  assert any('Resumed from the checkpoint' in line for line in lines)
+  assert not [line for line in lines if line.startswith('warning')]
 
 
 def test_curves_plot_is_written(config, tmp_path):

@@ -36,6 +36,9 @@ def test_product_zip_chain_fixed_expand_exactly():
     (lambda h: h.product([h.sweep('a', [1]), h.sweep('a', [2])]), "both set 'a'"),
     (lambda h: h.product(h.sweep('a', [1])), 'takes a list of sweeps'),
     (lambda h: h.chain([[1, 2]]), 'takes sweeps made by hyper.sweep'),
+    (lambda h: h.product([]), 'hyper.product([]) has no sweeps: an empty sweep is an error'),
+    (lambda h: h.zip([]), 'hyper.zip([]) has no sweeps'),
+    (lambda h: h.chain(()), 'hyper.chain([]) has no sweeps'),
 ])
 def test_combinators_reject_mistakes(build, message):
   with pytest.raises(sweep_files.SweepError) as e:
@@ -114,6 +117,12 @@ def _write_sweep(tmp_path, body):
      "'data.name' cannot be swept"),
     ("def get_sweep(hyper):\n  return hyper.sweep('seed', [1, 2, 1])\n",
      'trials 0 and 2 are identical (seed=1)'),
+    # 1 and 1.0 set the same config: one setting, not two replicates.
+    ("def get_sweep(hyper):\n  return hyper.sweep('optimizer.learning_rate', [1, 0.5, 1.0])\n",
+     'trials 0 and 2 are identical (optimizer.learning_rate=1.0)'),
+    ("def get_sweep(hyper):\n  return hyper.product([])\n", 'an empty sweep is an error'),
+    ("import sys\nsys.exit(3)\n", 'it called sys.exit(3)'),
+    ("import sys\ndef get_sweep(hyper):\n  sys.exit(3)\n", 'it called sys.exit(3)'),
     ("def get_sweep(hyper):\n  return {'seed': 1}\n", 'must return a list of trials'),
     ('def sweep(hyper):\n  return []\n', 'defines no get_sweep(hyper) function'),
     ('def get_sweep(hyper):\n  return hyper.sweep(\n', 'line 2'),

@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -194,6 +195,37 @@ def test_a_missing_package_or_an_unreachable_server_is_one_warning(config, tmp_p
   assert [r['epoch'] for r in run_files.read_metrics(str(tmp_path / 'run'))] == [1, 2]
   assert result['history'][-1]['test_accuracy'] > 0.5
   assert not (tmp_path / 'run' / tracking.TRACKING_FILE).exists()
+
+
+def test_an_unreachable_mlflow_server_is_one_warning_within_seconds(config, tmp_path,
+                                                                     monkeypatch):
+  """MLflow's own retries (about four minutes by default) never start: the connection is tried
+  once, for at most `MLFLOW_CONNECT_TIMEOUT_SEC`."""
+  config.num_epochs = 1
+  _tracked(config, tmp_path, wandb_on=False)
+  monkeypatch.delenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', raising=False)
+  config.tracking.mlflow.tracking_uri = f'http://127.0.0.1:{_closed_port()}'
+  lines = []
+  start = time.monotonic()
+  tracking.Trackers(config, str(tmp_path / 'run'), failures=tracking.Failures(lines.append))
+  assert time.monotonic() - start < 30
+  assert len(lines) == 1 and 'MLflow tracking is off' in lines[0], lines
+  assert 'ConnectionError: cannot connect to http://127.0.0.1:' in lines[0]
+
+
+def test_run_names_from_the_config_name_the_tracked_runs(config, tmp_path):
+  config.num_epochs = 1
+  _tracked(config, tmp_path)
+  config.tracking.wandb.run_name = 'wandb-name'
+  config.tracking.mlflow.run_name = 'mlflow-name'
+  workdir = tmp_path / 'run'
+  _run(config, workdir)
+  ids = json.loads((workdir / tracking.TRACKING_FILE).read_text())
+  client = mlflow.tracking.MlflowClient(f'file:{tmp_path}/mlruns')
+  assert client.get_run(ids['mlflow']['run_id']).info.run_name == 'mlflow-name'
+  (run_dir,) = glob.glob(str(workdir / 'wandb' / 'offline-run-*'))
+  (run,) = [r.run for r in wandb_records(run_dir) if r.WhichOneof('record_type') == 'run']
+  assert run.display_name == 'wandb-name'
 
 
 def test_a_tracker_failing_mid_run_is_one_warning_and_its_run_is_marked_failed(

@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_epochs = 1  # 0: no checkpoints. The last epoch is always saved.
   config.checkpoint.keep = 3
   # Also keep the best checkpoint by the early-stopping monitor (when early stopping is off: the
-  # validation loss, else the test loss); `scripts/evaluate.py --step best` reads it.
+  # validation loss; without a validation split, none); `scripts/evaluate.py --step best` reads it.
   config.checkpoint.keep_best = True
 
   # As Keras' EarlyStopping callback (mlp_mnist/early_stopping.py).

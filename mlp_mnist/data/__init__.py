@@ -8,10 +8,9 @@ validation split (`validation`). Adding a source: docs/extending.md.
 
 from mlp_mnist.data.dataset import DataError
 from mlp_mnist.data.dataset import Dataset
-from mlp_mnist.data.dataset import as_dataset
 from mlp_mnist.data.idx import prepare_from_idx
 from mlp_mnist.data.pipeline import load_dataset
 from mlp_mnist.data.validation import hold_out_validation
 
-__all__ = ['DataError', 'Dataset', 'as_dataset', 'hold_out_validation', 'load_dataset',
+__all__ = ['DataError', 'Dataset', 'hold_out_validation', 'load_dataset',
            'prepare_from_idx']

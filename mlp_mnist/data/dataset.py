@@ -2,7 +2,7 @@
 and the number of classes, both taken from the data itself."""
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +21,7 @@ class Dataset:
   """Images `uint8[N, H, W]` (one channel) or `uint8[N, H, W, C]`, labels `int32[N]` in
   `0..num_classes-1`, per split; `validation` is held out of the training examples (or None).
 
-  `dataset['train']` also works, as for the plain dicts of splits that older callers pass.
+  `dataset['train']` is `dataset.train`.
   """
 
   train: Split
@@ -53,12 +53,3 @@ class Dataset:
             'num_validation': len(self.validation[1]) if self.validation is not None else 0,
             'num_test': len(self.test[1]), 'source': self.source}
 
-
-def as_dataset(dataset: 'Dataset | Mapping[str, Split]') -> Dataset:
-  """`dataset` as a `Dataset`; a dict of splits gets as many classes as its largest label says."""
-  if isinstance(dataset, Dataset):
-    return dataset
-  splits = {s: (np.asarray(x), np.asarray(y)) for s, (x, y) in dataset.items()}
-  largest = max(int(y.max()) for _, y in splits.values() if y.size)
-  return Dataset(train=splits['train'], test=splits['test'], validation=splits.get('validation'),
-                 num_classes=largest + 1)

@@ -103,6 +103,9 @@ def _split(shown: str, arrays: dict, split: str) -> dataset_lib.Split:
                     '0..K-1 (e.g. y.astype(np.int32)).')
   if labels.min() < 0:
     raise DataError(f'{shown}: y_{split} has label {labels.min()}; labels must be integers 0..K-1.')
+  if labels.max() > np.iinfo(np.int32).max:  # Before the cast, which would wrap it.
+    raise DataError(f'{shown}: y_{split} has label {labels.max()}, too large for a class index; '
+                    'labels must be integers 0..K-1.')
   return _images(shown, images, split), labels.astype(np.int32)
 
 

@@ -2,10 +2,13 @@
 
 import numpy as np
 
+from mlp_mnist.data import dataset as dataset_lib
 
-def banded_digits(num_train: int = 256, num_test: int = 100, seed: int = 0) -> dict:
-  """{'train': (images, labels), 'test': ...}: uint8 [N, 28, 28] noise in which each of the 10
-  classes lights up its own band of rows, and int32 labels."""
+
+def banded_digits(num_train: int = 256, num_test: int = 100,
+                  seed: int = 0) -> dataset_lib.Dataset:
+  """uint8 [N, 28, 28] noise in which each of the 10 classes lights up its own band of rows, and
+  int32 labels."""
   rng = np.random.default_rng(seed)
 
   def split(n):
@@ -15,4 +18,4 @@ def banded_digits(num_train: int = 256, num_test: int = 100, seed: int = 0) -> d
       images[i, 2 * label + 4:2 * label + 7, 4:24] = 255
     return images, labels
 
-  return {'train': split(num_train), 'test': split(num_test)}
+  return dataset_lib.Dataset(train=split(num_train), test=split(num_test), num_classes=10)

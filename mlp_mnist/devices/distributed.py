@@ -37,6 +37,11 @@ def detected_cluster():
   Asks JAX's own `ClusterEnv` classes, in JAX's order, as `initialize()` does; mpi4py (opt-in in
   JAX) only when it is installed and an MPI launcher started this process. Costs microseconds where
   there is no cluster: only the TPU check asks a server, and only on a Cloud TPU VM.
+
+  The one private JAX API this package uses, because no public one exists: the public
+  `jax.distributed.initialize()` detects and connects in one call (and fails without a cluster),
+  while `mode='auto'` must know beforehand whether a cluster of more than one process is there.
+  Re-implementing each cluster's detection would drift from JAX's own.
   """
   from jax._src import clusters  # pylint: disable=g-import-not-at-top
   candidates = [env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access

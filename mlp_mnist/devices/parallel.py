@@ -2,9 +2,10 @@
 
 The train state and the datasets are replicated on every device (passed with `in_axes=None`, returned
 with `out_axes=None`); only index arrays are split, one slice of every global batch per device. Steps
-reduce over `AXIS` with `lax.psum`/`lax.pmean`. In a multi-process run (several hosts, after
-`jax.distributed.initialize`) the axis spans every device of every process; each process feeds its
-own devices' slices (`process_rows`) and the collectives cross hosts.
+sum over `AXIS` with `lax.psum` (then normalize by the global example count). In a multi-process
+run (several hosts, after `jax.distributed.initialize`) the axis spans every device of every
+process; each process feeds its own devices' slices (`process_rows`) and the collectives cross
+hosts.
 
 Sweeps spread trials instead (`pmap_trials`): each device trains its share of the trials, vectorized,
 on its replica of the datasets; each process runs its own trials on its own devices.

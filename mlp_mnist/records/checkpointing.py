@@ -17,14 +17,17 @@ mid-save leaves no partial checkpoint behind. `restore_latest` tells three failu
 In a multi-process run every process takes the decision process 0 takes from all their outcomes.
 Paths may be local or `gs://`.
 
-Besides the latest `keep` checkpoints, the best one by a monitored metric is kept when `best`
-names it: the metric goes with each save and orbax's own `BestN` preservation policy keeps the
-checkpoint with the best value (the latest of equal ones); `restore(target, 'best')` reads it.
+Besides the latest `keep` checkpoints, the best one is kept when `best` (an
+`early_stopping.BestRule`) names how to choose it: each evaluated epoch's checkpoint carries its
+metrics and whether it is the best so far by that rule (`early_stopping.best_record`), and orbax's
+own `BestN` preservation policy keeps the best of those; `restore(target, 'best')` reads it
+(orbax's `best_step`).
 """
 
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import sys
@@ -37,6 +40,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mlp_mnist import early_stopping
 from mlp_mnist import errors
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
@@ -45,6 +49,8 @@ CHECKPOINTS_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
 # Where orbax keeps the metrics a checkpoint was saved with (best tracking), inside its directory.
 METRICS_FILE = 'metrics/metrics'
+# The key of a checkpoint's metrics saying whether its epoch is the best so far by the best rule.
+BEST_SO_FAR = 'best_so_far'
 # Waits before the retries of a restore that met a transient storage error: 5 attempts, ~15 s.
 RETRY_DELAYS_SEC = (1.0, 2.0, 4.0, 8.0)
 # Errors of storage that may pass (or that a person fixes) rather than of the checkpoint's content.
@@ -186,31 +192,29 @@ class Checkpointer:
   """Saves and restores the train state of the run in `workdir` (orbax is imported lazily)."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
-               best: tuple[str, str] | None = None):
-    """`best`: (metric, 'min' or 'max') to keep the best checkpoint by, besides the latest."""
+               best: early_stopping.BestRule | None = None):
+    """`best`: the rule to keep the best checkpoint by, besides the latest."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     self._ocp = ocp
     self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
-    self.best_metric, self.best_mode = best if best else (None, None)
+    self.best = early_stopping.BestRule(*best) if best else None
+    best = self.best
+    self.best_metric = best.metric if best else None
     self._opening_warnings = []
-    tracking = {}
-    if best:
-      metric, mode = best
-      tracking = dict(best_fn=lambda metrics: metrics[metric], best_mode=mode)
+    tracking = dict(best_fn=_ranked_metric(best), best_mode=best.mode) if best else {}
     # orbax reads every checkpoint's metrics when it opens them and fails on a damaged file: such
     # a checkpoint is set aside first, like any damaged checkpoint (read-only: an error).
     self._set_aside_damaged_metrics(read_only)
     if read_only:  # Not orbax's read_only option, which warns on every use.
-      # Without best tracking, which reads every checkpoint's metrics; `best_step` reads them.
       options = ocp.CheckpointManagerOptions(save_interval_steps=0, max_to_keep=None,
-                                             create=False, save_root_metadata=False)
+                                             create=False, save_root_metadata=False, **tracking)
     else:
       policies = ocp.checkpoint_managers
       # The latest `keep`, and the best one among the checkpoints saved with metrics.
       keeping = (dict(preservation_policy=policies.AnyPreservationPolicy([
           policies.LatestN(n=keep),
-          policies.BestN(get_metric_fn=tracking['best_fn'], reverse=best[1] == 'min', n=1,
+          policies.BestN(get_metric_fn=tracking['best_fn'], reverse=best.mode == 'min', n=1,
                          keep_checkpoints_without_metrics=False)]), **tracking)
                  if best else dict(max_to_keep=keep))
       # Leftover temporary directories are saves that a killed process never finished.
@@ -240,32 +244,27 @@ class Checkpointer:
   def save(self, step: int, state: Any, epoch: int, history: list[dict]) -> None:
     """Saves (in the background off CPU); the state may be donated right after this returns.
 
-    With a best metric, the checkpoint of an evaluated epoch carries its value, for the best one.
+    The checkpoint of an evaluated epoch carries its metrics, and with a best rule whether the
+    epoch is the best so far by it (`BEST_SO_FAR`): only those are candidates for the best.
     A storage error (full disk, no permission) is a CheckpointError; earlier checkpoints stay.
     """
     ocp = self._ocp
     last = history[-1] if history else {}
-    metrics = ({self.best_metric: last[self.best_metric]}
-               if self.best_metric and last.get('epoch') == epoch else None)
+    metrics = None
+    if last.get('epoch') == epoch:
+      metrics = {k: v for k, v in last.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+      if self.best:
+        metrics[BEST_SO_FAR] = early_stopping.best_record(history, *self.best) is last
     run = {'epoch': epoch, 'history': history, 'checksum': state_checksum(state)}
     with _storage_errors(f'cannot save checkpoint {step} in {self.directory}'):
       self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
           state=ocp.args.StandardSave(_global(state)), run=ocp.args.JsonSave(run)))
 
   def best_step(self) -> int | None:
-    """The step of the best checkpoint by the best metric, the latest of equal ones (None: none
-    was saved with it; checkpoints whose metrics cannot be read are passed over)."""
-    if not self.best_metric:
-      return None
-    values = {}
-    for step in self.steps():
-      metrics, _ = _read_metrics(self.directory / str(step))
-      if isinstance(metrics, dict) and isinstance(metrics.get(self.best_metric), (int, float)):
-        values[step] = metrics[self.best_metric]
-    if not values:
-      return None
-    sign = -1 if self.best_mode == 'min' else 1
-    return max(values, key=lambda step: (sign * values[step], step))
+    """The step of the best checkpoint (orbax's `best_step`; None: none was saved with the best
+    rule's metric)."""
+    return self._manager.best_step() if self.best else None
 
   def _set_aside_damaged_metrics(self, read_only: bool) -> None:
     """Moves each checkpoint whose metrics file does not parse to `corrupt_checkpoints/` (process
@@ -302,6 +301,11 @@ class Checkpointer:
                             '(scripts/train.py --workdir) or check the path.')
     if step == 'best':
       step = self.best_step()
+      if step is None and not self.best:
+        raise CheckpointError(f'{self.workdir} has no best checkpoint: it holds out no validation '
+                              'split to choose one on (choosing by test loss would select on the '
+                              'test set); train with --config.data.validation_split=0.1, or give '
+                              f'a --step of {", ".join(map(str, steps))}.')
       if step is None:
         raise CheckpointError(f'{self.workdir} has no best checkpoint (none was saved with '
                               f'{self.best_metric or "a monitored metric"}; the run had '
@@ -330,22 +334,18 @@ class Checkpointer:
       handler.close()
     return tree_differences(getattr(metadata, 'tree', metadata), target)
 
-  def restore_latest(self, target: Any, warn: Callable[[str], Any],
-                     sleep: Callable[[float], Any] | None = None,
-                     retry_delays_sec: tuple[float, ...] | None = None,
-                     ) -> tuple[Any, int, dict] | None:
+  def restore_latest(self, target: Any,
+                     warn: Callable[[str], Any]) -> tuple[Any, int, dict] | None:
     """The newest checkpoint that can be read, or None when there is none.
 
     A damaged checkpoint is reported through `warn`, set aside (`set_aside`) and the next older
     one is tried; one that does not match `target`, or that storage errors keep from being read
-    after the retries (`retry_delays_sec`, default `RETRY_DELAYS_SEC`), is a CheckpointError and
-    stays where it is.
+    after the retries (`RETRY_DELAYS_SEC`), is a CheckpointError and stays where it is.
     """
     for warning in self._opening_warnings:
       warn(warning)
     self._opening_warnings = []
-    delays = RETRY_DELAYS_SEC if retry_delays_sec is None else retry_delays_sec
-    sleep = sleep or time.sleep
+    delays = RETRY_DELAYS_SEC
     # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
     _ignore_reads_finishing_after_a_failed_restore()
     for step in reversed(self.steps()):
@@ -359,7 +359,7 @@ class Checkpointer:
         if attempt < len(delays):
           warn(f'warning: checkpoint {step} in {self.directory} cannot be read now ({detail}); '
                f'retrying in {delays[attempt]:g}s.')
-          sleep(delays[attempt])
+          time.sleep(delays[attempt])
       if decision == MISMATCH:
         raise CheckpointError(
             f'checkpoint {step} in {self.directory} does not match this code and config '
@@ -423,6 +423,20 @@ class Checkpointer:
 
   def __exit__(self, *unused_exc_info) -> None:
     self.close()
+
+
+def _ranked_metric(best: early_stopping.BestRule) -> Callable[[Any], float]:
+  """orbax's `best_fn`: the rule's metric of a checkpoint's metrics; the worst value when its
+  epoch was not the best so far (a later tie, an improvement within `min_delta`) or the value is
+  missing or not finite, so such a checkpoint is never the best."""
+  worst = math.inf if best.mode == 'min' else -math.inf
+
+  def ranked(metrics: Any) -> float:
+    if not isinstance(metrics, dict) or metrics.get(BEST_SO_FAR) is False:
+      return worst
+    value = metrics.get(best.metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else worst
+  return ranked
 
 
 def _read_metrics(step_dir: epath.Path) -> tuple[Any, str]:

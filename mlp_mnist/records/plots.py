@@ -3,23 +3,18 @@
 matplotlib is imported lazily and used through its object API (no pyplot, no display needed).
 """
 
-import importlib
 import io
-import threading
 from typing import Any, Sequence
 
 import numpy as np
 from etils import epath
 
+from mlp_mnist.records import run_files
+
 
 def import_in_background() -> None:
   """Imports matplotlib (a third of a second or more) on a thread, e.g. while an epoch trains."""
-
-  def load():
-    for module in ('matplotlib.figure', 'matplotlib.backends.backend_agg'):
-      importlib.import_module(module)
-
-  threading.Thread(target=load, name='import-matplotlib', daemon=True).start()
+  run_files.import_in_background(('matplotlib.figure', 'matplotlib.backends.backend_agg'))
 
 
 def _save(figure, path: str) -> str:

@@ -149,3 +149,22 @@ def read(workdir: str) -> list[dict[str, Any]]:
     raise run_files.WorkdirError(f'{epath.Path(workdir) / PROVENANCE_FILE} is damaged (not a '
                                  'list of records); delete it (it only describes earlier starts).')
   return records
+
+
+def device_change(workdir: str, devices: Sequence[jax.Device]) -> str | None:
+  """A warning when the run in `workdir` last ran on another number of devices or processes (its
+  `provenance.json`): sums then run in another order, so the resumed run may follow another
+  trajectory than an uninterrupted one. None when the counts match or nothing was recorded."""
+  try:
+    earlier = [r for r in read(workdir) if isinstance(r, dict) and 'device_count' in r]
+  except run_files.WorkdirError:
+    return None
+  if not earlier:
+    return None
+  was = (earlier[-1]['device_count'], earlier[-1].get('process_count', 1))
+  now = (len(devices), jax.process_count())
+  if was == now:
+    return None
+  return (f'warning: {workdir} was trained on {was[0]} device(s) in {was[1]} process(es) and '
+          f'resumes on {now[0]} in {now[1]}; the sums over devices change order, so its numbers '
+          'may differ from an uninterrupted run\'s (resume on the same devices to reproduce it).')

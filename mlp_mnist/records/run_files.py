@@ -4,9 +4,12 @@ Paths go through `etils.epath`, so a workdir may be local or on a cloud bucket (
 """
 
 import errno
+import importlib
 import json
 import os
-from typing import Any
+import sys
+import threading
+from typing import Any, Sequence
 
 from etils import epath
 
@@ -20,6 +23,7 @@ CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 DATASET_FILE = 'dataset.json'
 SUMMARY_FILE = 'summary.json'
+PLOTS_DIR = 'plots'  # A run's or a sweep's plots.
 
 
 class WorkdirError(errors.UserError, RuntimeError):
@@ -73,11 +77,6 @@ def write_summary(workdir: str, summary: dict) -> None:
   write_text_atomic(epath.Path(workdir) / SUMMARY_FILE, json.dumps(summary, indent=2) + '\n')
 
 
-def read_summary(workdir: str) -> dict:
-  return read_json(epath.Path(workdir) / SUMMARY_FILE,
-                   'rerun the same command to rewrite it from the final checkpoint')
-
-
 def write_dataset_info(workdir: str, info: dict) -> None:
   """Writes `dataset.json`: what the run trained on (`data.Dataset.info()`: name, image shape,
   class count and names, split sizes), so evaluation and prediction need not load the data."""
@@ -122,6 +121,18 @@ def read_metrics(workdir: str) -> list[dict]:
 def without_timing(record: dict) -> dict:
   """The deterministic part of a record: everything but `TIMING_KEYS`."""
   return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+def import_in_background(modules: Sequence[str]) -> None:
+  """Imports `modules` (those not loaded yet) on a daemon thread, while the caller works on."""
+  missing = [m for m in modules if m not in sys.modules]
+
+  def load():
+    for module in missing:
+      importlib.import_module(module)
+
+  if missing:
+    threading.Thread(target=load, name=f'import-{missing[0]}', daemon=True).start()
 
 
 def is_remote(path) -> bool:

@@ -4,14 +4,13 @@ Written with tensorboardX, which does not import TensorFlow. Scalars are logged 
 step at the end of each epoch, the x-axis TensorBoard expects.
 """
 
-import importlib
 import os
-import sys
-import threading
 import time
 from typing import Any
 
 from etils import epath
+
+from mlp_mnist.records import run_files
 
 # metrics.jsonl field -> TensorBoard tag
 SCALAR_TAGS = {
@@ -96,10 +95,7 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
 
 def import_in_background() -> None:
   """Imports tensorboardX (half a second or more) on a thread, e.g. while a program compiles."""
-  if 'tensorboardX.summary' in sys.modules:
-    return
-  threading.Thread(target=importlib.import_module, args=('tensorboardX.summary',),
-                   name='import-tensorboardx', daemon=True).start()
+  run_files.import_in_background(('tensorboardX.summary',))
 
 
 def _hparams_summaries(hparams: dict[str, Any]):
@@ -110,9 +106,10 @@ def _hparams_summaries(hparams: dict[str, Any]):
 
 
 def _register_bucket_writer(logdir: str) -> None:
-  if str(logdir).startswith('gs://'):
+  if run_files.is_remote(logdir):
     from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
-    record_writer.register_writer_factory('gs', _EpathRecordWriterFactory())
+    record_writer.register_writer_factory(str(logdir).split('://', 1)[0],
+                                          _EpathRecordWriterFactory())
 
 
 class BufferedTensorBoardWriter:

@@ -7,12 +7,19 @@ packages are imported only when the config enables them (`config.tracking.wandb.
 so a resumed run continues the same tracked run; steps it already logged are not logged twice.
 
 A tracker that cannot be used (package missing, service unreachable, a failure mid-run) costs one
-warning, then training goes on without it.
+warning, then training goes on without it. An MLflow server that does not accept a connection
+within `MLFLOW_CONNECT_TIMEOUT_SEC` is unreachable (MLflow itself would retry for minutes).
+
+A tracked run is named `tracking.<service>.run_name`, else after the workdir; a sweep's trials are
+named after the trial.
 """
 
 import json
 import os
+import socket
 import time
+import urllib.parse
+import urllib.request
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -28,6 +35,7 @@ NAMES = {'wandb': 'W&B', 'mlflow': 'MLflow'}
 INSTALL = {'wandb': "pip install 'mlp_mnist[wandb]'", 'mlflow': "pip install 'mlp_mnist[mlflow]'"}
 MLFLOW_MAX_PARAM_LENGTH = 6000
 MLFLOW_BATCH = 100  # MLflow's limit of parameters per `log_batch`.
+MLFLOW_CONNECT_TIMEOUT_SEC = 10.0
 
 
 def requested(config: ml_collections.ConfigDict) -> bool:
@@ -103,6 +111,7 @@ class MlflowWriter:
     from mlflow.tracking import MlflowClient  # pylint: disable=g-import-not-at-top
     self._entities = entities
     self._client = MlflowClient(tracking_uri=settings.tracking_uri or None)
+    check_reachable(self._client.tracking_uri, MLFLOW_CONNECT_TIMEOUT_SEC)
     self.identity = {'tracking_uri': self._client.tracking_uri, 'experiment': settings.experiment}
     if run_id:
       self._client.update_run(run_id, status='RUNNING')
@@ -134,10 +143,25 @@ class MlflowWriter:
     self._client.log_dict(self.run_id, summary, run_files.SUMMARY_FILE)
 
   def write_artifact(self, path: str) -> None:
-    self._client.log_artifact(self.run_id, path, 'plots')
+    self._client.log_artifact(self.run_id, path, run_files.PLOTS_DIR)
 
   def close(self, failed: bool = False) -> None:
     self._client.set_terminated(self.run_id, 'FAILED' if failed else 'FINISHED')
+
+
+def check_reachable(uri: str, timeout_sec: float) -> None:
+  """Raises ConnectionError when the http(s) server of `uri` accepts no connection within
+  `timeout_sec` (other schemes, and servers reached through a proxy, are not checked)."""
+  parts = urllib.parse.urlsplit(uri)
+  if parts.scheme not in ('http', 'https') or not parts.hostname or (
+      parts.scheme in urllib.request.getproxies()
+      and not urllib.request.proxy_bypass(parts.hostname)):
+    return
+  port = parts.port or (443 if parts.scheme == 'https' else 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout=timeout_sec).close()
+  except OSError as e:
+    raise ConnectionError(f'cannot connect to {uri} within {timeout_sec:g}s ({e})') from None
 
 
 def _tag_dict(tags: Iterable[str]) -> dict[str, str]:
@@ -147,7 +171,8 @@ def _tag_dict(tags: Iterable[str]) -> dict[str, str]:
 class Trackers:
   """The enabled trackers of one run (or sweep trial) in `workdir`.
 
-  `name` defaults to the workdir's; a sweep's trials pass `group` (W&B's run group) and `tags`
+  `name` (a sweep's trial) defaults to `tracking.<service>.run_name`, else the workdir's name;
+  a sweep's trials pass `group` (W&B's run group) and `tags`
   (MLflow's run tags). Every call goes to each open writer; a writer that raises is reported once
   (`failures`) and closed, the others go on. `tracking.json` keeps each tracked run's id and its
   last logged step.
@@ -160,21 +185,21 @@ class Trackers:
     self._path = epath.Path(workdir) / TRACKING_FILE
     self._state = json.loads(self._path.read_text()) if self._path.exists() else {}
     self._writers = {}
-    name = name or epath.Path(workdir).name
-    local = not str(workdir).startswith(('gs://', 's3://'))
+    local = not run_files.is_remote(workdir)
     for service in SERVICES:
       settings = config.tracking[service]
       if not settings.enabled or service in self.failures.services:
         continue
       saved = self._state.get(service, {})
+      run_name = name or settings.run_name or epath.Path(workdir).name
       try:
         if service == 'wandb':
           identity = {'project': settings.project, 'entity': settings.entity}
           run_id = saved.get('run_id') if saved.get('identity') == identity else None
-          writer = WandbWriter(settings, name, run_id, workdir if local else None, group)
+          writer = WandbWriter(settings, run_name, run_id, workdir if local else None, group)
         else:
           run_id = saved.get('run_id') if self._same_mlflow(saved, settings) else None
-          writer = MlflowWriter(settings, name, run_id, tags)
+          writer = MlflowWriter(settings, run_name, run_id, tags)
       except Exception as e:  # pylint: disable=broad-except
         self.failures.report(service, e)
         continue

@@ -22,12 +22,11 @@ from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
 
-PLOTS_DIR = 'plots'
 PROFILE_DIR = 'profile'
 # What `restart` removes: the outputs of an earlier run, nothing else the user may keep there.
 RUN_OUTPUTS = (run_files.CONFIG_FILE, run_files.DATASET_FILE, provenance.PROVENANCE_FILE,
                f'{provenance.PROVENANCE_FILE}.damaged-*', run_files.METRICS_FILE,
-               run_files.SUMMARY_FILE, PLOTS_DIR, checkpointing.CHECKPOINTS_DIR,
+               run_files.SUMMARY_FILE, run_files.PLOTS_DIR, checkpointing.CHECKPOINTS_DIR,
                checkpointing.CORRUPT_DIR, 'events.out.tfevents.*', '.*.tmp-*', PROFILE_DIR,
                tracking.TRACKING_FILE)
 
@@ -51,10 +50,9 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   """Keys that affect results and differ between a saved config and `config`, as 'key: a -> b'."""
   saved, requested = config_checks.comparable_config(saved), config_checks.comparable_config(config)
   missing = '(absent)'
+  neutral = config_checks.result_neutral_keys(config)
   return [f'{key}: {saved.get(key, missing)!r} -> {requested.get(key, missing)!r}'
-          for key in sorted(set(saved) | set(requested))
-          if key not in config_checks.RESULT_NEUTRAL_KEYS
-          and saved.get(key, missing) != requested.get(key, missing)]
+          for key in config_checks.differing_keys(saved, requested) if key not in neutral]
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict, restart: bool) -> None:
@@ -166,6 +164,8 @@ class RunRecorder:
     run_files.write_config(self.workdir, config)
     if dataset_info is not None:
       run_files.write_dataset_info(self.workdir, dataset_info)
+    if resumed_step is not None and (change := provenance.device_change(self.workdir, devices)):
+      log(change)
     provenance.append(self.workdir, provenance.collect(
         devices, resumed_step, provenance.keep_imports(self.workdir, config.imports)), warn=log)
     run_files.write_metrics(self.workdir, self._history)
@@ -199,7 +199,7 @@ class RunRecorder:
       return
     from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
     path = plots.save_curves(self._history,
-                             str(epath.Path(self.workdir) / PLOTS_DIR / 'curves.png'),
+                             str(epath.Path(self.workdir) / run_files.PLOTS_DIR / 'curves.png'),
                              title=str(self.workdir))
     if self._trackers:
       self._trackers.write_artifact(path)

@@ -14,72 +14,23 @@ import numpy as np
 
 from mlp_mnist.sweeps import sweep_files
 
-WITH_RESULTS = ('done', 'stopped')  # Final statuses whose metrics are valid results.
+# A trial's status, in its `status` file.
+DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
+STOPPED = 'stopped'  # Ended by early stopping: its metrics are valid results.
+# Cut by successive halving at a rung (sweeps/search.py): its records so far are kept.
+PRUNED = 'pruned'
+WITH_RESULTS = (DONE, STOPPED)  # Final statuses whose metrics are valid results.
 CONFIDENCE = 0.95
 NUM_BEST_CURVES = 3
 NAN = float('nan')
 
 
 def t_quantile(p: float, df: float) -> float:
-  """The `p` quantile of Student's t distribution with `df` degrees of freedom (no scipy).
-
-  Inverts the exact CDF (through the regularized incomplete beta function) by bisection.
-  """
+  """The `p` quantile of Student's t distribution with `df` degrees of freedom."""
   if not 0 < p < 1 or not df > 0:
     raise ValueError(f't_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}.')
-  if p < 0.5:
-    return -t_quantile(1 - p, df)
-  if p == 0.5:
-    return 0.0
-  if df == 1:
-    return math.tan(math.pi * (p - 0.5))
-  low, high = 0.0, 1.0
-  while t_cdf(high, df) < p:
-    low, high = high, 2 * high
-  for _ in range(200):
-    middle = (low + high) / 2
-    if t_cdf(middle, df) < p:
-      low = middle
-    else:
-      high = middle
-    if high - low <= 1e-13 * high:
-      break
-  return (low + high) / 2
-
-
-def t_cdf(t: float, df: float) -> float:
-  """P(T <= t) for Student's t with `df` degrees of freedom."""
-  tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-  return 1 - tail if t > 0 else tail
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-  """The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz's method)."""
-  if x <= 0:
-    return 0.0
-  if x >= 1:
-    return 1.0
-  front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-                   + b * math.log1p(-x))
-  if x < (a + 1) / (a + b + 2):
-    return front * _beta_fraction(a, b, x) / a
-  return 1 - front * _beta_fraction(b, a, 1 - x) / b
-
-
-def _beta_fraction(a: float, b: float, x: float) -> float:
-  tiny = 1e-300
-  clamp = lambda v: v if abs(v) > tiny else tiny
-  c, d = 1.0, 1 / clamp(1 - (a + b) * x / (a + 1))
-  result = d
-  for m in range(1, 1000):
-    for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                      -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-      d = 1 / clamp(1 + numerator * d)
-      c = clamp(1 + numerator / c)
-      result *= d * c
-    if abs(d * c - 1) < 1e-16:
-      break
-  return result
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (a fraction of a second)
+  return float(stats.t.ppf(p, df))
 
 
 def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
@@ -97,6 +48,16 @@ def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[st
 
 def finite(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def percent(value: Any, digits: int = 2) -> str:
+  """`value` as a percentage, '-' when it is not a finite number."""
+  return f'{value:.{digits}%}' if finite(value) else '-'
+
+
+def number(value: Any, digits: int = 4) -> str:
+  """`value` with `digits` decimals, '-' when it is not a finite number."""
+  return f'{value:.{digits}f}' if finite(value) else '-'
 
 
 def has_results(row: dict[str, Any], split: str = 'test') -> bool:

@@ -41,8 +41,7 @@ def config_differences(config: ml_collections.ConfigDict,
   missing = '(absent)'
   return [[key, aggregate.display(base.get(key, missing)),
            aggregate.display(flat.get(key, missing))]
-          for key in sorted(set(flat) | set(base))
-          if flat.get(key, missing) != base.get(key, missing)]
+          for key in config_checks.differing_keys(base, flat)]
 
 
 def timings(workdir: str, rows: Sequence[dict[str, Any]]) -> dict[str, float] | None:
@@ -148,7 +147,7 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
                         rows=[[str(spent['program_runs']), str(spent['trials']),
                                *(f'{spent[k]:.1f}' for k in ('compile_sec', 'train_sec',
                                                              'eval_sec', 'total_sec')),
-                               _number(spent['trials_per_sec'], 3)]]))
+                               aggregate.number(spent['trials_per_sec'], 3)]]))
     blocks.append(Block('p', 'Summed over the compiled programs that trained the trials with a '
                         '`summary.json` (diverged trials have none); workers run in parallel, so '
                         'with several the wall time is shorter.'))
@@ -159,22 +158,14 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
   table = []
   for row in aggregate.ranked_rows(rows):
     detail = results.read_status_detail(results.trial_dir(workdir, row['trial']))
-    table.append([row['trial'], row['status'], _percent(row.get(f'{split}_accuracy')),
-                  _percent(row.get('test_accuracy')) if split != 'test' else '',
+    table.append([row['trial'], row['status'], aggregate.percent(row.get(f'{split}_accuracy')),
+                  aggregate.percent(row.get('test_accuracy')) if split != 'test' else '',
                   str(row.get('epoch') or '-'), detail])
   header = ['trial', 'status', f'{split} acc', 'test acc', 'epoch', 'detail']
   if split == 'test':
     header, table = header[:3] + header[4:], [r[:3] + r[4:] for r in table]
   blocks.append(Block('table', header=header, rows=table))
   return blocks
-
-
-def _percent(value: Any) -> str:
-  return f'{value:.2%}' if aggregate.finite(value) else '-'
-
-
-def _number(value: Any, digits: int) -> str:
-  return f'{value:.{digits}f}' if aggregate.finite(value) else '-'
 
 
 def _read_json(path) -> dict | None:

@@ -27,15 +27,14 @@ from mlp_mnist import early_stopping
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import aggregate
 
-DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
-STOPPED = 'stopped'  # Ended by early stopping: its metrics are valid results.
-# Cut by successive halving at a rung (sweeps/search.py): its records so far are kept.
-PRUNED = 'pruned'
+# A trial's statuses (their strings live in `aggregate`, which counts them).
+DONE, DIVERGED, STOPPED = aggregate.DONE, aggregate.DIVERGED, aggregate.STOPPED
+FAILED, RUNNING, PENDING = aggregate.FAILED, aggregate.RUNNING, aggregate.PENDING
+PRUNED = aggregate.PRUNED
 # Final results: a re-run skips them (and reruns the others).
 FINISHED = (DONE, DIVERGED, STOPPED, PRUNED)
 METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
 VALIDATION_COLUMNS = ('validation_loss', 'validation_accuracy')
-PLOTS_DIR = 'plots'
 SHORT_SPLIT = {'validation': 'val', 'test': 'test', 'train': 'train'}
 
 
@@ -86,8 +85,7 @@ def final_record(config: ml_collections.ConfigDict, records: Sequence[dict]) -> 
   """The record a trial's results are those of: its last epoch's, or with early stopping's
   `restore_best_weights` its best epoch's (the weights it ends with, as its summary.json says)."""
   stopper = early_stopping.EarlyStopping(config)
-  best = (early_stopping.best_record(records, stopper.monitor, stopper.mode)
-          if stopper.restore_best_weights else None)
+  best = stopper.best_record(records) if stopper.restore_best_weights else None
   return best or records[-1]
 
 
@@ -162,18 +160,10 @@ def leaderboard(rows: list[dict[str, Any]], top: int = 10) -> str:
     lines.append(f'{"rank":>4}  {short + " acc":>8}  {short + " loss":>9}{beside}  {"epoch":>5}  '
                  f'{"status":8}  trial')
     for rank, row in enumerate(ranked, 1):
-      beside = f'  {_percent(row.get("test_accuracy")):>8}' if split != 'test' else ''
+      beside = f'  {aggregate.percent(row.get("test_accuracy")):>8}' if split != 'test' else ''
       lines.append(f'{rank:>4}  {row[f"{split}_accuracy"]:>8.2%}  {row[f"{split}_loss"]:>9.4f}'
                    f'{beside}  {row.get("epoch", "-"):>5}  {row["status"]:8}  {row["trial"]}')
   return '\n'.join(lines)
-
-
-def _percent(value: Any, digits: int = 2) -> str:
-  return f'{value:.{digits}%}' if aggregate.finite(value) else '-'
-
-
-def _number(value: Any, digits: int = 4) -> str:
-  return f'{value:.{digits}f}' if aggregate.finite(value) else '-'
 
 
 def settings_table(entries: Sequence[dict[str, Any]],
@@ -187,11 +177,12 @@ def settings_table(entries: Sequence[dict[str, Any]],
   table = []
   for e in entries:
     half = (e[f'{split}_accuracy_ci_high'] - e[f'{split}_accuracy_mean'])
-    cells = [str(e['rank'] or '-'), _percent(e[f'{split}_accuracy_mean']), _percent(half),
-             _percent(e[f'{split}_accuracy_std']), str(e['n']), _number(e[f'{split}_loss_mean'])]
+    cells = [str(e['rank'] or '-'), aggregate.percent(e[f'{split}_accuracy_mean']),
+             aggregate.percent(half), aggregate.percent(e[f'{split}_accuracy_std']), str(e['n']),
+             aggregate.number(e[f'{split}_loss_mean'])]
     if split != 'test':
-      cells += [_percent(e['test_accuracy_mean']),
-                _percent(e['test_accuracy_ci_high'] - e['test_accuracy_mean'])]
+      cells += [aggregate.percent(e['test_accuracy_mean']),
+                aggregate.percent(e['test_accuracy_ci_high'] - e['test_accuracy_mean'])]
     delta = e['delta_vs_best']
     cells += ['-' if not aggregate.finite(delta) or e['rank'] == 1 else f'{100 * delta:+.2f} pp',
               aggregate.overlap_mark(e), aggregate.status_summary(e['statuses']), e['setting']]
@@ -199,13 +190,16 @@ def settings_table(entries: Sequence[dict[str, Any]],
   return header, table
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  """Columns aligned (numbers right, the last column left)."""
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], rule: bool = False) -> str:
+  """Columns aligned: the first and last (names) left, the others (numbers) right; `rule`: a
+  line of dashes under the header."""
   widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
   lines = []
   for cells in (header, *rows):
-    lines.append('  '.join(str(c).rjust(w) if i < len(cells) - 1 else str(c)
+    lines.append('  '.join(str(c).rjust(w) if 0 < i < len(cells) - 1 else str(c).ljust(w)
                            for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+  if rule:
+    lines.insert(1, '  '.join('-' * w for w in widths))
   return '\n'.join(lines)
 
 
@@ -261,7 +255,7 @@ def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict
   from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
   entries = [e for e in entries if e['n']]
   setting_keys = [k for k in keys if k not in replicate_keys]
-  plots_dir = epath.Path(workdir) / PLOTS_DIR
+  plots_dir = epath.Path(workdir) / run_files.PLOTS_DIR
   paths = []
   varied = [k for k in setting_keys if len({repr(e[k]) for e in entries}) > 1]
   for key in varied:

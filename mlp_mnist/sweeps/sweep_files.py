@@ -18,7 +18,6 @@ over. The replicate keys are `('seed',)` unless the sweep file names others at m
     REPLICATE_KEYS = ('seed', 'model.dropout_rate')  # () : every trial is its own setting.
 """
 
-import builtins
 import copy
 import dataclasses
 import difflib
@@ -67,13 +66,13 @@ def product(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
   return trials
 
 
-def zip(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:  # pylint: disable=redefined-builtin
-  """The i-th trials of every sweep together; the sweeps must have equal lengths."""
+def zip_sweeps(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
+  """`hyper.zip`: the i-th trials of every sweep together; the sweeps must have equal lengths."""
   sweeps = _checked(sweeps, 'zip')
   lengths = [len(s) for s in sweeps]
   if len(set(lengths)) > 1:
     raise SweepError(f'hyper.zip needs sweeps of equal lengths, got lengths {lengths}.')
-  return [_merged_all(parts, 'zip') for parts in builtins.zip(*sweeps)]
+  return [_merged_all(parts, 'zip') for parts in zip(*sweeps)]
 
 
 def chain(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
@@ -81,7 +80,7 @@ def chain(sweeps: Sequence[list[Overrides]]) -> list[Overrides]:
   return [dict(t) for s in _checked(sweeps, 'chain') for t in s]
 
 
-GRID_FUNCTIONS = dict(sweep=sweep, fixed=fixed, product=product, zip=zip, chain=chain)
+GRID_FUNCTIONS = dict(sweep=sweep, fixed=fixed, product=product, zip=zip_sweeps, chain=chain)
 # Ranges and sampled trial sets (sampling.py): hyper.uniform/loguniform/integer/choice,
 # hyper.quasirandom/random.
 HYPER = types.SimpleNamespace(**GRID_FUNCTIONS, **sampling.RangeRecorder().functions())
@@ -93,6 +92,9 @@ def _checked(sweeps, name: str) -> list[list[Overrides]]:
     got = 'one sweep' if single else type(sweeps).__name__
     raise SweepError(f'hyper.{name} takes a list of sweeps, e.g. hyper.{name}([hyper.sweep(...), '
                      f'hyper.sweep(...)]); got {got}.')
+  if not sweeps:
+    raise SweepError(f'hyper.{name}([]) has no sweeps: an empty sweep is an error (it would train '
+                     'the base config alone); give at least one sweep.')
   for s in sweeps:
     if not isinstance(s, list) or not all(isinstance(t, dict) for t in s):
       raise SweepError(f'hyper.{name} takes sweeps made by hyper.sweep/fixed/product/zip/chain; '
@@ -149,6 +151,9 @@ def load_sweep(path: str, hyper: types.SimpleNamespace = HYPER) -> list[Override
     raise SweepError(f'sweep file {path}: {e}') from None
   except SyntaxError as e:
     raise SweepError(f'sweep file {path}, line {e.lineno}: {e.msg}.') from None
+  except SystemExit as e:
+    raise SweepError(f'sweep file {path}: it called sys.exit({e.code!r}); a sweep file must return '
+                     'its trials from get_sweep(hyper).') from None
   except Exception as e:  # pylint: disable=broad-except
     raise SweepError(f'sweep file {path}: get_sweep failed with {type(e).__name__}: {e}') from None
   if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
@@ -180,7 +185,7 @@ def replicate_keys(base_config: ml_collections.ConfigDict, path: str) -> tuple[s
   _check_exists(path)
   try:
     keys = getattr(_load_module(path), 'REPLICATE_KEYS', DEFAULT_REPLICATE_KEYS)
-  except Exception as e:  # pylint: disable=broad-except
+  except (Exception, SystemExit) as e:  # pylint: disable=broad-except
     raise SweepError(f'sweep file {path}: loading it failed with {type(e).__name__}: {e}') from None
   if isinstance(keys, str) or not isinstance(keys, (tuple, list)) or not all(
       isinstance(k, str) for k in keys):
@@ -216,7 +221,7 @@ def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
   _check_fixed_data_keys(base_config, normalized, source)
   names = trial_names(normalized)
   result = []
-  for index, (name, overrides) in enumerate(builtins.zip(names, normalized)):
+  for index, (name, overrides) in enumerate(zip(names, normalized)):
     config = with_overrides(base_config, overrides)
     try:
       config_checks.validate_config(config)
@@ -278,10 +283,17 @@ def _check_fixed_data_keys(base_config: ml_collections.ConfigDict, trials: list[
                        'are chosen between on the same examples.')
 
 
+def _same_value(value: Any) -> Any:
+  """`value` as trials compare it: numbers by value (1 and 1.0 set the same config), bools apart."""
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value
+
+
 def _check_unique(trials: list[Overrides], source: str) -> None:
   seen = {}
   for index, overrides in enumerate(trials):
-    identity = repr(sorted(overrides.items()))
+    identity = repr(sorted((k, _same_value(v)) for k, v in overrides.items()))
     if identity in seen:
       raise SweepError(f'{source}: trials {seen[identity]} and {index} are identical '
                        f'({_describe(overrides)}); each trial must differ.')

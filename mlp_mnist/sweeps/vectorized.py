@@ -160,7 +160,7 @@ def tree_bytes(tree) -> int:
   return sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
 
-def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset | dict,
+def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset,
                  devices=None, on_epoch: Callable[..., Any] | None = None,
                  chunk_size: int = 0) -> dict[str, Any]:
   """Trains trials that share one program together, spread over `devices`.
@@ -185,7 +185,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   if any(program_key(c) != program_key(first) for c in configs):
     raise ValueError('train_trials needs configs of one program; group them by program_key.')
   num_trials, num_devices = len(configs), len(devices)
-  dataset = data.hold_out_validation(data.as_dataset(dataset), first.data.validation_split)
+  dataset = data.hold_out_validation(dataset, first.data.validation_split)
   (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
   num_train = len(train_labels)
   steps_per_epoch = -(-num_train // first.batch_size)
@@ -282,8 +282,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
         stopper = stoppers[i]
         stopping[i] = stopper.update(stopping[i], record)
         stopped[i] = stopping[i].stopped
-        improved[i] = stopper.restore_best_weights and early_stopping.best_record(
-            history[i], stopper.monitor, stopper.mode) is record
+        improved[i] = stopper.restore_best_weights and stopper.best_record(history[i]) is record
     if improved.any():
       best_weights = _select_trials(split(improved), carry[0],
                                     carry[0] if best_weights is None else best_weights)
@@ -312,9 +311,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   state = _all_trials(merge(carry[0]), active, pruned_states, num_trials)
   final_steps = np.asarray(jax.device_get(state.step))
   if best_weights is not None:
-    restored = np.asarray([s.restore_best_weights and early_stopping.best_record(
-        h, s.monitor, s.mode) is not None and p is None
-        for s, h, p in zip(stoppers, history, pruned_epoch)])
+    restored = np.asarray([s.restore_best_weights and s.best_record(h) is not None and p is None
+                           for s, h, p in zip(stoppers, history, pruned_epoch)])
     state = _select_trials(restored, _all_trials(merge(best_weights), active, pruned_states,
                                                  num_trials), state)
   timings = book.finish()

@@ -14,9 +14,11 @@ from mlp_mnist import config_checks
 from mlp_mnist.records import plots
 from mlp_mnist.records import run_files
 from mlp_mnist.records import workdirs
+from mlp_mnist.sweeps import aggregate
+from mlp_mnist.sweeps import results
 
 
-def load_run(path: str) -> tuple[dict[str, Any], list[dict]]:
+def read_run(path: str) -> tuple[dict[str, Any], list[dict]]:
   """A run's flattened `config.json` and its `metrics.jsonl` records."""
   root = epath.Path(path)
   if not root.is_dir():
@@ -46,24 +48,10 @@ def labels(paths: Sequence[str]) -> list[str]:
   return [f'{i}:{p}' for i, p in enumerate(paths)]
 
 
-def _display(value: Any) -> str:
-  if isinstance(value, tuple):
-    return '(' + ','.join(map(str, value)) + (',' if len(value) == 1 else '') + ')'
-  return '(absent)' if value is _MISSING else str(value)
-
-
-_MISSING = object()
-
-
 def config_table(configs: Sequence[dict[str, Any]]) -> list[list[str]]:
   """[key, value in each run] for every key whose values are not all equal."""
-  keys = sorted(set().union(*configs))
-  rows = []
-  for key in keys:
-    values = [c.get(key, _MISSING) for c in configs]
-    if any(v != values[0] for v in values[1:]):
-      rows.append([key, *map(_display, values)])
-  return rows
+  return [[key, *(aggregate.display(c[key]) if key in c else '(absent)' for c in configs)]
+          for key in config_checks.differing_keys(*configs)]
 
 
 def curve_split(histories: Sequence[Sequence[dict]]) -> str:
@@ -84,29 +72,22 @@ def metrics_table(histories: Sequence[Sequence[dict]], split: str) -> list[list[
   return rows
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-  lines = ['  '.join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-           for cells in (header, *rows)]
-  lines.insert(1, '  '.join('-' * w for w in widths))
-  return '\n'.join(lines)
-
-
 def compare(paths: Sequence[str], output: str) -> str:
   """The config differences and final metrics of the runs at `paths` as text; draws their curves
   overlaid into `output` (a PNG)."""
   if len(paths) < 2:
     raise workdirs.WorkdirError(f'compare needs at least two runs, got {len(paths)}.')
-  runs = [load_run(p) for p in paths]
+  runs = [read_run(p) for p in paths]
   names = labels(paths)
   configs, histories = [c for c, _ in runs], [h for _, h in runs]
   split = curve_split(histories)
   differences = config_table(configs)
   lines = [f'{name}: {path}' for name, path in zip(names, paths) if name != path]
-  lines.append(text_table(['config key', *names], differences) if differences else
-               'Their configs are identical.')
+  lines.append(results.text_table(['config key', *names], differences, rule=True)
+               if differences else 'Their configs are identical.')
   lines.append('')
-  lines.append(text_table(['final metric', *names], metrics_table(histories, split)))
+  lines.append(results.text_table(['final metric', *names], metrics_table(histories, split),
+                                  rule=True))
   plots.save_overlaid_curves(dict(zip(names, histories)), split, output)
   lines.append(f'\nCurves ({split} solid, training dashed): {output}')
   return '\n'.join(lines)

@@ -154,7 +154,6 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
         'Python, or scripts/evaluate.py --npz_path=FILE.npz.')
   if dataset is None:
     dataset = data.load_dataset(config.data)
-  dataset = data.as_dataset(dataset)
   if (dataset.image_shape, dataset.num_classes) != (info['image_shape'], info['num_classes']):
     raise data.DataError(
         f'{workdir} was trained on {info["num_classes"]} classes of images {info["image_shape"]}, '
@@ -173,7 +172,7 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
   mistakes = most_confident_mistakes(labels, probabilities, num_mistakes)
   epoch = run['epoch']
   reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
-  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / workdirs.PLOTS_DIR)
+  plots_dir = epath.Path(plots_dir or epath.Path(workdir) / run_files.PLOTS_DIR)
   title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
   paths, warnings = {}, []
   try:
