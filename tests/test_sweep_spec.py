@@ -103,7 +103,7 @@ def _write_sweep(tmp_path, body):
     ("def get_sweep(hyper):\n  return hyper.sweep('optimizer.learning_rate', ['1e-3'])\n",
      "optimizer.learning_rate='1e-3' has type str; it must be a positive number"),
     ("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1.5])\n",
-     'seed=1.5 has type float; it must be a non-negative integer'),
+     'seed=1.5 has type float; it must be an integer in [0, 2**32)'),
     ("def get_sweep(hyper):\n  return hyper.sweep('optimizer.nesterov', [0, 1])\n",
      'optimizer.nesterov=0 has type int; it must be True or False'),
     ("def get_sweep(hyper):\n  return []\n", 'get_sweep returned no trials'),

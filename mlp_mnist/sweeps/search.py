@@ -20,6 +20,7 @@ import ml_collections
 from etils import epath
 
 from mlp_mnist import epochs
+from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import aggregate
 from mlp_mnist.sweeps import report
 from mlp_mnist.sweeps import results
@@ -202,7 +203,7 @@ def write_search_plots(workdir: str, rows: Sequence[dict[str, Any]], keys: Seque
     return []
   from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
   metric = f'{split}_accuracy'
-  plots_dir = epath.Path(workdir) / results.PLOTS_DIR
+  plots_dir = epath.Path(workdir) / run_files.PLOTS_DIR
   finished = [r for r in rows if aggregate.has_results(r, split)]
   pruned = [r for r in rows if r['status'] == results.PRUNED and aggregate.finite(r.get(metric))]
   paths = []

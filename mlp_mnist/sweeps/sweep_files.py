@@ -317,7 +317,7 @@ def trial_names(trials: Sequence[Overrides], legacy: bool = False) -> list[str]:
   """
   keys = swept_keys(trials) or list(dict.fromkeys(k for t in trials for k in t))
   leaves = [k.rpartition('.')[2] for k in keys]
-  short = {k: (leaf if leaves.count(leaf) == 1 else k) for k, leaf in builtins.zip(keys, leaves)}
+  short = {k: (leaf if leaves.count(leaf) == 1 else k) for k, leaf in zip(keys, leaves)}
   digits = {k: None if legacy else _name_digits([t[k] for t in trials if k in t]) for k in keys}
   names = []
   for overrides in trials:
@@ -371,7 +371,7 @@ def adopt_recorded_names(trials: Sequence[Trial], recorded: set[str]) -> list[Tr
   legacy_names = trial_names([t.overrides for t in trials], legacy=True)
   return [dataclasses.replace(t, name=old)
           if old != t.name and old in recorded and t.name not in recorded else t
-          for t, old in builtins.zip(trials, legacy_names)]
+          for t, old in zip(trials, legacy_names)]
 
 
 def _describe(overrides: Overrides) -> str:
