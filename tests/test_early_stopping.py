@@ -2,6 +2,9 @@
 and never chosen on the test set."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,7 +16,7 @@ from mlp_mnist.records import checkpointing
 from mlp_mnist.records import workdirs
 from mlp_mnist.tools import evaluation
 
-from conftest import synthetic_dataset
+from conftest import REPO, synthetic_dataset
 
 
 def _history(metric, values):
@@ -64,6 +67,12 @@ def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(config, tm
   assert '\n' not in str(raised.value)
   # The latest checkpoint still evaluates.
   assert evaluation.load_run(str(tmp_path), None, devices=jax.devices()[:1])[2] == 4
+  script = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), f'--workdir={tmp_path}',
+       '--step=best'], capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert script.returncode == 2, script.stderr
+  assert script.stderr.startswith('error: ') and script.stderr.count('\n') == 1, script.stderr
+  assert 'hold' in script.stderr and 'validation_split' in script.stderr
 
 
 def test_a_validation_split_keeps_the_best_checkpoint_by_validation_loss(config, tmp_path):
