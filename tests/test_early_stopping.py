@@ -1,6 +1,7 @@
 """The best epoch: one definition for early stopping, the restored weights and the best checkpoint,
 and never chosen on the test set."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,13 +45,15 @@ def test_best_checkpoint_follows_the_same_rule_on_ties(tmp_path):
   state = {'w': np.arange(3, dtype=np.float32)}
   history = _history('validation_loss', [0.5, 0.5, 0.6])
   rule = early_stopping.BestRule('validation_loss', 'min')
-  with checkpointing.Checkpointer(str(tmp_path), keep=1, best=rule) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(tmp_path), keep=1, best=rule)) as checkpoints:
     for epoch in (1, 2, 3):
       checkpoints.save(10 * epoch, state, epoch, history[:epoch])
     checkpoints.wait()
     assert checkpoints.steps() == [10, 30]  # The latest and the best.
     assert checkpoints.best_step() == 10
-  with checkpointing.Checkpointer(str(tmp_path), read_only=True, best=rule) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(tmp_path), read_only=True, best=rule)) as checkpoints:
     assert checkpoints.best_step() == 10
 
 
