@@ -1,7 +1,11 @@
 """The best epoch: one definition for early stopping, the restored weights and the best checkpoint,
 and never chosen on the test set."""
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,7 +17,7 @@ from mlp_mnist.records import checkpointing
 from mlp_mnist.records import workdirs
 from mlp_mnist.tools import evaluation
 
-from conftest import synthetic_dataset
+from conftest import REPO, synthetic_dataset
 
 
 def _history(metric, values):
@@ -41,13 +45,15 @@ def test_best_checkpoint_follows_the_same_rule_on_ties(tmp_path):
   state = {'w': np.arange(3, dtype=np.float32)}
   history = _history('validation_loss', [0.5, 0.5, 0.6])
   rule = early_stopping.BestRule('validation_loss', 'min')
-  with checkpointing.Checkpointer(str(tmp_path), keep=1, best=rule) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(tmp_path), keep=1, best=rule)) as checkpoints:
     for epoch in (1, 2, 3):
       checkpoints.save(10 * epoch, state, epoch, history[:epoch])
     checkpoints.wait()
     assert checkpoints.steps() == [10, 30]  # The latest and the best.
     assert checkpoints.best_step() == 10
-  with checkpointing.Checkpointer(str(tmp_path), read_only=True, best=rule) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(tmp_path), read_only=True, best=rule)) as checkpoints:
     assert checkpoints.best_step() == 10
 
 
@@ -64,6 +70,12 @@ def test_without_a_validation_split_nothing_is_chosen_on_the_test_set(config, tm
   assert '\n' not in str(raised.value)
   # The latest checkpoint still evaluates.
   assert evaluation.load_run(str(tmp_path), None, devices=jax.devices()[:1])[2] == 4
+  script = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), f'--workdir={tmp_path}',
+       '--step=best'], capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert script.returncode == 2, script.stderr
+  assert script.stderr.startswith('error: ') and script.stderr.count('\n') == 1, script.stderr
+  assert 'hold' in script.stderr and 'validation_split' in script.stderr
 
 
 def test_a_validation_split_keeps_the_best_checkpoint_by_validation_loss(config, tmp_path):

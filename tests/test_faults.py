@@ -5,6 +5,7 @@ what issue 12 promises: damage is set aside and the previous checkpoint used, a 
 storage error stops with one line, and no good checkpoint is ever moved or deleted.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -122,7 +123,8 @@ def test_each_damaged_checkpoint_file_restores_exactly_or_falls_back(trained, tm
   names = sorted(str(p.relative_to(newest)) for p in newest.rglob('*') if p.is_file())
   assert {'_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt',
           'run/metadata'} <= set(names)
-  with checkpointing.Checkpointer(str(trained['workdir']), read_only=True) as reader:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(trained['workdir']), read_only=True)) as reader:
     previous = jax.device_get(reader.restore(target, 8)[0])
   fell_back = []
   for name in names:
@@ -131,7 +133,7 @@ def test_each_damaged_checkpoint_file_restores_exactly_or_falls_back(trained, tm
     _damage(workdir / checkpointing.CHECKPOINTS_DIR / '16' / name, how)
     before = _checkpoint_files(workdir)
     warnings = []
-    with checkpointing.Checkpointer(str(workdir)) as checkpoints:
+    with contextlib.closing(checkpointing.Checkpointer(str(workdir))) as checkpoints:
       state, step, run = checkpoints.restore_latest(target, warnings.append)
     assert _checkpoint_files(workdir) == before, name  # Moved at most, never changed or deleted.
     if step == 16:
@@ -161,7 +163,8 @@ def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trai
     evaluation.load_run(str(workdir))
   assert '\n' not in str(error.value)
   assert (workdir / checkpointing.CHECKPOINTS_DIR / '16').is_dir()  # Read-only: nothing moved.
-  with checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min')) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min'))) as checkpoints:
     warnings = []
     _, step, _ = checkpoints.restore_latest(trained['result']['state'], warnings.append)
     assert step == 8 and checkpoints.steps() == [8] and checkpoints.best_step() == 8
@@ -172,7 +175,8 @@ def test_damaged_metrics_file_is_one_line_read_only_and_set_aside_on_resume(trai
 def test_deleted_metrics_file_restores_exactly(trained_best, workdir_best):
   trained, workdir = trained_best, workdir_best
   (workdir / checkpointing.CHECKPOINTS_DIR / '16' / checkpointing.METRICS_FILE).unlink()
-  with checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min')) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(workdir), best=('test_loss', 'min'))) as checkpoints:
     warnings = []
     state, step, _ = checkpoints.restore_latest(trained['result']['state'], warnings.append)
     assert step == 16 and not warnings and checkpoints.steps() == [8, 16]
@@ -198,7 +202,8 @@ def test_structure_change_with_the_same_config_stops_with_one_line(workdir):
 
 def test_dtype_and_tree_differences_are_named(trained):
   target = trained['result']['state']
-  with checkpointing.Checkpointer(str(trained['workdir']), read_only=True) as checkpoints:
+  with contextlib.closing(
+      checkpointing.Checkpointer(str(trained['workdir']), read_only=True)) as checkpoints:
     half = target.replace(params=jax.tree.map(lambda x: x.astype(np.float16), target.params))
     assert ('params.Dense_0.bias has dtype float32 in the checkpoint, float16 here'
             in checkpoints.differences(half, 16))

@@ -418,12 +418,6 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
-  def __enter__(self) -> 'Checkpointer':
-    return self
-
-  def __exit__(self, *unused_exc_info) -> None:
-    self.close()
-
 
 def _ranked_metric(best: early_stopping.BestRule) -> Callable[[Any], float]:
   """orbax's `best_fn`: the rule's metric of a checkpoint's metrics; the worst value when its
