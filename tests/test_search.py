@@ -417,3 +417,21 @@ def test_tables_show_short_values_and_bands_stay_within_the_metric():
   assert unclipped['ci_high'] > 1 and unclipped['ci_low'] < 0.9
   assert accuracy['ci_high'][0] == 1.0 and accuracy['ci_low'][0] == unclipped['ci_low']
   assert loss['ci_low'][0] == 0.0 and loss['ci_high'][0] > 0.5
+
+
+def test_pruning_keeps_restored_best_weights_of_the_survivors(config):
+  dataset = synthetic_dataset(num_train=64, num_test=40)
+  config.num_epochs, config.data.validation_split, config.eval_batch_size = 3, 16, 8
+  config.early_stopping.restore_best_weights = True
+  configs = [sweep_files.with_overrides(config, {'seed': s, 'optimizer.learning_rate': lr})
+             for s, lr in [(0, 3e-1), (1, 1e-2), (2, 1.0)]]
+  # One trial per chunk in both runs: the same program width, so the same floats.
+  pruned = vectorized.train_trials(configs, dataset, jax.devices()[:2], chunk_size=1,
+                                   on_epoch=lambda epoch, *_: [1] if epoch == 1 else [])
+  full = vectorized.train_trials(configs, dataset, jax.devices()[:2], chunk_size=1)
+  assert pruned['pruned_epoch'] == [None, 1, None]
+  for i in (0, 2):
+    assert pruned['early_stopping'][i] == full['early_stopping'][i]
+    jax.tree.map(np.testing.assert_array_equal,
+                 jax.tree.map(lambda x, i=i: np.asarray(x)[i], pruned['state'].params),
+                 jax.tree.map(lambda x, i=i: np.asarray(x)[i], full['state'].params))
