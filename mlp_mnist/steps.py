@@ -79,6 +79,11 @@ def _sum_over_devices(tree, axis_name: str | None):
   return jax.lax.psum(tree, axis_name)
 
 
+def _loss_and_correct_sums(per_example_losses, logits, labels, weights):
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return jnp.sum(per_example_losses * weights), jnp.sum(correct * weights)
+
+
 def _section(hparams: dict[str, jax.Array], section: str) -> dict[str, jax.Array]:
   return {k[len(section) + 1:]: v for k, v in hparams.items() if k.startswith(section + '.')}
 
@@ -122,8 +127,7 @@ def _step_and_gradients(state: TrainState, batch: Batch, rng: jax.Array,
   def loss_fn(params):
     logits = _logits(state, params, images, state.dropout_rate, example_rngs)
     objective = state.loss_fn(logits, batch['label'], params, loss_hparams)
-    loss_sum = jnp.sum(objective * weights)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32) * weights)
+    loss_sum, correct = _loss_and_correct_sums(objective, logits, batch['label'], weights)
     # Normalized by the global count: the summed per-device gradients are exactly the gradient
     # of the global batch mean, also for a last batch whose padding leaves devices uneven.
     return loss_sum / jnp.maximum(count, 1.0), (loss_sum, correct)
@@ -143,8 +147,8 @@ def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> 
   images = batch['image'].astype(jnp.float32) / 255.0
   logits = _logits(state, state.params, images)
   weights = batch['mask'].astype(jnp.float32)
-  loss_sum = jnp.sum(losses.cross_entropy(logits, batch['label']) * weights)
-  correct = jnp.sum((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32) * weights)
+  loss_sum, correct = _loss_and_correct_sums(losses.cross_entropy(logits, batch['label']), logits,
+                                             batch['label'], weights)
   return _sum_over_devices(
       {'loss_sum': loss_sum, 'correct': correct, 'count': jnp.sum(batch['mask'], dtype=jnp.float32)},
       axis_name)
