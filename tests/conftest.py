@@ -103,3 +103,12 @@ def font_run(tmp_path_factory):
   result = train.train_and_evaluate(config, str(root / 'run'), devices=devices,
                                     dataset=data.load_dataset(config.data), log=lambda _: None)
   return {'workdir': str(root / 'run'), 'dataset': dataset, 'result': result, 'devices': devices}
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored(monkeypatch):
+  """Components a test registers (its own models, losses, ...) are gone after it."""
+  from mlp_mnist import augmentations, losses, models, optimizers  # pylint: disable=g-import-not-at-top
+  for registry in (models.MODELS, losses.LOSSES, optimizers.OPTIMIZERS,
+                   augmentations.AUGMENTATIONS):
+    monkeypatch.setattr(registry, '_components', dict(registry._components))  # pylint: disable=protected-access

@@ -597,8 +597,8 @@ def test_a_damaged_tfds_data_directory_is_one_line(tmp_path, how):
   from test_data import _write_idx_dir  # pylint: disable=g-import-not-at-top
   _write_idx_dir(tmp_path / 'idx', synthetic_dataset(num_train=40, num_test=12, seed=3))
   data_config = _config(**{'data.data_dir': str(tmp_path / 'tfds'), 'data.use_cache': False,
-                           'data.local_dir': str(tmp_path / 'idx')}).data
-  data.load_dataset(data_config)  # Prepares the TFDS data directory from the IDX files.
+                           'data.download': False}).data
+  data.prepare_from_idx(str(tmp_path / 'idx'), data_config.data_dir)  # scripts/prepare_data.py
   (record,) = (tmp_path / 'tfds').rglob('mnist-train.tfrecord-*')
   if how == 'delete':
     record.unlink()

@@ -142,7 +142,9 @@ def append(workdir: str, record: dict[str, Any],
 
 
 def read(workdir: str) -> list[dict[str, Any]]:
-  """The records of `provenance.json`; a damaged file is a WorkdirError."""
+  """The records of `provenance.json` (none when it is absent); a damaged file is a WorkdirError."""
+  if not (epath.Path(workdir) / PROVENANCE_FILE).exists():
+    return []
   records = run_files.read_json(epath.Path(workdir) / PROVENANCE_FILE,
                                 'delete it (it only describes earlier starts)')
   if not isinstance(records, list):
