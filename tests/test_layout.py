@@ -15,9 +15,11 @@ PACKAGE = os.path.join(REPO, 'mlp_mnist')
 # of one layer never import each other.
 LAYERS = (
     ('errors', 'config_files'),
-    ('models', 'optimizers', 'data', 'devices', 'epochs', 'early_stopping', 'hooks'),
+    ('models', 'optimizers', 'data', 'devices', 'epochs', 'early_stopping', 'hooks',
+     'preemption'),
     ('config_checks',),
     ('steps', 'records'),
+    ('driver',),
     ('train', 'sweeps'),
     ('tools', 'cli'),
 )
@@ -113,7 +115,7 @@ def test_the_checks_catch_wrong_imports_and_cycles():
   graph = {'mlp_mnist.data.pipeline': {'mlp_mnist.train'}, 'mlp_mnist.train': set(),
            'mlp_mnist.steps': {'mlp_mnist.records.workdirs'}, 'mlp_mnist.records.workdirs': set()}
   assert layer_violations(graph) == [
-      'mlp_mnist.data.pipeline (layer 2) imports mlp_mnist.train (layer 5)',
+      'mlp_mnist.data.pipeline (layer 2) imports mlp_mnist.train (layer 6)',
       'mlp_mnist.steps (layer 4) imports mlp_mnist.records.workdirs (layer 4)']
   cyclic = {'mlp_mnist.a': {'mlp_mnist.b'}, 'mlp_mnist.b': {'mlp_mnist.c'},
             'mlp_mnist.c': {'mlp_mnist.a'}}

@@ -20,6 +20,7 @@ CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 DATASET_FILE = 'dataset.json'
 SUMMARY_FILE = 'summary.json'
+STATUS_FILE = 'status'  # Written by `recorder.Recorder`.
 
 
 class WorkdirError(errors.UserError, RuntimeError):

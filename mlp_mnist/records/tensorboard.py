@@ -118,9 +118,10 @@ def _register_bucket_writer(logdir: str) -> None:
 class BufferedTensorBoardWriter:
   """The events `TensorBoardWriter` writes, written in the caller's thread and flushed at most every
   `flush_secs` and on `close`: cheap enough for each of a sweep's trials every epoch (tensorboardX's
-  writer costs a thread and a queue per file, and a flush syncs the file to disk)."""
+  writer costs a thread and a queue per file, and a flush syncs the file to disk). `purge_step`
+  hides events of an interrupted run at later steps, as `TensorBoardWriter`'s does."""
 
-  def __init__(self, logdir: str, flush_secs: float = 30):
+  def __init__(self, logdir: str, flush_secs: float = 30, purge_step: int | None = None):
     from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
     _register_bucket_writer(logdir)
@@ -130,6 +131,10 @@ class BufferedTensorBoardWriter:
     self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'))
     self._flush_secs, self._flushed = flush_secs, time.time()
     self._session_end = None
+    if purge_step is not None:
+      self._events.write_event(self._event(
+          step=purge_step, wall_time=time.time(),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def _write(self, summary, step: int | None = None) -> None:
     event = self._event(summary=summary, wall_time=time.time())
