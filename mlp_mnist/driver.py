@@ -109,21 +109,26 @@ def _pick(tree, i: int):
 def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog,
                first_epoch: int, num_epochs: int,
                on_epoch: Callable[[int, dict[int, dict]], Iterable[int] | None] | None = None,
-               stop: preemption.StopRequest | None = None) -> int | None:
+               stop: preemption.StopRequest | None = None,
+               regroup: Callable[[np.ndarray], bool] | None = None) -> int:
   """Trains `trials` (the program's, in its order) from `first_epoch` to `num_epochs`.
 
   After each epoch calls `on_epoch(epoch, records)`: `records` maps the index of each trial
   still training to its epoch record, on logged epochs; the indices it returns end those trials.
   When `stop` is requested (a signal), the epoch under way is finished and every trial still
-  training saves a checkpoint (`Trial.interrupted_epoch`); returns that epoch (None: not stopped).
+  training saves a checkpoint (`Trial.interrupted_epoch`) and it returns. It also returns when
+  `regroup(live)` says the program should be rebuilt for the trials still training (`live`, after
+  an epoch with some left). Returns the last epoch trained.
   """
   config = trials[0].config
   steps_per_epoch = book.steps_per_epoch
   every = config.checkpoint.every_epochs
+  last = first_epoch - 1
   for epoch in range(first_epoch, num_epochs + 1):
     live = np.asarray([not t.finished for t in trials])
     if not live.any():
       break
+    last = epoch
     if epoch == num_epochs:
       for trial in trials:
         trial.recorder.prepare_plots()  # The host is idle while the device trains.
@@ -172,7 +177,10 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
         trial.left_epoch = epoch
     if stopping and any(t.interrupted_epoch == epoch for t in trials):
       return epoch
-  return None
+    still = np.asarray([not t.finished for t in trials])
+    if regroup and epoch < num_epochs and still.any() and not still.all() and regroup(still):
+      return epoch
+  return last
 
 
 def status(trial: Trial, steps_per_epoch: int) -> tuple[str, str]:

@@ -163,7 +163,9 @@ _CPU_CHUNK_BYTES = 3 * 2**20
 
 
 def tree_bytes(tree) -> int:
-  return sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(tree))
+  # jax and numpy arrays say their size without a copy; Python scalars become numpy ones.
+  return sum(x.nbytes if hasattr(x, 'nbytes') else np.asarray(x).nbytes
+             for x in jax.tree.leaves(tree))
 
 
 class GroupProgram:
@@ -403,32 +405,57 @@ def _train_group(trials: list[driver.Trial], state: steps.TrainState, best: list
                  dataset: data.Dataset, devices, chunk_size: int, first_epoch: int, start: float,
                  on_epoch, stop) -> tuple[steps.TrainState, dict]:
   """Trains `trials` (stacked `state`, resumed at `first_epoch`) as one program group; returns
-  their final states (the best for `restore_best_weights` trials) and the timings."""
+  their final states (the best for `restore_best_weights` trials) and the timings.
+
+  Once half of the program's trials have ended (early stopping, divergence, ended by `on_epoch`),
+  the program is rebuilt for those still training and recompiled: ended trials cost nothing more.
+  """
   first = trials[0].config
-  num_trials, num_devices = len(trials), len(devices)
   num_train = len(dataset.train[1])
   steps_per_epoch = epochs.num_batches(num_train, first.batch_size)
-  chunk = chunk_size or default_chunk_size(
-      epochs.num_batches(num_trials, num_devices),
-      tree_bytes(state) // num_trials, devices[0].platform)
   book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
-  if first_epoch > first.num_epochs or all(t.finished for t in trials):  # Nothing to train.
-    timings = {**book.finish(), 'compile_sec': 0.0}
-    driver.finish(trials, steps_per_epoch, timings, {'num_train_examples': num_train}, plot=False)
-    return state, timings
-  with book.timed('compile_sec'):
-    program = GroupProgram([t.config for t in trials], state, dataset, devices, chunk)
-  if best is not None:
-    program.best = program.split(stack_trials(best))
-  driver.run_epochs(program, trials, book, first_epoch, first.num_epochs, on_epoch, stop)
-  state = parallel.merge_trials(program.carry[0], num_trials)
-  if program.best is not None:
-    restored = np.asarray([t.stopper.restore_best_weights and early_stopping.best_record(
-        t.history, t.stopper.monitor, t.stopper.mode) is not None for t in trials])
-    state = _select_trials(restored, parallel.merge_trials(program.best, num_trials), state)
+  final = jax.tree.map(np.array, jax.device_get(state))  # Each trial's, as it ends.
+  members = list(range(len(trials)))  # The group's trials in the program, in its order.
+  epoch = first_epoch
+  while epoch <= first.num_epochs and not all(trials[m].finished for m in members):
+    group = [trials[m] for m in members]
+    chunk = chunk_size or default_chunk_size(
+        epochs.num_batches(len(members), len(devices)), tree_bytes(state) // len(members),
+        devices[0].platform)
+    with book.timed('compile_sec'):
+      program = GroupProgram([t.config for t in group], state, dataset, devices, chunk)
+    if best is not None:
+      program.best = program.split(stack_trials(best))
+
+    def program_epoch(epoch, records, members=members):  # `on_epoch` in the group's indices.
+      ending = on_epoch(epoch, {members[i]: r for i, r in records.items()})
+      return [members.index(i) for i in ending or () if i in members]
+
+    epoch = driver.run_epochs(
+        program, group, book, epoch, first.num_epochs, program_epoch if on_epoch else None, stop,
+        regroup=lambda live: 2 * live.sum() <= len(live)) + 1
+    state = parallel.merge_trials(program.carry[0], len(members))
+    if program.best is not None:
+      kept = parallel.merge_trials(program.best, len(members))
+      restored = np.asarray([t.stopper.restore_best_weights and early_stopping.best_record(
+          t.history, t.stopper.monitor, t.stopper.mode) is not None for t in group])
+      state_or_best = _select_trials(restored, kept, state)
+    else:
+      kept, state_or_best = None, state
+    for leaves, leaf in zip(jax.tree.leaves(final), jax.tree.leaves(jax.device_get(
+        state_or_best))):
+      leaves[np.asarray(members, int)] = leaf
+    live = [i for i, t in enumerate(group) if not t.finished]
+    if not live or stop is not None and stop.requested:
+      break
+    members = [members[i] for i in live]
+    state = jax.tree.map(lambda x, live=live: x[np.asarray(live, int)], state)
+    best = ([jax.tree.map(lambda x, i=i: x[i], kept) for i in live]
+            if kept is not None else None)
   timings = book.finish()
+  timings.setdefault('compile_sec', 0.0)
   driver.finish(trials, steps_per_epoch, timings, {'num_train_examples': num_train}, plot=False)
-  return state, timings
+  return final, timings
 
 
 def _select_trials(mask, chosen, others):
