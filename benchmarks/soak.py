@@ -18,8 +18,8 @@ reference bit for bit, and no checkpoint may have been set aside as damaged. Eac
 runs `child` below in its own Python (`python -m benchmarks.soak --child ...`).
 
 `--sweep` soaks a sweep instead (`SWEEP`: trials of one program group, resumed from their own
-checkpoints): each start is killed at a random moment of an uninterrupted sweep's duration, then
-resumed; at the end every trial's `metrics.jsonl` and final parameters must equal the uninterrupted
+checkpoints): each start is killed at a random moment of an uninterrupted (warm) sweep's duration,
+then resumed (a sweep that finished between kills starts over in a clean folder); at the end every trial's `metrics.jsonl` and final parameters must equal the uninterrupted
 sweep's bit for bit, and every trial's status must say `done` (none left `running`).
 """
 
@@ -28,6 +28,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def sweep_child(workdir: str, result_path: str, cache_dir: str) -> None:
   leaves = []
   for i, trial in enumerate(trials):
     with driver.open_checkpointer(results.trial_dir(workdir, trial.name), trial.config) as saved:
-      state, _, _ = saved.restore(jax.tree.map(lambda x, i=i: x[i], states))
+      state, _, _ = saved.restore(jax.device_put(jax.tree.map(lambda x, i=i: x[i], states)))
     leaves += jax.tree.leaves(jax.device_get(state))
   np.savez(result_path, *leaves)
 
@@ -300,13 +301,18 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
   rng = random.Random(seed)
   cache_dir = os.path.join(root, 'jax_cache')
   reference, resumed = os.path.join(root, 'reference', 'run'), os.path.join(root, 'killed', 'run')
-  for directory in (reference, resumed):
+  warm = os.path.join(root, 'warm', 'run')  # Timed with the compilation cache filled.
+  for directory in (reference, resumed, warm):
     os.makedirs(os.path.dirname(directory), exist_ok=True)
-  start = time.time()
   run_to_end(reference, os.path.join(root, 'reference.npz'), cache_dir, sweep=True)
+  start = time.time()
+  run_to_end(warm, os.path.join(root, 'warm.npz'), cache_dir, sweep=True)
   duration = time.time() - start
-  table = []
+  table, cycles = [], 1
   for _ in range(kills):
+    if set(_trial_states(resumed).values()) == {'done'}:  # Finished between kills: start over.
+      shutil.rmtree(resumed)
+      cycles += 1
     delay = rng.uniform(0, duration)
     begun = time.time()
     process = _start(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True)
@@ -330,7 +336,7 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
   same_metrics = all(
       _metrics(os.path.join(reference, 'trials', n)) == _metrics(os.path.join(resumed, 'trials', n))
       for n in names)
-  return {'duration_sec': duration, 'kills': table, 'final_output': output[-2:],
+  return {'duration_sec': duration, 'cycles': cycles, 'kills': table, 'final_output': output[-2:],
           'same_params': _same_arrays(os.path.join(root, 'reference.npz'),
                                       os.path.join(root, 'killed.npz')),
           'same_metrics': same_metrics, 'statuses': _trial_states(resumed),
@@ -348,8 +354,9 @@ def format_sweep_table(report: dict[str, Any]) -> str:
                 f'{", ".join(map(str, k["epochs"].values())) or "none"} |')
   killed = sum(k['killed'] for k in report['kills'])
   rows.append('')
-  rows.append(f'{killed} of {len(report["kills"])} sweep starts killed with SIGKILL; final '
-              f'parameters of every trial bit for bit equal to the uninterrupted sweep: '
+  rows.append(f'{killed} of {len(report["kills"])} sweep starts killed with SIGKILL (a warm '
+              f'sweep takes {report["duration_sec"]:.1f} s; {report["cycles"]} sweep(s) from '
+              f'scratch); final parameters of every trial bit for bit equal to the uninterrupted sweep: '
               f'{report["same_params"]}; metrics.jsonl equal (timing fields aside): '
               f'{report["same_metrics"]}; final statuses: '
               f'{", ".join(sorted(set(report["statuses"].values())))}; checkpoints set aside as '
