@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 from etils import epath
@@ -128,7 +129,10 @@ class BufferedTensorBoardWriter:
     epath.Path(logdir).mkdir(parents=True, exist_ok=True)
     self._event, self._value, self._summary = event_pb2.Event, summary_pb2.Summary.Value, (
         summary_pb2.Summary)
-    self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'))
+    # A unique suffix: the name's timestamp is in seconds, and a file of the same name is replaced
+    # (a resumed run's events, opened in the second its earlier session opened its own).
+    self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'),
+                                                  filename_suffix=f'.{uuid.uuid4().hex[:8]}')
     self._flush_secs, self._flushed = flush_secs, time.time()
     self._session_end = None
     if purge_step is not None:
