@@ -16,6 +16,11 @@ Every kill is followed by a resume of the same command; after the last kill the 
 uninterrupted. The final parameters and `metrics.jsonl` (timing fields aside) must equal the
 reference bit for bit, and no checkpoint may have been set aside as damaged. Each training process
 runs `child` below in its own Python (`python -m benchmarks.soak --child ...`).
+
+`--sweep` soaks a sweep instead (`SWEEP`: trials of one program group, resumed from their own
+checkpoints): each start is killed at a random moment of an uninterrupted (warm) sweep's duration,
+then resumed (a sweep that finished between kills starts over in a clean folder); at the end every trial's `metrics.jsonl` and final parameters must equal the uninterrupted
+sweep's bit for bit, and every trial's status must say `done` (none left `running`).
 """
 
 import argparse
@@ -23,6 +28,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +45,12 @@ OVERRIDES = {'num_epochs': 3, 'model.hidden_sizes': (256,), 'model.dropout_rate'
              'optimizer.schedule': 'warmup_cosine', 'optimizer.warmup_epochs': 1.0,
              'eval_batch_size': 500, 'logging.progress_bar': 'off'}
 NUM_TRAIN, NUM_TEST = 32768, 1000  # 1024 steps per epoch.
+
+
+# A sweep of three trials in one program group: a resume restores each from its own checkpoint.
+SWEEP = "def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2])\n"
+SWEEP_OVERRIDES = {**OVERRIDES, 'num_epochs': 4}
+SWEEP_NUM_TRAIN = 8192
 
 
 def synthetic_dataset(seed: int = 0):
@@ -64,10 +76,44 @@ def child(workdir: str, result_path: str, cache_dir: str) -> None:
   np.savez(result_path, *leaves)
 
 
-def _start(workdir: str, result_path: str, cache_dir: str) -> subprocess.Popen:
+def sweep_child(workdir: str, result_path: str, cache_dir: str) -> None:
+  """One sweep process: trains (resuming) the sweep in `workdir`; saves each trial's final
+  parameters, read back from its final checkpoint."""
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  import default  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import cli  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import driver  # pylint: disable=g-import-not-at-top
+  from mlp_mnist import epochs  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.data import synthetic  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import results, runner, sweep_files, vectorized  # pylint: disable=g-import-not-at-top
+  cli.enable_compilation_cache(cache_dir)
+  config = default.get_config()
+  config.update_from_flattened_dict(SWEEP_OVERRIDES)
+  sweep_path = os.path.join(os.path.dirname(workdir), 'sweep.py')
+  with open(sweep_path, 'w') as f:
+    f.write(SWEEP)
+  dataset = synthetic.banded_digits(SWEEP_NUM_TRAIN, NUM_TEST, 0)
+  with cli.exit_on_user_error():
+    runner.run_sweep(config, sweep_path, workdir, dataset=dataset,
+                     log=lambda line: print(line, flush=True))
+  trials = sweep_files.sweep_trials(config, sweep_path)
+  states = vectorized.init_trial_states(
+      [t.config for t in trials], epochs.num_batches(SWEEP_NUM_TRAIN, config.batch_size),
+      dataset['train'][0].shape[1:], 10)
+  leaves = []
+  for i, trial in enumerate(trials):
+    with driver.open_checkpointer(results.trial_dir(workdir, trial.name), trial.config) as saved:
+      state, _, _ = saved.restore(jax.device_put(jax.tree.map(lambda x, i=i: x[i], states)))
+    leaves += jax.tree.leaves(jax.device_get(state))
+  np.savez(result_path, *leaves)
+
+
+def _start(workdir: str, result_path: str, cache_dir: str, sweep: bool = False
+           ) -> subprocess.Popen:
   return subprocess.Popen(
       [sys.executable, '-m', 'benchmarks.soak', '--child', f'--workdir={workdir}',
-       f'--result={result_path}', f'--cache_dir={cache_dir}'],
+       f'--result={result_path}', f'--cache_dir={cache_dir}'] + (['--sweep'] if sweep else []),
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')})
 
@@ -176,10 +222,11 @@ def kill_once(workdir: str, result_path: str, cache_dir: str, mode: str, rng: ra
           'returncode': process.returncode, **_state(workdir), 'output': output[-3:]}
 
 
-def run_to_end(workdir: str, result_path: str, cache_dir: str) -> tuple[float, float, list[str]]:
+def run_to_end(workdir: str, result_path: str, cache_dir: str, sweep: bool = False
+               ) -> tuple[float, float, list[str]]:
   """Runs uninterrupted; returns (seconds until training starts, seconds per epoch, output)."""
   start = time.time()
-  process = _start(workdir, result_path, cache_dir)
+  process = _start(workdir, result_path, cache_dir, sweep)
   lines, output, epoch_times = _lines(process), [], []
   began = None
   while True:
@@ -229,6 +276,94 @@ def soak(root: str, kills: int, seed: int) -> dict[str, Any]:
           'same_metrics': same_metrics, 'set_aside': _state(resumed)['set_aside']}
 
 
+def _same_arrays(path_a: str, path_b: str) -> bool:
+  with np.load(path_a) as a, np.load(path_b) as b:
+    return len(a.files) == len(b.files) and all(
+        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def _trial_states(workdir: str) -> dict[str, str]:
+  """Each trial folder's status (first line of `status`; '-' when it has none yet)."""
+  trials = os.path.join(workdir, 'trials')
+  names = sorted(os.listdir(trials)) if os.path.isdir(trials) else []
+  states = {}
+  for name in names:
+    try:
+      with open(os.path.join(trials, name, 'status')) as f:
+        states[name] = f.readline().strip()
+    except OSError:
+      states[name] = '-'
+  return states
+
+
+def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
+  """The sweep soak in `root`: kills at random moments of the sweep, resumes, compares."""
+  rng = random.Random(seed)
+  cache_dir = os.path.join(root, 'jax_cache')
+  reference, resumed = os.path.join(root, 'reference', 'run'), os.path.join(root, 'killed', 'run')
+  warm = os.path.join(root, 'warm', 'run')  # Timed with the compilation cache filled.
+  for directory in (reference, resumed, warm):
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+  run_to_end(reference, os.path.join(root, 'reference.npz'), cache_dir, sweep=True)
+  start = time.time()
+  run_to_end(warm, os.path.join(root, 'warm.npz'), cache_dir, sweep=True)
+  duration = time.time() - start
+  table, cycles = [], 1
+  for _ in range(kills):
+    if set(_trial_states(resumed).values()) == {'done'}:  # Finished between kills: start over.
+      shutil.rmtree(resumed)
+      cycles += 1
+    delay = rng.uniform(0, duration)
+    begun = time.time()
+    process = _start(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True)
+    try:
+      process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      pass
+    killed = process.poll() is None
+    if killed:
+      process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    trials = os.path.join(resumed, 'trials')
+    table.append({'killed': killed, 'after_sec': round(time.time() - begun, 2),
+                  'statuses': _trial_states(resumed),
+                  'epochs': {n: len(_metrics(os.path.join(trials, n)))
+                             for n in _trial_states(resumed)
+                             if os.path.exists(os.path.join(trials, n, 'metrics.jsonl'))}})
+  _, _, output = run_to_end(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True)
+  names = sorted(_trial_states(reference))
+  same_metrics = all(
+      _metrics(os.path.join(reference, 'trials', n)) == _metrics(os.path.join(resumed, 'trials', n))
+      for n in names)
+  return {'duration_sec': duration, 'cycles': cycles, 'kills': table, 'final_output': output[-2:],
+          'same_params': _same_arrays(os.path.join(root, 'reference.npz'),
+                                      os.path.join(root, 'killed.npz')),
+          'same_metrics': same_metrics, 'statuses': _trial_states(resumed),
+          'set_aside': any(os.path.isdir(os.path.join(resumed, 'trials', n, 'corrupt_checkpoints'))
+                           for n in names)}
+
+
+def format_sweep_table(report: dict[str, Any]) -> str:
+  """The sweep's kills as a Markdown table, then the verdicts."""
+  rows = ['| # | killed | after (s) | trial statuses left | epochs recorded |',
+          '|---|---|---|---|---|']
+  for i, k in enumerate(report['kills'], 1):
+    rows.append(f'| {i} | {k["killed"]} | {k["after_sec"]} | '
+                f'{", ".join(k["statuses"].values()) or "none"} | '
+                f'{", ".join(map(str, k["epochs"].values())) or "none"} |')
+  killed = sum(k['killed'] for k in report['kills'])
+  rows.append('')
+  rows.append(f'{killed} of {len(report["kills"])} sweep starts killed with SIGKILL (a warm '
+              f'sweep takes {report["duration_sec"]:.1f} s; {report["cycles"]} sweep(s) from '
+              f'scratch); final parameters of every trial bit for bit equal to the uninterrupted sweep: '
+              f'{report["same_params"]}; metrics.jsonl equal (timing fields aside): '
+              f'{report["same_metrics"]}; final statuses: '
+              f'{", ".join(sorted(set(report["statuses"].values())))}; checkpoints set aside as '
+              f'damaged: {report["set_aside"]}.')
+  return '\n'.join(rows)
+
+
 def format_table(report: dict[str, Any]) -> str:
   """The kills as a Markdown table, then the verdicts."""
   rows = ['| # | mode | aimed at epoch | killed | after (s) | checkpoints left (steps) | '
@@ -257,12 +392,23 @@ def main(argv=None) -> int:
   parser.add_argument('--workdir', help=argparse.SUPPRESS)
   parser.add_argument('--result', help=argparse.SUPPRESS)
   parser.add_argument('--cache_dir', help=argparse.SUPPRESS)
+  parser.add_argument('--sweep', action='store_true',
+                      help='Soak a sweep (kills at random moments, trials resumed) instead.')
   args = parser.parse_args(argv)
   if args.child:
-    child(args.workdir, args.result, args.cache_dir)
+    (sweep_child if args.sweep else child)(args.workdir, args.result, args.cache_dir)
     return 0
   import tempfile  # pylint: disable=g-import-not-at-top
   root = args.root or tempfile.mkdtemp(prefix='mlp_mnist_soak_')
+  if args.sweep:
+    report = soak_sweep(root, args.kills, args.seed)
+    print(format_sweep_table(report))
+    if args.json:
+      with open(args.json, 'w') as f:
+        json.dump(report, f, indent=2)
+    ok = (report['same_params'] and report['same_metrics'] and not report['set_aside']
+          and set(report['statuses'].values()) == {'done'})
+    return 0 if ok else 1
   report = soak(root, args.kills, args.seed)
   print(format_table(report))
   if args.json:

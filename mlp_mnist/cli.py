@@ -64,12 +64,13 @@ def split_cpu_into_devices(num_devices: int) -> None:
 
 @contextlib.contextmanager
 def exit_on_user_error():
-  """Prints a user-facing error as one line on stderr and exits with status 2, no traceback."""
+  """Prints a user-facing error as one line on stderr and exits with status 2 (or the error's
+  `exit_status`: 3 for `preemption.Preempted`), no traceback."""
   try:
     yield
   except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    print(f'{getattr(e, "prefix", "error")}: {e}', file=sys.stderr)
+    sys.exit(getattr(e, 'exit_status', 2))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -10,6 +10,12 @@ import ml_collections
 import numpy as np
 
 
+def num_batches(num_examples: int, batch_size: int) -> int:
+  """Batches of `batch_size` that hold `num_examples` (the last one may be partial): an epoch's
+  steps."""
+  return -(-num_examples // batch_size)
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """The training order of `epoch`: a fresh shuffle each epoch, a function of (seed, epoch) only."""
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)

@@ -16,15 +16,17 @@ import numpy as np
 
 from mlp_mnist import config_checks
 from mlp_mnist import data
-from mlp_mnist import early_stopping
+from mlp_mnist import driver
 from mlp_mnist import epochs
+from mlp_mnist import errors
 from mlp_mnist import hooks as hooks_lib
+from mlp_mnist import preemption
 from mlp_mnist import steps
 from mlp_mnist.devices import compilation
 from mlp_mnist.devices import parallel
 from mlp_mnist.devices import profiling
-from mlp_mnist.records import checkpointing
 from mlp_mnist.records import console
+from mlp_mnist.records import recorder as recorder_lib
 from mlp_mnist.records import workdirs
 
 
@@ -150,6 +152,74 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
   return state, jax.tree.map(join, *fetched)
 
 
+class TrainingDiverged(errors.UserError, FloatingPointError):
+  """The loss or weights of a single run stopped being finite; its status says `diverged`."""
+
+
+class RunProgram:
+  """A single run as a program group of one trial (`driver.TrialProgram`): the pmapped
+  data-parallel epoch of `trainer`, one `lax.scan` call per epoch (or per progress-bar update).
+
+  Divergence costs nothing per step: after each epoch, the fetched per-step losses and the last
+  step's norms are checked on the host (NaN or infinite weights make the next loss or the final
+  parameter norm so).
+  """
+
+  num_trials = 1
+
+  def __init__(self, trainer: Trainer, state: steps.TrainState, train_data, splits: dict,
+               num_train: int, steps_per_epoch: int, steps_per_call: int | None,
+               show_bar: bool, stream: TextIO, trace: profiling.TraceWindow | None):
+    self.trainer, self.current, self.train_data = trainer, state, train_data
+    self.splits = splits  # 'test' (and 'validation') -> (data, indices)
+    self.has_validation = 'validation' in splits
+    self.num_train, self.steps_per_epoch = num_train, steps_per_epoch
+    self.steps_per_call, self.show_bar, self.stream, self.trace = (steps_per_call, show_bar,
+                                                                   stream, trace)
+    self.best = None
+    self._diverged_step = None
+
+  def train_epoch(self, epoch: int, frozen: np.ndarray):
+    del frozen  # A single run stops when it diverges or stops early.
+    config = self.trainer.config
+    bar = (console.EpochBar(self.stream, epoch, config.num_epochs, self.steps_per_epoch)
+           if self.show_bar else None)
+    trace = self.trace
+    self.current, step_metrics = run_epoch(
+        self.trainer, self.current, self.train_data,
+        self.trainer.epoch_indices(epoch, self.num_train), self.steps_per_call, bar,
+        dataclasses.replace(trace, first_step=(epoch - 1) * self.steps_per_epoch)
+        if trace and epoch == config.profile.epoch else None)
+    finite = np.isfinite(step_metrics['loss_sum'])
+    halted = not (finite.all() and np.isfinite(step_metrics['grad_norm'])
+                  and np.isfinite(step_metrics['param_norm']))
+    if halted:
+      self._diverged_step = (epoch - 1) * self.steps_per_epoch + (
+          int(np.argmin(finite)) + 1 if not finite.all() else self.steps_per_epoch)
+    return _one_trial(step_metrics), np.asarray([halted])
+
+  def evaluate(self, split: str):
+    data, indices = self.splits[split]
+    return _one_trial(jax.device_get(self.trainer.evaluate(self.current, *data, indices)))
+
+  def state(self, trial: int) -> steps.TrainState:
+    del trial
+    return self.current
+
+  def keep_best(self, improved: np.ndarray) -> None:
+    del improved
+    self.best = jax.tree.map(jnp.copy, self.current)  # The next epoch donates the state.
+
+  def diverged_step(self, trial: int) -> int:
+    del trial
+    return self._diverged_step
+
+
+def _one_trial(tree):
+  """Host arrays with a leading trial axis of one."""
+  return jax.tree.map(lambda x: np.asarray(x)[None], tree)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        devices=None, dataset: data.Dataset | None = None,
                        log: Callable[[str], Any] = print, restart: bool = False,
@@ -163,15 +233,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   `config.checkpoint.every_epochs` and writes the run's records there (`records/`). A progress
   bar goes to `stream` (default stdout) when `config.logging.progress_bar` asks for one. After
   each evaluated epoch, `config.hooks` and then `hooks` (`hooks.py`) may add metrics to its record,
-  and `config.early_stopping` may end training. Returns the final `state`, the per-epoch records
-  (`history`), where the time went (`timings`) and, with early stopping, its `early_stopping`
-  summary.
+  and `config.early_stopping` may end training. A run whose loss or weights stop being finite
+  stops with status `diverged` and raises TrainingDiverged. SIGTERM or SIGINT stop it after the
+  epoch under way, with a checkpoint and status `interrupted`: it raises `preemption.Preempted`
+  (the scripts exit with status 3); rerunning resumes. Returns the final `state`, the
+  per-epoch records (`history`), where the time went (`timings`) and, with early stopping, its
+  `early_stopping` summary.
   """
   start = time.time()
   devices = parallel.local_devices(devices)
   config_checks.validate_config(config, num_devices=parallel.axis_size(devices))
   epoch_hooks = hooks_lib.resolve_all(config.hooks, hooks)
-  stopper = early_stopping.EarlyStopping(config)
   lead = workdirs.is_lead_process()
   log = log if lead else (lambda _: None)
   stream = stream or sys.stdout
@@ -188,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   data_sec = time.time() - start
   num_train = len(train_labels)
   trainer = Trainer(config, devices)
-  steps_per_epoch = -(-num_train // config.batch_size)
+  steps_per_epoch = epochs.num_batches(num_train, config.batch_size)
   show_bar = lead and console.shows_bar(config.logging.progress_bar, stream)
   steps_per_call = (console.steps_per_call(steps_per_epoch, config.logging.bar_updates_per_epoch)
                     if show_bar else None)
@@ -202,25 +274,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       devices)
   checkpointer, history, first_epoch, resumed_step = None, [], 1, None
   if workdir:
-    best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, best=best)
+    checkpointer = driver.open_checkpointer(workdir, config)
     restored = checkpointer.restore_latest(state, warn=log)
     if restored:
       state, resumed_step, run = restored
       history, first_epoch = run['history'], run['epoch'] + 1
-  stopping = stopper.replay(history)  # Where an uninterrupted run stood at this epoch.
-  best_weights = _best_weights_on_resume(stopper, history, state, checkpointer, first_epoch - 1)
-  recorder = workdirs.RunRecorder(workdir, config, devices, history, resumed_step,
-                                  dataset.info(), log=log)
+  recorder = recorder_lib.Recorder(workdir, config, devices, history, resumed_step,
+                                   dataset.info(), log=log)
+  run = driver.Trial(config, recorder, checkpointer, list(history), epoch_hooks)
+  stopper = run.stopper
+  best_weights = driver.best_weights_on_resume(run, state, first_epoch - 1)
   test_indices = trainer.eval_indices(len(test_labels))
-  validation_indices = (trainer.eval_indices(len(dataset.validation[1]))
-                        if validation_data is not None else None)
+  splits = {'test': (test_data, test_indices)}
+  if validation_data is not None:
+    splits['validation'] = (validation_data, trainer.eval_indices(len(dataset.validation[1])))
   compile_start = time.time()
   if first_epoch <= config.num_epochs:
     trainer.compile(state, train_data, test_data, test_indices, steps_per_call,
                     trace.cuts if trace else ())
     if validation_data is not None:
-      trainer.compile_evaluation(state, validation_data, validation_indices)
+      trainer.compile_evaluation(state, *splits['validation'])
   book = epochs.EpochLog(config, steps_per_epoch, num_train, start,
                          {'data_sec': data_sec, 'compile_sec': time.time() - compile_start})
   processes = f' in {jax.process_count()} processes' if parallel.is_multiprocess() else ''
@@ -235,58 +308,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     log(f'Resumed from the checkpoint at step {resumed_step} (epoch {first_epoch - 1}) in '
         f'{checkpointer.directory}.')
 
-  for epoch in range(first_epoch, config.num_epochs + 1):
-    if stopping.stopped:
-      break
-    if epoch == config.num_epochs:
-      recorder.prepare_plots()  # The host is idle while the device trains.
-    bar = (console.EpochBar(stream, epoch, config.num_epochs, steps_per_epoch)
-           if show_bar else None)
-    with book.timed('train_sec'):
-      state, step_metrics = run_epoch(
-          trainer, state, train_data, trainer.epoch_indices(epoch, num_train), steps_per_call,
-          bar, dataclasses.replace(trace, first_step=(epoch - 1) * steps_per_epoch)
-          if trace and epoch == config.profile.epoch else None)
-    epoch_sec = book.last_sec
-    if book.logs(epoch):
-      validation_totals = None
-      if validation_data is not None:
-        with book.timed('validation_sec'):
-          validation_totals = jax.device_get(
-              trainer.evaluate(state, *validation_data, validation_indices))
-      with book.timed('eval_sec'):
-        eval_totals = jax.device_get(trainer.evaluate(state, *test_data, test_indices))
-      record = book.record(epoch, step_metrics, eval_totals, epoch_sec, validation_totals)
-      if epoch_hooks:
-        record = hooks_lib.run_hooks(epoch_hooks, record, state)
-      history.append(record)
-      recorder.write_epoch(record)
-      log(console.format_epoch(record))
-      stopping = stopper.update(stopping, record)
-      if stopper.restore_best_weights and stopper.best_record(history) is record:
-        best_weights = jax.tree.map(jnp.copy, state)  # The next epoch donates `state`.
-    every = config.checkpoint.every_epochs
-    if checkpointer and every and (epoch % every == 0 or epoch == config.num_epochs
-                                   or stopping.stopped):
-      checkpointer.save(epoch * steps_per_epoch, state, epoch, history)
-    if stopping.stopped:
-      log(f'Early stopping after epoch {epoch}: {stopper.reason(stopping)}.')
-  if checkpointer:
-    checkpointer.wait()
-    checkpointer.close()
-  recorder.plot_curves()
+  program = RunProgram(trainer, state, train_data, splits, num_train, steps_per_epoch,
+                       steps_per_call, show_bar, stream, trace)
+  program.best = best_weights
+
+  def on_epoch(epoch, records):
+    if records:
+      log(console.format_epoch(records[0]))
+    if run.stopping.stopped and run.stopping.stopped_epoch == epoch:
+      log(f'Early stopping after epoch {epoch}: {stopper.reason(run.stopping)}.')
+
+  with preemption.stop_on_signals() as stop:
+    driver.run_epochs(program, [run], book, first_epoch, config.num_epochs, on_epoch, stop)
   timings = book.finish()
-  final = history[-1]
-  if best_weights is not None:
-    state = best_weights
-    final = stopper.best_record(history)
+  driver.finish([run], steps_per_epoch, timings,
+                {'num_train_examples': num_train, 'parameters': parameters})
+  if run.interrupted_epoch is not None:
+    saved = (f'saved the checkpoint of step {run.interrupted_epoch * steps_per_epoch} in '
+             f'{checkpointer.directory}; rerun the same command to resume' if checkpointer else
+             'nothing saved (no --workdir)')
+    raise preemption.Preempted(f'{stop.name} received: stopped after epoch '
+                               f'{run.interrupted_epoch} of {config.num_epochs}; {saved}.')
+  if run.diverged:
+    raise TrainingDiverged(
+        f'training diverged: {driver.status(run, steps_per_epoch)[1][:-1]}'
+        f'{f" ({recorder.workdir}/status says diverged)" if recorder.workdir else ""}; '
+        'lower the learning rate or check the data.')
+  history = run.history
+  state, final = program.current, history[-1]
+  if program.best is not None:
+    state = program.best
+    final = driver.final_record(run)
     log(f'Restored the best weights: epoch {final["epoch"]}, {stopper.monitor} '
         f'{final[stopper.monitor]:.4f}.')
-  summary = {**final, 'num_train_examples': num_train, 'parameters': parameters,
-             'timings': timings}
-  if stopper.enabled:
-    summary['early_stopping'] = stopper.summary(stopping)
-  recorder.finish(summary)
+  stopping = run.stopping
   if first_epoch > config.num_epochs or (stopping.stopped and stopping.stopped_epoch < first_epoch):
     log(f'{workdir} already holds the final checkpoint of this run; nothing to train.')
   validation = (f'validation accuracy: {final["validation_accuracy"]:.2%}, '
@@ -300,26 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         f'{trace.directory} (tensorboard --logdir {trace.directory}).')
   result = {'state': state, 'history': history, 'timings': timings}
   if stopper.enabled:
-    result['early_stopping'] = summary['early_stopping']
+    result['early_stopping'] = stopper.summary(stopping)
   return result
-
-
-def _best_weights_on_resume(stopper: early_stopping.EarlyStopping, history: list[dict], state,
-                            checkpointer: checkpointing.Checkpointer | None, epoch: int):
-  """The best weights so far of a resumed run (`state` is that of `epoch`), for
-  `restore_best_weights`: the restored state's, or the best checkpoint's; None when not needed."""
-  best = stopper.best_record(history) if stopper.restore_best_weights else None
-  if best is None:
-    return None
-  if best['epoch'] == epoch:
-    return jax.tree.map(jnp.copy, state)
-  step = checkpointer.best_step() if checkpointer else None
-  if step != best['step']:
-    raise checkpointing.CheckpointError(
-        f'{checkpointer.directory if checkpointer else "the run"} lacks the best checkpoint '
-        f'(step {best["step"]}, epoch {best["epoch"]}) that restore_best_weights needs; rerun '
-        'with --restart.')
-  return checkpointer.restore(state, step)[0]
 
 
 def _trace_window(config: ml_collections.ConfigDict, workdir: str | None, steps_per_epoch: int,

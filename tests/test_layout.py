@@ -17,9 +17,10 @@ LAYERS = (
     ('errors', 'configs'),
     ('config_files', 'registry'),
     ('models', 'optimizers', 'losses', 'augmentations', 'data', 'devices', 'epochs',
-     'early_stopping', 'hooks'),
+     'early_stopping', 'hooks', 'preemption'),
     ('config_checks',),
     ('steps', 'records'),
+    ('driver',),
     ('train', 'sweeps'),
     ('tools', 'cli'),
 )
@@ -115,7 +116,7 @@ def test_the_checks_catch_wrong_imports_and_cycles():
   graph = {'mlp_mnist.data.pipeline': {'mlp_mnist.train'}, 'mlp_mnist.train': set(),
            'mlp_mnist.steps': {'mlp_mnist.records.workdirs'}, 'mlp_mnist.records.workdirs': set()}
   assert layer_violations(graph) == [
-      'mlp_mnist.data.pipeline (layer 3) imports mlp_mnist.train (layer 6)',
+      'mlp_mnist.data.pipeline (layer 3) imports mlp_mnist.train (layer 7)',
       'mlp_mnist.steps (layer 5) imports mlp_mnist.records.workdirs (layer 5)']
   cyclic = {'mlp_mnist.a': {'mlp_mnist.b'}, 'mlp_mnist.b': {'mlp_mnist.c'},
             'mlp_mnist.c': {'mlp_mnist.a'}}

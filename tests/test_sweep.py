@@ -9,6 +9,8 @@ import sys
 import jax
 import pytest
 
+from mlp_mnist import train
+from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import results
 from mlp_mnist.sweeps import runner
@@ -200,7 +202,12 @@ def test_resume_reruns_only_unfinished_trials(finished_sweep, tmp_path, monkeypa
     assert [r['epoch'] for r in run_files.read_metrics(d)] == [1, 2]
   for d, content in untouched.items():
     assert open(os.path.join(d, 'metrics.jsonl')).read() == content
-  for d in dirs:  # A rerun trial's events start afresh too.
+  # Unfinished trials resume from their latest checkpoint (here the final one: nothing to train),
+  # as a single run does; the others are not touched.
+  for d in (dirs[1], dirs[2], dirs[5]):
+    assert provenance.read(d)[-1]['resumed_from_step'] == 2 * 3
+  for d in (dirs[0], dirs[7]):
+    assert [p['resumed_from_step'] for p in provenance.read(d)] == [None]
     assert len([n for n in os.listdir(d) if n.startswith('events.out.tfevents.')]) == 1
   # A rerun trial gives what it gave the first time.
   first = run_files.read_metrics(results.trial_dir(finished_sweep['workdir'], NAMES[1]))
@@ -407,3 +414,72 @@ def test_sweep_writes_summary_and_report(finished_sweep):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   log = '\n'.join(finished_sweep['logs'][1])
   assert '4 settings ranked by final test accuracy (mean over seed)' in log
+
+
+def test_a_trial_folder_holds_what_its_single_run_writes(tmp_path):
+  """One recorder: a trial's folder holds a run's files (but the run's curves plot), the same
+  records, summary keys and status, and early stopping acts on both alike."""
+  config = _config()
+  config.num_epochs = 3
+  config.data.validation_split = 16
+  config.early_stopping.monitor = 'validation_accuracy'
+  config.early_stopping.patience = 1
+  config.early_stopping.restore_best_weights = True
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [3])\n")
+  dataset = synthetic_dataset(num_train=96, num_test=40)
+  runner.run_sweep(config, str(sweep_path), str(tmp_path / 'sweep'), devices=jax.devices()[:1],
+                   dataset=dataset, log=lambda _: None)
+  config.seed = 3
+  train.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1],
+                           dataset=dataset, log=lambda _: None)
+  trial, run = results.trial_dir(str(tmp_path / 'sweep'), 'seed=3'), str(tmp_path / 'run')
+  files = lambda d: {n if not n.startswith('events.') else 'events' for n in os.listdir(d)}
+  assert files(trial) == files(run) - {'plots'}
+  got, want = run_files.read_metrics(trial), run_files.read_metrics(run)
+  assert [r['epoch'] for r in got] == [r['epoch'] for r in want]
+  for g, w in zip(got, want):
+    assert set(g) == set(w)
+    for key in ('train_loss', 'validation_accuracy', 'test_accuracy'):
+      assert g[key] == pytest.approx(w[key], rel=2e-5, abs=1e-6)
+  summaries = [run_files.read_summary(d) for d in (trial, run)]
+  assert set(summaries[0]) == set(summaries[1]) - {'parameters'}
+  assert summaries[0]['early_stopping'] == summaries[1]['early_stopping']
+  assert open(os.path.join(trial, 'status')).read() == open(os.path.join(run, 'status')).read()
+
+
+def test_evaluate_predict_and_compare_work_on_trial_folders(tmp_path):
+  """Trials are runs: each keeps its latest and best checkpoints, which scripts/evaluate.py
+  (`--step best`) and predict read as a run's; compare takes trials and runs alike."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.tools import compare, prediction  # pylint: disable=g-import-not-at-top
+  dataset = synthetic_dataset(num_train=96, num_test=40)
+  write_dataset_cache(tmp_path / 'cache', dataset)
+  config = _config()
+  config.num_epochs = 3
+  config.checkpoint.keep = 1
+  config.data.cache_dir = str(tmp_path / 'cache')
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  runner.run_sweep(config, str(sweep_path), str(tmp_path / 'sweep'), devices=jax.devices()[:1],
+                   dataset=dataset, log=lambda _: None)
+  trial = results.trial_dir(str(tmp_path / 'sweep'), 'seed=1')
+  history = run_files.read_metrics(trial)
+  best = min(history, key=lambda r: (r['test_loss'], -r['epoch']))
+  kept = sorted(int(n) for n in os.listdir(os.path.join(trial, 'checkpoints')) if n.isdigit())
+  assert kept == sorted({best['step'], history[-1]['step']})
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), f'--workdir={trial}',
+       '--step=best', '--json'], capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout)
+  assert report['step'] == best['step'] and report['test_accuracy'] == best['test_accuracy']
+  assert report['test_loss'] == pytest.approx(best['test_loss'], rel=1e-5)
+  image = tmp_path / 'digit.png'
+  Image.fromarray(dataset['test'][0][0].reshape(28, 28)).save(image)
+  predicted = prediction.predict_files(trial, [str(image)], step='best',
+                                       devices=jax.devices()[:1])
+  assert 0 <= predicted[0]['label'] < 10, predicted
+  other = results.trial_dir(str(tmp_path / 'sweep'), 'seed=0')
+  table = compare.compare([trial, other], str(tmp_path / 'compare.png'))
+  assert 'seed' in table and os.path.exists(tmp_path / 'compare.png')

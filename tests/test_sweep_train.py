@@ -151,3 +151,32 @@ def test_chunks_fit_the_cpu_cache_and_fill_accelerators(config, platform, expect
 def test_trials_of_different_programs_are_refused(config, dataset):
   with pytest.raises(ValueError, match='one program'):
     vectorized.train_trials([config, _variant(config, model__hidden_sizes=(8,))], dataset)
+
+
+def test_trials_ended_by_the_callback_leave_the_recompiled_program(config, monkeypatch):
+  """`on_epoch` ends two of three trials after epoch 1: they keep their epoch-1 weights, and the
+  program is rebuilt for the third, which trains on as it would have with them."""
+  dataset = synthetic_dataset(num_train=64, num_test=40)
+  config.num_epochs = 3
+  group = [_variant(config, seed=s) for s in (0, 1, 2)]
+  built = []
+  program = vectorized.GroupProgram
+
+  def counting(configs, *args, **kwargs):
+    built.append(len(configs))
+    return program(configs, *args, **kwargs)
+
+  monkeypatch.setattr(vectorized, 'GroupProgram', counting)
+  ended = vectorized.train_trials(group, dataset, jax.devices()[:2],
+                                  on_epoch=lambda epoch, *_: [0, 1] if epoch == 1 else None)
+  assert built == [3, 1]
+  assert ended['status'] == ['stopped', 'stopped', 'done']
+  assert [len(h) for h in ended['history']] == [1, 1, 3]
+  whole = vectorized.train_trials(group, dataset, jax.devices()[:2])
+  _assert_same_history(ended['history'][2], whole['history'][2])
+  for i in (0, 1):
+    _assert_same_history(ended['history'][i], whole['history'][i][:1])
+    assert int(ended['state'].step[i]) == ended['history'][i][0]['step']
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               jax.tree.map(lambda x: x[2], ended['state'].params),
+               jax.tree.map(lambda x: x[2], whole['state'].params))

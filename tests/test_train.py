@@ -172,3 +172,31 @@ def test_small_cpu_programs_compile_without_ynnpack_fusions():
   # An option this XLA does not know is left out, not an error.
   unknown = compilation.compile_with_options(lowered, {'xla_cpu_no_such_option': ''})
   assert float(unknown(x, jnp.ones((784, 128)))) == 32 * 128 * 784
+
+
+def test_a_diverging_run_stops_with_status_diverged(config, tmp_path):
+  """A learning rate of 1e35: the run stops in its first epoch with a one-line error, status
+  `diverged` (as a sweep trial's) and no checkpoint or record of non-finite weights."""
+  config.num_epochs = 3
+  config.optimizer.learning_rate = 1e35
+  with pytest.raises(train.TrainingDiverged, match='loss or weights not finite at step') as e:
+    train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2],
+                             dataset=synthetic_dataset(), log=lambda _: None)
+  assert '\n' not in str(e.value)
+  assert open(tmp_path / 'status').read().startswith('diverged\n')
+  assert run_files.read_metrics(str(tmp_path)) == []
+  assert not (tmp_path / 'summary.json').exists()
+  assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
+
+
+def test_metrics_stay_json_when_a_metric_is_not_finite(config, tmp_path):
+  """A hook's infinite metric is written as null: every line of metrics.jsonl is strict JSON."""
+  config.num_epochs = 1
+  train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1],
+                           dataset=synthetic_dataset(), log=lambda _: None,
+                           hooks=[lambda record, state: {'overflow': float('inf')}])
+  lines = open(tmp_path / 'metrics.jsonl').read().splitlines()
+  records = [json.loads(line, parse_constant=lambda c: pytest.fail(f'{c} in metrics.jsonl'))
+             for line in lines]
+  assert records[0]['overflow'] is None and records[0]['test_accuracy'] > 0
+  assert open(tmp_path / 'status').read() == 'done\n'

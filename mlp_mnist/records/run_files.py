@@ -24,6 +24,7 @@ METRICS_FILE = 'metrics.jsonl'
 DATASET_FILE = 'dataset.json'
 SUMMARY_FILE = 'summary.json'
 PLOTS_DIR = 'plots'  # A run's or a sweep's plots.
+STATUS_FILE = 'status'  # Written by `recorder.Recorder`.
 
 
 class WorkdirError(errors.UserError, RuntimeError):

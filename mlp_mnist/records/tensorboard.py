@@ -6,6 +6,7 @@ step at the end of each epoch, the x-axis TensorBoard expects.
 
 import os
 import time
+import uuid
 from typing import Any
 
 from etils import epath
@@ -115,18 +116,26 @@ def _register_bucket_writer(logdir: str) -> None:
 class BufferedTensorBoardWriter:
   """The events `TensorBoardWriter` writes, written in the caller's thread and flushed at most every
   `flush_secs` and on `close`: cheap enough for each of a sweep's trials every epoch (tensorboardX's
-  writer costs a thread and a queue per file, and a flush syncs the file to disk)."""
+  writer costs a thread and a queue per file, and a flush syncs the file to disk). `purge_step`
+  hides events of an interrupted run at later steps, as `TensorBoardWriter`'s does."""
 
-  def __init__(self, logdir: str, flush_secs: float = 30):
+  def __init__(self, logdir: str, flush_secs: float = 30, purge_step: int | None = None):
     from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
     _register_bucket_writer(logdir)
     epath.Path(logdir).mkdir(parents=True, exist_ok=True)
     self._event, self._value, self._summary = event_pb2.Event, summary_pb2.Summary.Value, (
         summary_pb2.Summary)
-    self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'))
+    # A unique suffix: the name's timestamp is in seconds, and a file of the same name is replaced
+    # (a resumed run's events, opened in the second its earlier session opened its own).
+    self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'),
+                                                  filename_suffix=f'.{uuid.uuid4().hex[:8]}')
     self._flush_secs, self._flushed = flush_secs, time.time()
     self._session_end = None
+    if purge_step is not None:
+      self._events.write_event(self._event(
+          step=purge_step, wall_time=time.time(),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def _write(self, summary, step: int | None = None) -> None:
     event = self._event(summary=summary, wall_time=time.time())

@@ -4,11 +4,10 @@ Only JAX process 0 writes (`is_lead_process`), so multi-host runs do not collide
 exception, being orbax's collective saves. The workdir holds `config.json`, `dataset.json`,
 `provenance.json`, `metrics.jsonl`, `summary.json`, TensorBoard event files, `plots/` and
 `checkpoints/`; on request `profile/` (a trace) and `tracking.json` (the W&B and MLflow runs it
-logs to).
+logs to). `recorder.Recorder` writes the records.
 """
 
 import json
-from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -19,7 +18,6 @@ from mlp_mnist.devices import parallel
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
-from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
 
 PROFILE_DIR = 'profile'
@@ -28,7 +26,7 @@ RUN_OUTPUTS = (run_files.CONFIG_FILE, run_files.DATASET_FILE, provenance.PROVENA
                f'{provenance.PROVENANCE_FILE}.damaged-*', run_files.METRICS_FILE,
                run_files.SUMMARY_FILE, run_files.PLOTS_DIR, checkpointing.CHECKPOINTS_DIR,
                checkpointing.CORRUPT_DIR, 'events.out.tfevents.*', '.*.tmp-*', PROFILE_DIR,
-               tracking.TRACKING_FILE)
+               tracking.TRACKING_FILE, run_files.STATUS_FILE)
 
 # The workdir holds a different run, or a record that cannot be read or written.
 WorkdirError = run_files.WorkdirError
@@ -37,13 +35,6 @@ WorkdirError = run_files.WorkdirError
 def is_lead_process() -> bool:
   """Whether this process writes the run's outputs (JAX process 0)."""
   return jax.process_index() == 0
-
-
-def _flat_json(config) -> dict[str, Any]:
-  """A config (ConfigDict or its saved JSON) as dotted keys with JSON values (tuples as lists)."""
-  if isinstance(config, ml_collections.ConfigDict):
-    config = json.loads(config.to_json_best_effort())
-  return config_checks.flatten_config(config)
 
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
@@ -138,78 +129,3 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config.imports = provenance.available_imports(workdir, config.imports)
   config_checks.validate_config(config)
   return config
-
-
-class RunRecorder:
-  """Writes the run's records into `workdir`; does nothing without one or off process 0.
-
-  Starting writes `config.json` and `dataset.json` (`dataset_info`), adds to `provenance.json`,
-  rewrites `metrics.jsonl` to the restored `history` (dropping epochs of an interrupted run after
-  its checkpoint) and opens the TensorBoard writer, which hides the interrupted run's later events,
-  and the W&B and MLflow runs the config asks for (`tracking.py`; a resumed run continues its
-  tracked runs). Warnings go to `log`.
-  """
-
-  def __init__(self, workdir: str | None, config: ml_collections.ConfigDict,
-               devices: Sequence[jax.Device], history: list[dict], resumed_step: int | None,
-               dataset_info: dict | None = None, log: Callable[[str], Any] = print):
-    self.workdir = workdir if workdir and is_lead_process() else None
-    self._history = list(history)
-    self._trackers = None
-    if not self.workdir:
-      if is_lead_process() and tracking.requested(config):
-        log('warning: config.tracking needs a workdir to keep its tracked runs in; '
-            'training goes on without W&B and MLflow.')
-      return
-    run_files.write_config(self.workdir, config)
-    if dataset_info is not None:
-      run_files.write_dataset_info(self.workdir, dataset_info)
-    if resumed_step is not None and (change := provenance.device_change(self.workdir, devices)):
-      log(change)
-    provenance.append(self.workdir, provenance.collect(
-        devices, resumed_step, provenance.keep_imports(self.workdir, config.imports)), warn=log)
-    run_files.write_metrics(self.workdir, self._history)
-    self._tensorboard = tensorboard.TensorBoardWriter(self.workdir,
-                                                         purge_step=(resumed_step or 0) + 1)
-    self._tensorboard.write_hparams(_flat_json(config))
-    if tracking.requested(config):
-      self._trackers = tracking.Trackers(config, self.workdir, failures=tracking.Failures(log))
-      self._trackers.write_hparams(json.loads(config.to_json_best_effort()))
-
-  def write_epoch(self, record: dict) -> None:
-    self._history.append(record)
-    if self.workdir:
-      run_files.write_metrics(self.workdir, self._history)
-      self._tensorboard.write_scalars(record['step'], record)
-      if self._trackers:
-        self._trackers.write_scalars(record['step'], record)
-
-  def prepare_plots(self) -> None:
-    """Loads the plotting library on a thread; call it while the last epoch trains.
-
-    Not on a CPU backend, where that thread would slow the training it overlaps.
-    """
-    if self.workdir and jax.default_backend() != 'cpu':
-      from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
-      plots.import_in_background()
-
-  def plot_curves(self) -> None:
-    """Draws `plots/curves.png` from the history."""
-    if not self.workdir:
-      return
-    from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
-    path = plots.save_curves(self._history,
-                             str(epath.Path(self.workdir) / run_files.PLOTS_DIR / 'curves.png'),
-                             title=str(self.workdir))
-    if self._trackers:
-      self._trackers.write_artifact(path)
-
-  def finish(self, summary: dict) -> None:
-    """Writes `summary.json`, closes the event file and the tracked runs."""
-    if not self.workdir:
-      return
-    run_files.write_summary(self.workdir, summary)
-    self._tensorboard.close()
-    if self._trackers:
-      self._trackers.write_summary(summary)
-      self._trackers.close()

@@ -12,13 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mlp_mnist.records import recorder
 from mlp_mnist.sweeps import sweep_files
 
-# A trial's status, in its `status` file.
-DONE, DIVERGED, FAILED, RUNNING, PENDING = 'done', 'diverged', 'failed', 'running', 'pending'
-STOPPED = 'stopped'  # Ended by early stopping: its metrics are valid results.
-# Cut by successive halving at a rung (sweeps/search.py): its records so far are kept.
-PRUNED = 'pruned'
+# A trial's status, in its `status` file (a run's: `recorder`).
+DONE, DIVERGED, FAILED, RUNNING, PENDING, STOPPED, PRUNED = (
+    recorder.DONE, recorder.DIVERGED, recorder.FAILED, recorder.RUNNING, recorder.PENDING,
+    recorder.STOPPED, recorder.PRUNED)
 WITH_RESULTS = (DONE, STOPPED)  # Final statuses whose metrics are valid results.
 CONFIDENCE = 0.95
 NUM_BEST_CURVES = 3

@@ -24,13 +24,14 @@ from etils import epath
 
 from mlp_mnist import config_checks
 from mlp_mnist import early_stopping
+from mlp_mnist.records import recorder
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import aggregate
 
-# A trial's statuses (their strings live in `aggregate`, which counts them).
-DONE, DIVERGED, STOPPED = aggregate.DONE, aggregate.DIVERGED, aggregate.STOPPED
-FAILED, RUNNING, PENDING = aggregate.FAILED, aggregate.RUNNING, aggregate.PENDING
-PRUNED = aggregate.PRUNED
+# A trial's statuses are a run's (`recorder`).
+DONE, DIVERGED, FAILED, RUNNING, PENDING, STOPPED, PRUNED = (
+    recorder.DONE, recorder.DIVERGED, recorder.FAILED, recorder.RUNNING, recorder.PENDING,
+    recorder.STOPPED, recorder.PRUNED)
 # Final results: a re-run skips them (and reruns the others).
 FINISHED = (DONE, DIVERGED, STOPPED, PRUNED)
 METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
@@ -42,25 +43,10 @@ def trial_dir(workdir: str, name: str) -> str:
   return str(epath.Path(workdir) / 'trials' / name)
 
 
-def write_status(directory: str, status: str, detail: str = '') -> None:
-  """Writes `status`: the status on the first line, then what happened (for diverged/failed)."""
-  run_files.write_text_atomic(epath.Path(directory) / 'status',
-                              status + ('\n' + detail if detail else '') + '\n')
-
-
-def read_status(directory: str) -> str | None:
-  """The trial's status, or None when it has not started."""
-  path = epath.Path(directory) / 'status'
-  return (path.read_text().split('\n', 1)[0].strip() or None) if path.exists() else None
-
-
-def read_status_detail(directory: str) -> str:
-  """What the status file says happened, in one line (a traceback's last line), or ''."""
-  path = epath.Path(directory) / 'status'
-  if not path.exists():
-    return ''
-  lines = [line.strip() for line in path.read_text().split('\n')[1:] if line.strip()]
-  return lines[-1] if lines else ''
+# A trial's status file is a run's (`recorder.Recorder` writes both).
+write_status = recorder.write_status
+read_status = recorder.read_status
+read_status_detail = recorder.read_status_detail
 
 
 def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any]]:

@@ -16,13 +16,14 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from etils import epath
 
-from mlp_mnist import config_checks
 from mlp_mnist import data
+from mlp_mnist import driver
+from mlp_mnist import preemption
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import locks
 from mlp_mnist.records import provenance
+from mlp_mnist.records import recorder as recorder_lib
 from mlp_mnist.records import run_files
-from mlp_mnist.records import tensorboard
 from mlp_mnist.records import tracking
 from mlp_mnist.records import workdirs
 from mlp_mnist.sweeps import aggregate
@@ -83,23 +84,31 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     devices = parallel.local_devices(devices)
     worker = f'worker {worker_index} of {num_workers}: ' if num_workers > 1 else ''
     log(f'{len(trials)} trials in {len(groups)} program group(s); {worker}{sum(map(len, share))} '
-        f'of them here: {len(finished)} already finished, {sum(len(t) for _, t in todo)} to train '
-        f'on '
+        f'of them here: {len(finished)} already finished, {sum(len(t) for _, t in todo)} to '
+        'train on '
         f'{len(devices)} {devices[0].platform} device(s).')
     if todo:
       if dataset is None:
         dataset = data.load_dataset(config.data)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
-      for group, left in todo:
-        with contextlib.ExitStack() as claims:  # Trials another worker trains (or has) are skipped.
-          left = [i for i in left if locks.claim(_dir(workdir, trials[i]), claims, log)
-                  and results.read_status(_dir(workdir, trials[i])) not in results.FINISHED]
-          if left:
+      with preemption.stop_on_signals() as stop:
+        for group, left in todo:
+          with contextlib.ExitStack() as claims:  # Trials another worker trains (or has) are skipped.
+            left = [i for i in left if locks.claim(_dir(workdir, trials[i]), claims, log)
+                    and results.read_status(_dir(workdir, trials[i])) not in results.FINISHED]
+            if not left:
+              continue
             pruner = search.pruner_for_group(halving, [trials[i] for i in group],
                                              [trials[i] for i in left], replicate_keys)
-            _run_group(workdir, [trials[i] for i in left], dataset, devices, progress, failures,
-                       pruner)
+            result = _run_group(workdir, [trials[i] for i in left], dataset, devices, progress,
+                                failures, stop, pruner)
+          if stop.requested:
+            saved = result['status'].count(recorder_lib.INTERRUPTED) if result else 0
+            raise preemption.Preempted(
+                f'{stop.name} received: stopped after the epoch under way, with a checkpoint of '
+                f'each of the {saved} unfinished trial(s) of the group in their folders under '
+                f'{workdir}/trials; rerun the same command to resume.')
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():
@@ -151,121 +160,84 @@ def train_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
              Progress(len(trials), 0, 1, log))
 
 
+class _TrialFolders:
+  """A group's trial folders as `vectorized.TrialRecords`: each a run's (`recorder.Recorder`:
+  config, metrics, TensorBoard, summary, status, the trackers its config enables; checkpoints,
+  the latest and the best, as `config.checkpoint` asks), opened as the trial starts."""
+
+  def __init__(self, workdir: str, trials: list[sweep_files.Trial], devices,
+               failures: tracking.Failures, log: Callable[[str], Any]):
+    self.workdir, self.trials, self.devices, self.failures, self.log = (
+        workdir, trials, devices, failures, log)
+    self.provenance = provenance.collect(devices, None)  # One for the group's trials.
+    self.opened = []  # Recorders and checkpointers, to close if the group fails.
+
+  def checkpointer(self, index: int):
+    # orbax saves collectively over every process, while each process trains its own trials:
+    # multi-process sweeps keep no trial checkpoints (an unfinished trial reruns from scratch).
+    if parallel.is_multiprocess():
+      return None
+    self.opened.append(driver.open_checkpointer(_dir(self.workdir, self.trials[index]),
+                                                self.trials[index].config))
+    return self.opened[-1]
+
+  def recorder(self, index: int, dataset_info: dict, history: list[dict],
+               resumed_step: int | None):
+    trial, sweep = self.trials[index], epath.Path(self.workdir).name
+    self.opened.append(recorder_lib.Recorder(
+        _dir(self.workdir, trial), trial.config, self.devices, history, resumed_step,
+        dataset_info, log=self.log, provenance_record={**self.provenance,
+                                                       'resumed_from_step': resumed_step},
+        failures=self.failures, tracker_name=trial.name, tracker_group=sweep,
+        tracker_tags={'sweep': sweep, 'trial': trial.name}, swept=trial.overrides,
+        own_process=True))
+    return self.opened[-1]
+
+  def fail(self, detail: str) -> None:
+    for trial in self.trials:
+      results.write_status(_dir(self.workdir, trial), results.FAILED, detail)
+    for opened in self.opened:
+      if isinstance(opened, recorder_lib.Recorder):
+        opened.finish(results.FAILED, detail=detail)
+      else:
+        opened.close()
+
+
 def _run_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
                progress: 'Progress', failures: tracking.Failures | None = None,
-               pruner: search.Pruner | None = None) -> None:
-  """Trains one program group; writes each trial's config, metrics and final status, and logs
-  each trial to the trackers its config enables. With `pruner` (successive halving), the trials
-  it cuts at a rung are marked `pruned` at once and train no further."""
-  dirs = [_dir(workdir, t) for t in trials]
-  for trial, directory in zip(trials, dirs):
-    run_files.write_config(directory, trial.config)
-    run_files.write_metrics(directory, [])  # A rerun starts its metrics afresh,
-    for path in epath.Path(directory).glob('events.out.tfevents.*'):  # and its events.
-      path.unlink()
-    results.write_status(directory, results.RUNNING)
-  trackers = _trial_trackers(workdir, trials, dirs, failures or tracking.Failures(progress.log))
+               stop: preemption.StopRequest | None = None,
+               pruner: search.Pruner | None = None) -> dict | None:
+  """Trains one program group in its trial folders (`_TrialFolders`), each trial resumed from
+  its latest checkpoint; returns `vectorized.train_trials`' result (None: the group failed).
+  With `pruner` (successive halving), the trials it cuts at a rung are marked `pruned` at once
+  and leave the program."""
+  folders = _TrialFolders(workdir, trials, devices,
+                          failures or tracking.Failures(progress.log), progress.log)
   progress.start_group(trials)
-  # Each trial's TensorBoard events, opened at the first epoch: tensorboardX loads while the group
-  # compiles.
-  tensorboard.import_in_background()
-  events = []
 
   def on_epoch(epoch, records, diverged, stopped):
-    if not events:
-      events.extend(_open_events(trials, dirs))
-    for i, record in records.items():
-      run_files.append_metrics(dirs[i], record)
-      events[i].write_scalars(record['step'], record)
-      if trackers[i]:
-        trackers[i].write_scalars(record['step'], record)
     progress.epoch(epoch, records, diverged, stopped)
     if pruner is None:
       return None
-    prune = pruner(epoch, records)
+    prune = [i for i in pruner(epoch, records) if not diverged[i] and not stopped[i]]
     for i in prune:  # Marked at once: a sweep resumed after this rung does not train them again.
-      if not diverged[i]:
-        run_files.write_summary(dirs[i], results.final_record(
-            trials[i].config, results.read_records(dirs[i])))
-        results.write_status(dirs[i], results.PRUNED, pruner.cuts[i])
-    return prune
+      results.write_status(_dir(workdir, trials[i]), results.PRUNED, pruner.cuts[i])
+    return {i: pruner.cuts[i] for i in prune}
 
   try:
-    result = vectorized.train_trials([t.config for t in trials], dataset, devices, on_epoch)
+    result = vectorized.train_trials([t.config for t in trials], dataset, devices,
+                                     on_epoch, records=folders, stop=stop,
+                                     log=progress.log)
+  except preemption.Preempted:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # One group's failure (out of memory, say) must not stop the others; a re-run retries it.
-    detail = traceback.format_exc()
-    for directory, tracker in zip(dirs, trackers):
-      results.write_status(directory, results.FAILED, detail)
-      if tracker:
-        tracker.close(failed=True)
+    folders.fail(traceback.format_exc())
     progress.end_group([results.FAILED] * len(trials), f'{type(e).__name__}: {e}')
-    return
-  finally:
-    for writer in events:
-      writer.close()
-  statuses = []
-  num_train = result['num_train']
-  steps_per_epoch = -(-num_train // trials[0].config.batch_size)
-  for i, (directory, tracker) in enumerate(zip(dirs, trackers)):
-    history, diverged, step = (result['history'][i], result['diverged'][i],
-                               result['diverged_step'][i])
-    stopping = result['early_stopping'][i]
-    if history and not diverged:
-      summary = {**results.final_record(trials[i].config, history),
-                 'num_train_examples': num_train, 'timings': result['timings']}
-      if stopping:
-        summary['early_stopping'] = stopping
-      run_files.write_summary(directory, summary)
-      if tracker:
-        tracker.write_summary(summary)
-    if tracker:
-      tracker.close(failed=diverged)
-    if diverged:
-      status = results.DIVERGED
-      results.write_status(
-          directory, status,
-          f'loss or weights not finite at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); '
-          'training stopped there.')
-    elif result['pruned_epoch'][i] is not None:
-      status = results.PRUNED
-      results.write_status(directory, status, pruner.cuts[i])
-    elif result['stopped_epoch'][i] is not None:
-      status = results.STOPPED
-      results.write_status(directory, status, f'early stopping after epoch '
-                           f'{result["stopped_epoch"][i]}: {stopping["reason"]}.')
-    else:
-      status = results.DONE
-      results.write_status(directory, status)
-    statuses.append(status)
-  progress.end_group(statuses, f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
+    return None
+  progress.end_group(result['status'], f'compiled in {result["timings"]["compile_sec"]:.1f}s, '
                      f'trained in {result["timings"]["train_sec"]:.1f}s')
-
-
-def _open_events(trials, dirs) -> list[tensorboard.BufferedTensorBoardWriter]:
-  """A TensorBoard writer per trial, its config in the HParams dashboard as for a single run."""
-  writers = [tensorboard.BufferedTensorBoardWriter(d) for d in dirs]
-  for writer, trial in zip(writers, trials):
-    writer.write_hparams(config_checks.flatten_config(trial.config))
-  return writers
-
-
-def _trial_trackers(workdir: str, trials: Sequence[sweep_files.Trial], dirs: Sequence[str],
-                    failures: tracking.Failures) -> list[tracking.Trackers | None]:
-  """Per trial, its tracked runs (None when its config enables none): one run per trial, grouped
-  by the sweep's name (the workdir's), its swept values as parameters under `swept`."""
-  sweep = epath.Path(workdir).name
-  trackers = []
-  for trial, directory in zip(trials, dirs):
-    if not tracking.requested(trial.config):
-      trackers.append(None)
-      continue
-    tracker = tracking.Trackers(trial.config, directory, name=trial.name, failures=failures,
-                                group=sweep, tags={'sweep': sweep, 'trial': trial.name})
-    tracker.write_hparams({**json.loads(trial.config.to_json_best_effort()),
-                           'swept': dict(trial.overrides)})
-    trackers.append(tracker)
-  return trackers
+  return result
 
 
 def _check_existing_trials(workdir: str, trials: Sequence[sweep_files.Trial]) -> None:
@@ -287,8 +259,8 @@ def _write_sweep_file(workdir: str, sweep_path: str, keys, replicate_keys, trial
                       command: str, config: ml_collections.ConfigDict,
                       search_description: dict | None = None) -> None:
   """`sweep.json`: the sweep file, the command, the swept and replicate keys and every trial with
-  its program group, and the files of `config.imports` (copied into the workdir, as
-  `provenance.keep_imports` does for a run)."""
+  its program group, the files of `config.imports` (copied into the workdir, as
+  `provenance.keep_imports` does for a run) and the search's plan (`search.sweep_description`)."""
   program = {i: g for g, group in enumerate(groups) for i in group}
   content = {'sweep_file': os.path.abspath(sweep_path), 'command': command,
              'swept_keys': list(keys), 'replicate_keys': list(replicate_keys),

@@ -11,7 +11,7 @@ early stopping ends stops updating while the others go on.
 
 import json
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +20,18 @@ import numpy as np
 
 from mlp_mnist import config_checks
 from mlp_mnist import data
+from mlp_mnist import driver
 from mlp_mnist import early_stopping
 from mlp_mnist import epochs
 from mlp_mnist import hooks as hooks_lib
 from mlp_mnist import optimizers
+from mlp_mnist import preemption
 from mlp_mnist import steps
 from mlp_mnist.devices import compilation
 from mlp_mnist.devices import parallel
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import recorder as recorder_lib
+from mlp_mnist.sweeps import sweep_files
 
 
 def stack_trials(states: list[steps.TrainState]) -> steps.TrainState:
@@ -157,189 +162,301 @@ _CPU_CHUNK_BYTES = 3 * 2**20
 
 
 def tree_bytes(tree) -> int:
-  return sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(tree))
+  # jax and numpy arrays say their size without a copy; Python scalars become numpy ones.
+  return sum(x.nbytes if hasattr(x, 'nbytes') else np.asarray(x).nbytes
+             for x in jax.tree.leaves(tree))
+
+
+class GroupProgram:
+  """A program group of trials (`driver.TrialProgram`): `chunk_epoch` pmapped over the devices and
+  vmapped over each device's trials, laid out `[devices, trials per device, ...]`."""
+
+  def __init__(self, configs: Sequence[ml_collections.ConfigDict], state: steps.TrainState,
+               dataset: data.Dataset, devices, chunk: int):
+    first = configs[0]
+    self.configs, self.num_trials, self.num_devices, self.chunk = (
+        list(configs), len(configs), len(devices), chunk)
+    self.num_train = len(dataset.train[1])
+    self.carry = self.split((state, np.zeros(self.num_trials, bool)))
+    eval_indices = lambda split: parallel.eval_batch_indices(len(split[1]), first.eval_batch_size,
+                                                             1)[0]
+    splits = {'test': dataset.test}
+    if dataset.validation is not None:
+      splits['validation'] = dataset.validation
+    self.has_validation = 'validation' in splits
+    self.train_data, self.splits = parallel.replicate(
+        (dataset.train, {k: (v, eval_indices(v)) for k, v in splits.items()}), devices)
+    train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
+                                    donate_argnums=(0,))
+    eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
+                                   devices, (0, None, None, None), chunk)
+    platform = devices[0].platform
+    self.train_fn = compilation.compile_program(
+        train_fn.lower(self.carry, *self.train_data, self.epoch_indices(1)), platform,
+        first.batch_size)
+    # One program per split's shapes (validation first, as it is evaluated first).
+    self.eval_fns = {name: compilation.compile_program(
+        eval_fn.lower(self.carry[0], *split_data, indices), platform, first.eval_batch_size)
+                     for name, (split_data, indices) in sorted(self.splits.items(), reverse=True)}
+    self.best = None  # Stacked, in the carry's layout: each restore_best_weights trial's best.
+
+  def split(self, tree):
+    """Per-trial values (leading axis) in the layout of the carry."""
+    return parallel.split_trials(tree, self.num_devices, self.chunk)
+
+  def epoch_indices(self, epoch: int) -> np.ndarray:
+    return self.split(trial_batch_indices(self.configs, epoch, self.num_train))
+
+  def train_epoch(self, epoch: int, frozen: np.ndarray):
+    # A stopped trial is frozen as a diverged one is; the driver tells them apart.
+    self.carry = (self.carry[0], self.split(np.asarray(frozen)))
+    self.carry, step_metrics = self.train_fn(self.carry, *self.train_data,
+                                             self.epoch_indices(epoch))
+    return parallel.merge_trials(jax.device_get((step_metrics, self.carry[1])), self.num_trials)
+
+  def evaluate(self, split: str):
+    split_data, indices = self.splits[split]
+    return parallel.merge_trials(
+        jax.device_get(self.eval_fns[split](self.carry[0], *split_data, indices)),
+        self.num_trials)
+
+  def _position(self, trial: int) -> tuple[int, int]:
+    per_device = jax.tree.leaves(self.carry[1])[0].shape[1]
+    return divmod(trial, per_device)
+
+  def state(self, trial: int) -> steps.TrainState:
+    device, index = self._position(trial)
+    return jax.tree.map(lambda x: x[device, index], self.carry[0])
+
+  def keep_best(self, improved: np.ndarray) -> None:
+    self.best = _select_trials(self.split(improved), self.carry[0],
+                               self.carry[0] if self.best is None else self.best)
+
+  def diverged_step(self, trial: int) -> int:
+    return int(jax.device_get(self.state(trial).step)) + 1  # Its state is its last finite one.
+
+
+class TrialRecords(Protocol):
+  """Where a sweep keeps its trials' records (`runner.py`): each trial's checkpointer and
+  recorder, opened as the trial starts."""
+
+  def checkpointer(self, index: int) -> checkpointing.Checkpointer | None:
+    """Trial `index`'s checkpoints (the latest is restored to resume it); None: none kept."""
+
+  def recorder(self, index: int, dataset_info: dict, history: list[dict],
+               resumed_step: int | None) -> recorder_lib.Recorder:
+    """Trial `index`'s recorder, starting from its restored `history`."""
 
 
 def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dataset,
                  devices=None, on_epoch: Callable[..., Any] | None = None,
-                 chunk_size: int = 0) -> dict[str, Any]:
-  """Trains trials that share one program together, spread over `devices`.
+                 chunk_size: int = 0, records: TrialRecords | None = None,
+                 stop: preemption.StopRequest | None = None,
+                 log: Callable[[str], Any] = print) -> dict[str, Any]:
+  """Trains trials that share one program together, spread over `devices`, with the epoch driver
+  of single runs (`driver.run_epochs`).
 
   After each epoch calls `on_epoch(epoch, records, diverged, stopped)`: `records` maps the index
   of each trial still training to its epoch record (the keys `train_and_evaluate` writes, with its
   hooks' metrics), on the epochs it logs; `diverged` and `stopped` (by early stopping, after this
-  or an earlier epoch) flag every trial. `on_epoch` may return the indices of trials to prune
-  (successive halving): they stop training, and the others go on in a program compiled for them
-  alone, so pruned trials cost no more steps. `chunk_size` (0: `default_chunk_size`) sets how
-  many of a device's trials train side by side. With `config.data.validation_split`, every trial validates
-  on the same held-out examples (`data.hold_out_validation`). Returns per trial its `history`
-  (the records), `diverged`, `diverged_step` (the first step not applied, or None),
-  `stopped_epoch` (None: not stopped early), `pruned_epoch` (None: not pruned) and
-  `early_stopping` (its summary, None when off); the stacked final `state` (a pruned trial holds
-  its state when pruned, a trial with `restore_best_weights` its best epoch's); the examples
-  trained on (`num_train`, after any validation split); `timings`.
+  or an earlier epoch) flag every trial; the trial indices it returns end those trials. With
+  `records`, each trial resumes from its latest checkpoint (trials resumed at different epochs
+  train as separate groups, one after another) and writes its records and checkpoints; `stop`
+  (a signal) ends training after the epoch under way, each unfinished trial checkpointed.
+  `chunk_size` (0: `default_chunk_size`) sets how many of a device's trials train side by side;
+  a group larger than the devices' memory holds (`trials_that_fit`) trains in parts.
+  With `config.data.validation_split`, every trial validates on the same held-out examples
+  (`data.hold_out_validation`). Returns per trial its `history` (the records), `diverged`,
+  `diverged_step` (the first step not applied, or None), `stopped_epoch` (None: not stopped
+  early), `status` (as its status file has it) and `early_stopping` (its summary, None when off);
+  the stacked final `state` (a trial with `restore_best_weights` holds its best epoch's); the
+  examples trained on (`num_train`, after any validation split); `timings` (of the last group).
   """
   start = time.time()
   devices = parallel.local_devices(devices)
   first = configs[0]
   if any(program_key(c) != program_key(first) for c in configs):
     raise ValueError('train_trials needs configs of one program; group them by program_key.')
-  num_trials, num_devices = len(configs), len(devices)
   dataset = data.hold_out_validation(dataset, first.data.validation_split)
-  (train_images, train_labels), (test_images, test_labels) = dataset.train, dataset.test
-  num_train = len(train_labels)
-  steps_per_epoch = -(-num_train // first.batch_size)
-  stoppers = [early_stopping.EarlyStopping(c) for c in configs]
-  trial_hooks = [hooks_lib.resolve_all(c.hooks) for c in configs]
+  num_train = len(dataset.train[1])
+  steps_per_epoch = epochs.num_batches(num_train, first.batch_size)
+  capacity = trials_that_fit(first, trial_state_bytes(
+      first, steps_per_epoch, dataset.image_shape, dataset.num_classes), devices)
+  states = init_trial_states(configs, steps_per_epoch, dataset.image_shape, dataset.num_classes)
+  trials, best, first_epochs = [], [], []
+  for i, config in enumerate(configs):
+    history, resumed_step, first_epoch, checkpointer, state = [], None, 1, None, None
+    if records:
+      state = jax.device_put(jax.tree.map(lambda x, i=i: x[i], states))
+      checkpointer = records.checkpointer(i)
+      restored = checkpointer.restore_latest(state, warn=log) if checkpointer else None
+      if restored:
+        state, resumed_step, run = restored
+        history, first_epoch = run['history'], run['epoch'] + 1
+      recorder = records.recorder(i, dataset.info(), history, resumed_step)
+    else:
+      recorder = recorder_lib.Recorder(None, config, devices, [], None)
+    trial = driver.Trial(config, recorder, checkpointer, list(history),
+                         hooks_lib.resolve_all(config.hooks))
+    best.append(driver.best_weights_on_resume(trial, state, first_epoch - 1))
+    trials.append(trial)
+    first_epochs.append(first_epoch)
+    if resumed_step is not None:
+      for whole, leaf in zip(jax.tree.leaves(states), jax.tree.leaves(jax.device_get(state))):
+        whole[i] = leaf
+  final_states, timings = states, {}
+  # One program group per epoch resumed from, and per as many trials as fit the devices.
+  parts = [[i for i, e in enumerate(first_epochs) if e == epoch]
+           for epoch in sorted(set(first_epochs))]
+  size = capacity or len(configs)
+  for members in [p[j:j + size] for p in parts for j in range(0, len(p), size)]:
+    first_epoch = first_epochs[members[0]]
+    whole = len(members) == len(configs)
+    rows = np.asarray(members)
+    group_best = ([best[i] if best[i] is not None else jax.tree.map(lambda x, i=i: x[i], states)
+                   for i in members] if any(best[i] is not None for i in members) else None)
 
-  states = [steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch,
-                                     dataset.image_shape, dataset.num_classes)
-            for c in configs]
-  state_bytes = tree_bytes(states[0])
-  chunk_for = lambda n: chunk_size or default_chunk_size(-(-n // num_devices), state_bytes,
-                                                         devices[0].platform)
-  chunk = chunk_for(num_trials)
-  carry = parallel.split_trials((stack_trials(states), np.zeros(num_trials, bool)),
-                                num_devices, chunk)
-  active = np.arange(num_trials)  # The trials in the carry, in its order; pruning drops some.
-  eval_indices = lambda split: parallel.eval_batch_indices(len(split[1]), first.eval_batch_size,
-                                                           1)[0]
-  validation = dataset.validation
-  train_data, test_data, test_indices, validation_data, validation_indices = parallel.replicate(
-      ((train_images, train_labels), (test_images, test_labels), eval_indices(dataset.test),
-       validation, eval_indices(validation) if validation is not None else None), devices)
+    def group_epoch(epoch, group_records, members=members):
+      """`on_epoch` in the sweep's trial indices."""
+      ending = on_epoch(epoch, {members[i]: r for i, r in group_records.items()},
+                        [t.diverged for t in trials], [t.stopping.stopped for t in trials])
+      return {members.index(i): reason for i, reason in driver.ending_reasons(ending).items()
+              if i in members}
 
-  def epoch_indices(epoch):
-    return parallel.split_trials(
-        trial_batch_indices([configs[i] for i in active], epoch, num_train), num_devices, chunk)
-
-  def split(flags):  # Per-trial flags (of every trial) in the layout of the carry.
-    return parallel.split_trials(np.asarray(flags)[active], num_devices, chunk)
-
-  def merge(tree):  # The carry's layout -> [active trials, ...].
-    return parallel.merge_trials(tree, len(active))
-
-  book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
-  platform = devices[0].platform
-
-  def compile_programs():  # For the carry and chunk as they are now (pruning changes them).
-    train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
-                                    donate_argnums=(0,))
-    eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
-                                   devices, (0, None, None, None), chunk)
-    with book.timed('compile_sec'):
-      train_fn = compilation.compile_program(train_fn.lower(carry, *train_data, epoch_indices(1)),
-                                             platform, first.batch_size)
-      validation_fn = None
-      if validation is not None:  # The same program, compiled for the validation set's shapes.
-        validation_fn = compilation.compile_program(
-            eval_fn.lower(carry[0], *validation_data, validation_indices), platform,
-            first.eval_batch_size)
-      eval_fn = compilation.compile_program(eval_fn.lower(carry[0], *test_data, test_indices),
-                                            platform, first.eval_batch_size)
-    return train_fn, validation_fn, eval_fn
-
-  train_fn, validation_fn, eval_fn = compile_programs()
-
-  history = [[] for _ in configs]
-  diverged = np.zeros(num_trials, bool)
-  stopping = [early_stopping.State() for _ in configs]
-  stopped = np.zeros(num_trials, bool)
-  pruned_epoch = [None] * num_trials
-  pruned_states = {}  # Trial index -> its state when pruned (on the host).
-  best_weights = None  # Stacked, in the carry's layout: each restore_best_weights trial's best.
-  for epoch in range(1, first.num_epochs + 1):
-    with book.timed('train_sec'):
-      # A stopped trial is frozen as a diverged one is; only true divergence is reported so.
-      carry = (carry[0], split(diverged | stopped))
-      carry, step_metrics = train_fn(carry, *train_data, epoch_indices(epoch))
-      step_metrics, active_halted = merge(jax.device_get((step_metrics, carry[1])))
-    epoch_sec = book.last_sec
-    halted = diverged | stopped | np.asarray([e is not None for e in pruned_epoch])
-    halted[active] = active_halted
-    diverged_now = diverged.copy()
-    diverged_now[active] = active_halted & ~stopped[active]
-    position = {int(i): j for j, i in enumerate(active)}  # Trial index -> its row in the carry.
-    records, improved = {}, np.zeros(num_trials, bool)
-    if book.logs(epoch):
-      validation_totals = None
-      if validation_fn is not None:
-        with book.timed('validation_sec'):
-          validation_totals = merge(jax.device_get(
-              validation_fn(carry[0], *validation_data, validation_indices)))
-      with book.timed('eval_sec'):
-        totals = merge(jax.device_get(eval_fn(carry[0], *test_data, test_indices)))
-      merged_state = merge(carry[0]) if any(trial_hooks) else None
-      for i in np.flatnonzero(~halted):
-        row = position[i]
-        pick = lambda tree: jax.tree.map(lambda x: x[row], tree)  # pylint: disable=cell-var-from-loop
-        record = book.record(epoch, pick(step_metrics), pick(totals), epoch_sec,
-                             pick(validation_totals) if validation_totals is not None else None)
-        if trial_hooks[i]:
-          record = hooks_lib.run_hooks(trial_hooks[i], record, pick(merged_state))
-        history[i].append(record)
-        records[int(i)] = record
-        stopper = stoppers[i]
-        stopping[i] = stopper.update(stopping[i], record)
-        stopped[i] = stopping[i].stopped
-        improved[i] = stopper.restore_best_weights and stopper.best_record(history[i]) is record
-    if improved.any():
-      best_weights = _select_trials(split(improved), carry[0],
-                                    carry[0] if best_weights is None else best_weights)
-    diverged = diverged_now
-    prune = on_epoch(epoch, records, diverged.tolist(), stopped.tolist()) if on_epoch else None
-    prune = sorted({int(i) for i in prune or ()} & set(active.tolist()))
-    if prune:
-      # The pruned trials leave the carry; the others go on in a program compiled for them.
-      merged, merged_best = merge((carry[0], best_weights))
-      for i in prune:
-        pruned_epoch[i] = epoch
-        pruned_states[i] = jax.device_get(jax.tree.map(lambda x, row=position[i]: x[row], merged))
-      keep = np.asarray([int(i) not in pruned_states for i in active])
-      survivors = lambda tree: jax.tree.map(lambda x: np.asarray(x)[keep], tree)
-      active = active[keep]
-      if not len(active):
-        break
-      chunk = chunk_for(len(active))
-      carry = parallel.split_trials((survivors(merged), diverged[active]), num_devices, chunk)
-      if best_weights is not None:
-        best_weights = parallel.split_trials(survivors(merged_best), num_devices, chunk)
-      train_fn, validation_fn, eval_fn = compile_programs()
-    if (diverged | stopped)[active].all():
+    group_state, timings = _train_group(
+        [trials[i] for i in members],
+        states if whole else jax.tree.map(lambda x, rows=rows: x[rows], states), group_best,
+        dataset, devices, chunk_size, first_epoch, start, group_epoch if on_epoch else None, stop)
+    if whole:
+      final_states = group_state
+    else:
+      for leaves, leaf in zip(jax.tree.leaves(final_states),
+                              jax.tree.leaves(jax.device_get(group_state))):
+        leaves[rows] = leaf  # Host arrays: `states` is done with these rows.
+    if stop is not None and stop.requested:
       break
-
-  state = _all_trials(merge(carry[0]), active, pruned_states, num_trials)
-  final_steps = np.asarray(jax.device_get(state.step))
-  if best_weights is not None:
-    restored = np.asarray([s.restore_best_weights and s.best_record(h) is not None and p is None
-                           for s, h, p in zip(stoppers, history, pruned_epoch)])
-    state = _select_trials(restored, _all_trials(merge(best_weights), active, pruned_states,
-                                                 num_trials), state)
-  timings = book.finish()
   return {
-      'history': history,
-      'diverged': diverged.tolist(),
-      'diverged_step': [int(s) + 1 if d else None for s, d in zip(final_steps, diverged)],
-      'stopped_epoch': [s.stopped_epoch for s in stopping],
-      'pruned_epoch': pruned_epoch,
-      'early_stopping': [st.summary(s) if st.enabled else None
-                         for st, s in zip(stoppers, stopping)],
-      'state': state,
+      'history': [t.history for t in trials],
+      'diverged': [t.diverged for t in trials],
+      'diverged_step': [t.diverged_step for t in trials],
+      'stopped_epoch': [t.stopping.stopped_epoch for t in trials],
+      'status': [driver.status(t, steps_per_epoch)[0] for t in trials],
+      'early_stopping': [t.stopper.summary(t.stopping) if t.stopper.enabled else None
+                         for t in trials],
+      'state': final_states,
       'num_train': num_train,
       'timings': timings,
   }
 
 
-def _all_trials(active_state, active: np.ndarray, pruned_states: dict[int, Any], num_trials: int):
-  """The stacked state of every trial: the active ones' rows, and each pruned one's own state."""
-  if not pruned_states:
-    return active_state
-  rows = {int(i): j for j, i in enumerate(active)}
-  leaves, structure = jax.tree.flatten(jax.device_get(active_state))
-  pruned = {i: jax.tree.leaves(s) for i, s in pruned_states.items()}
-  return jax.tree.unflatten(structure, [
-      np.stack([pruned[i][k] if i in pruned else leaf[rows[i]] for i in range(num_trials)])
-      for k, leaf in enumerate(leaves)])
+def init_trial_states(configs: Sequence[ml_collections.ConfigDict], steps_per_epoch: int,
+                      image_shape, num_classes: int, batch: int = 64) -> steps.TrainState:
+  """The initial train states of trials of one program, stacked on a leading trial axis (host
+  arrays), built `batch` trials at a time: never more than that many single states at once."""
+  stacked = None
+  for begin in range(0, len(configs), batch):
+    part = jax.device_get(stack_trials([
+        steps.create_train_state(c, jax.random.PRNGKey(c.seed), steps_per_epoch, image_shape,
+                                 num_classes) for c in configs[begin:begin + batch]]))
+    if stacked is None:
+      stacked = jax.tree.map(lambda x: np.empty((len(configs),) + x.shape[1:], x.dtype), part)
+    for whole, piece in zip(jax.tree.leaves(stacked), jax.tree.leaves(part)):
+      whole[begin:begin + len(piece)] = piece
+  return stacked
+
+
+def trial_state_bytes(config: ml_collections.ConfigDict, steps_per_epoch: int, image_shape,
+                      num_classes: int) -> int:
+  """The bytes of one trial's train state, from its shapes (nothing is built)."""
+  shapes = jax.eval_shape(lambda: steps.create_train_state(
+      config, jax.random.PRNGKey(0), steps_per_epoch, image_shape, num_classes))
+  return sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
+
+
+# The share of a device's free memory a program group's train states may take: the rest is for the
+# dataset, the step's activations and gradients, and XLA's buffers.
+STATE_MEMORY_FRACTION = 0.4
+
+
+def trials_that_fit(config: ml_collections.ConfigDict, state_bytes: int, devices) -> int | None:
+  """How many trials of `state_bytes` each fit a program group on `devices` (their state, and
+  best weights when `restore_best_weights` keeps a second copy); None when the devices do not
+  say their memory (CPUs). A TrialsDoNotFit error when not even one fits."""
+  stats = devices[0].memory_stats() if hasattr(devices[0], 'memory_stats') else None
+  if not stats or 'bytes_limit' not in stats:
+    return None
+  free = (stats['bytes_limit'] - stats.get('bytes_in_use', 0)) * STATE_MEMORY_FRACTION
+  per_trial = state_bytes * (2 if early_stopping.EarlyStopping(config).restore_best_weights
+                             else 1)
+  per_device = int(free // per_trial)
+  if per_device < 1:
+    raise TrialsDoNotFit(
+        f'one trial\'s train state takes {per_trial / 2**20:.1f} MiB, more than '
+        f'{STATE_MEMORY_FRACTION:.0%} of the {free / STATE_MEMORY_FRACTION / 2**20:.0f} MiB free '
+        f'on {devices[0].device_kind}; make the model smaller or use a device with more memory.')
+  return per_device * len(devices)
+
+
+class TrialsDoNotFit(sweep_files.SweepError):
+  """Not even one trial's train state fits the device's memory."""
+
+
+def _train_group(trials: list[driver.Trial], state: steps.TrainState, best: list | None,
+                 dataset: data.Dataset, devices, chunk_size: int, first_epoch: int, start: float,
+                 on_epoch, stop) -> tuple[steps.TrainState, dict]:
+  """Trains `trials` (stacked `state`, resumed at `first_epoch`) as one program group; returns
+  their final states (the best for `restore_best_weights` trials) and the timings.
+
+  Once half of the program's trials have ended (early stopping, divergence, ended by `on_epoch`),
+  the program is rebuilt for those still training and recompiled: ended trials cost nothing more.
+  """
+  first = trials[0].config
+  num_train = len(dataset.train[1])
+  steps_per_epoch = epochs.num_batches(num_train, first.batch_size)
+  book = epochs.EpochLog(first, steps_per_epoch, num_train, start)
+  final = jax.tree.map(np.array, jax.device_get(state))  # Each trial's, as it ends.
+  members = list(range(len(trials)))  # The group's trials in the program, in its order.
+  epoch = first_epoch
+  while epoch <= first.num_epochs and not all(trials[m].finished for m in members):
+    group = [trials[m] for m in members]
+    chunk = chunk_size or default_chunk_size(
+        epochs.num_batches(len(members), len(devices)), tree_bytes(state) // len(members),
+        devices[0].platform)
+    with book.timed('compile_sec'):
+      program = GroupProgram([t.config for t in group], state, dataset, devices, chunk)
+    if best is not None:
+      program.best = program.split(stack_trials(best))
+
+    def program_epoch(epoch, records, members=members):  # `on_epoch` in the group's indices.
+      ending = on_epoch(epoch, {members[i]: r for i, r in records.items()})
+      return {members.index(i): reason for i, reason in driver.ending_reasons(ending).items()
+              if i in members}
+
+    epoch = driver.run_epochs(
+        program, group, book, epoch, first.num_epochs, program_epoch if on_epoch else None, stop,
+        regroup=lambda live: 2 * live.sum() <= len(live)) + 1
+    state = parallel.merge_trials(program.carry[0], len(members))
+    if program.best is not None:
+      kept = parallel.merge_trials(program.best, len(members))
+      restored = np.asarray([t.stopper.restore_best_weights and t.stopper.best_record(t.history)
+                             is not None for t in group])
+      state_or_best = _select_trials(restored, kept, state)
+    else:
+      kept, state_or_best = None, state
+    for leaves, leaf in zip(jax.tree.leaves(final), jax.tree.leaves(jax.device_get(
+        state_or_best))):
+      leaves[np.asarray(members, int)] = leaf
+    live = [i for i, t in enumerate(group) if not t.finished]
+    if not live or stop is not None and stop.requested:
+      break
+    members = [members[i] for i in live]
+    state = jax.tree.map(lambda x, live=live: x[np.asarray(live, int)], state)
+    best = ([jax.tree.map(lambda x, i=i: x[i], kept) for i in live]
+            if kept is not None else None)
+  timings = book.finish()
+  timings.setdefault('compile_sec', 0.0)
+  driver.finish(trials, steps_per_epoch, timings, {'num_train_examples': num_train}, plot=False)
+  return final, timings
 
 
 def _select_trials(mask, chosen, others):

@@ -1,0 +1,239 @@
+"""The one epoch driver of single runs and sweeps: a single run is a program group of one trial.
+
+A `TrialProgram` trains every trial of its group one epoch per call and evaluates them (a single
+run's program is the pmapped data-parallel epoch, `train.RunProgram`; a sweep group's the
+pmapped and vmapped trial program, `sweeps.vectorized.GroupProgram`). `run_epochs` does the rest
+once, over the trial axis: on logged epochs it evaluates validation then test, builds each trial's
+record, runs its hooks, records it (`records.recorder.Recorder`), lets early stopping decide and
+keeps the best weights; every epoch it notes divergence, saves checkpoints and tells the caller,
+who may end trials (`on_epoch` returns their indices). `finish` writes each trial's summary and
+status.
+"""
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mlp_mnist import early_stopping
+from mlp_mnist import epochs
+from mlp_mnist import hooks as hooks_lib
+from mlp_mnist import preemption
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import recorder as recorder_lib
+
+
+class TrialProgram(Protocol):
+  """The compiled programs of a group of trials and their train states on the devices."""
+
+  num_trials: int
+  has_validation: bool
+
+  def train_epoch(self, epoch: int, frozen: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Trains epoch `epoch` of every trial not `frozen`; returns its per-step metrics (host
+    arrays, leading trial axis) and which trials stopped being finite (their state is frozen)."""
+
+  def evaluate(self, split: str) -> Any:
+    """`steps.evaluate`'s sums on 'validation' or 'test', on the host, leading trial axis."""
+
+  def state(self, trial: int) -> Any:
+    """Trial `trial`'s train state now (a single run's: the replicated state)."""
+
+  def keep_best(self, improved: np.ndarray) -> None:
+    """Keeps the states of the `improved` trials as their best weights."""
+
+  def diverged_step(self, trial: int) -> int:
+    """The first step of a diverged trial whose update was not applied (or not finite)."""
+
+
+@dataclasses.dataclass
+class Trial:
+  """The host side of one trial (or single run): its config, records, checkpoints and outcome."""
+  config: ml_collections.ConfigDict
+  recorder: recorder_lib.Recorder
+  checkpointer: checkpointing.Checkpointer | None = None
+  history: list = dataclasses.field(default_factory=list)
+  hooks: list = dataclasses.field(default_factory=list)
+  diverged_step: int | None = None
+  left_epoch: int | None = None  # The epoch after which the caller ended the trial.
+  left_reason: str | None = None  # Why (the caller's words).
+  interrupted_epoch: int | None = None  # The epoch after which a signal stopped it (saved).
+
+  def __post_init__(self):
+    self.stopper = early_stopping.EarlyStopping(self.config)
+    self.stopping = self.stopper.replay(self.history)  # Where an uninterrupted run stood.
+
+  @property
+  def diverged(self) -> bool:
+    return self.diverged_step is not None
+
+  @property
+  def finished(self) -> bool:
+    return (self.diverged or self.stopping.stopped or self.left_epoch is not None
+            or self.interrupted_epoch is not None)
+
+
+def open_checkpointer(workdir: str, config: ml_collections.ConfigDict
+                      ) -> checkpointing.Checkpointer:
+  """The checkpoints of the run (or trial) in `workdir`: the latest `config.checkpoint.keep` and,
+  with `keep_best`, the best by `early_stopping.best_checkpoint_metric`."""
+  best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
+  return checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, best=best)
+
+
+def best_weights_on_resume(trial: Trial, state, epoch: int):
+  """The best weights so far of a resumed trial (`state` is that of `epoch`), for
+  `restore_best_weights`: the restored state's, or the best checkpoint's; None when not needed."""
+  stopper, checkpointer = trial.stopper, trial.checkpointer
+  best = stopper.best_record(trial.history) if stopper.restore_best_weights else None
+  if best is None:
+    return None
+  if best['epoch'] == epoch:
+    return jax.tree.map(jnp.copy, state)
+  step = checkpointer.best_step() if checkpointer else None
+  if step != best['step']:
+    raise checkpointing.CheckpointError(
+        f'{checkpointer.directory if checkpointer else "the run"} lacks the best checkpoint '
+        f'(step {best["step"]}, epoch {best["epoch"]}) that restore_best_weights needs; rerun '
+        'with --restart.')
+  return checkpointer.restore(state, step)[0]
+
+
+def _pick(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree) if tree is not None else None
+
+
+def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog,
+               first_epoch: int, num_epochs: int,
+               on_epoch: Callable[[int, dict[int, dict]], Iterable[int] | None] | None = None,
+               stop: preemption.StopRequest | None = None,
+               regroup: Callable[[np.ndarray], bool] | None = None) -> int:
+  """Trains `trials` (the program's, in its order) from `first_epoch` to `num_epochs`.
+
+  After each epoch calls `on_epoch(epoch, records)`: `records` maps the index of each trial
+  still training to its epoch record, on logged epochs; the indices it returns end those trials.
+  When `stop` is requested (a signal), the epoch under way is finished and every trial still
+  training saves a checkpoint (`Trial.interrupted_epoch`) and it returns. It also returns when
+  `regroup(live)` says the program should be rebuilt for the trials still training (`live`, after
+  an epoch with some left). Returns the last epoch trained.
+  """
+  config = trials[0].config
+  steps_per_epoch = book.steps_per_epoch
+  every = config.checkpoint.every_epochs
+  last = first_epoch - 1
+  for epoch in range(first_epoch, num_epochs + 1):
+    live = np.asarray([not t.finished for t in trials])
+    if not live.any():
+      break
+    last = epoch
+    if epoch == num_epochs:
+      for trial in trials:
+        trial.recorder.prepare_plots()  # The host is idle while the device trains.
+    with book.timed('train_sec'):
+      step_metrics, halted = program.train_epoch(epoch, ~live)
+    epoch_sec = book.last_sec
+    for i in np.flatnonzero(live & halted):
+      trials[i].diverged_step = program.diverged_step(int(i))
+    live &= ~halted
+    records, improved = {}, np.zeros(len(trials), bool)
+    if book.logs(epoch) and live.any():
+      validation_totals = None
+      if program.has_validation:
+        with book.timed('validation_sec'):
+          validation_totals = program.evaluate('validation')
+      with book.timed('eval_sec'):
+        totals = program.evaluate('test')
+      for i in np.flatnonzero(live):
+        trial = trials[i]
+        record = book.record(epoch, _pick(step_metrics, i), _pick(totals, i), epoch_sec,
+                             _pick(validation_totals, i))
+        if trial.hooks:
+          record = hooks_lib.run_hooks(trial.hooks, record, program.state(int(i)))
+        trial.history.append(record)
+        trial.recorder.write_epoch(record)
+        trial.stopping = trial.stopper.update(trial.stopping, record)
+        improved[i] = (trial.stopper.restore_best_weights
+                       and trial.stopper.best_record(trial.history) is record)
+        records[int(i)] = record
+    if improved.any():
+      program.keep_best(improved)
+    # Before the checkpoints, as a single run always logged: its epoch line comes first.
+    leaving = ending_reasons(on_epoch(epoch, records) if on_epoch else None)
+    stopping = stop is not None and stop.requested and epoch < num_epochs
+    for i in np.flatnonzero(live):
+      trial = trials[i]
+      interrupted = stopping and not trial.stopping.stopped and i not in leaving
+      if trial.checkpointer and (interrupted or every and (
+          epoch % every == 0 or epoch == num_epochs or trial.stopping.stopped
+          or i in leaving)):
+        trial.checkpointer.save(epoch * steps_per_epoch, program.state(int(i)), epoch,
+                                trial.history)
+      if interrupted:
+        trial.interrupted_epoch = epoch
+      elif i in leaving and not trial.stopping.stopped:
+        trial.left_epoch, trial.left_reason = epoch, leaving[i]
+    if stopping and any(t.interrupted_epoch == epoch for t in trials):
+      return epoch
+    still = np.asarray([not t.finished for t in trials])
+    if regroup and epoch < num_epochs and still.any() and not still.all() and regroup(still):
+      return epoch
+  return last
+
+
+def ending_reasons(ending: Iterable[int] | Mapping[int, str] | None) -> dict[int, str | None]:
+  """What `on_epoch` returned (trial indices, or indices mapped to why they end) as
+  {index: reason or None}."""
+  if isinstance(ending, Mapping):
+    return {int(i): reason for i, reason in ending.items()}
+  return {int(i): None for i in ending or ()}
+
+
+def status(trial: Trial, steps_per_epoch: int) -> tuple[str, str]:
+  """(status, what happened) of a trial whose training ended."""
+  if trial.diverged:
+    step = trial.diverged_step
+    return recorder_lib.DIVERGED, (
+        f'loss or weights not finite at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); '
+        'training stopped there.')
+  if trial.stopping.stopped:
+    return recorder_lib.STOPPED, (f'early stopping after epoch {trial.stopping.stopped_epoch}: '
+                                  f'{trial.stopper.reason(trial.stopping)}.')
+  if trial.interrupted_epoch is not None:
+    return recorder_lib.INTERRUPTED, (f'stopped by a signal after epoch {trial.interrupted_epoch}, '
+                                      'its checkpoint saved; rerun the command to resume.')
+  if trial.left_epoch is not None:
+    return recorder_lib.PRUNED, (trial.left_reason
+                                 or f'ended by the sweep after epoch {trial.left_epoch}.')
+  return recorder_lib.DONE, ''
+
+
+def final_record(trial: Trial) -> dict | None:
+  """The record a trial's results are those of: its last, or with `restore_best_weights` its
+  best epoch's (the weights it ends with); None when it has none."""
+  best = (trial.stopper.best_record(trial.history)
+          if trial.stopper.restore_best_weights else None)
+  return best or (trial.history[-1] if trial.history else None)
+
+
+def finish(trials: list[Trial], steps_per_epoch: int, timings: dict,
+           extra_summary: dict | None = None, plot: bool = True) -> None:
+  """Waits for the checkpoints, then writes each trial's summary (not a diverged one's: its
+  records end before its weights stopped being finite; not an interrupted one's) and status;
+  `plot` draws its curves."""
+  for trial in trials:
+    if trial.checkpointer:
+      trial.checkpointer.wait()
+      trial.checkpointer.close()
+    if plot:
+      trial.recorder.plot_curves()
+    state, detail = status(trial, steps_per_epoch)
+    final = final_record(trial)
+    summary = None
+    if final is not None and not trial.diverged and trial.interrupted_epoch is None:
+      summary = {**final, **(extra_summary or {}), 'timings': timings}
+      if trial.stopper.enabled:
+        summary['early_stopping'] = trial.stopper.summary(trial.stopping)
+    trial.recorder.finish(state, summary, detail)
