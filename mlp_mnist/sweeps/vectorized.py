@@ -268,7 +268,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   With `config.data.validation_split`, every trial validates on the same held-out examples
   (`data.hold_out_validation`). Returns per trial its `history` (the records), `diverged`,
   `diverged_step` (the first step not applied, or None), `stopped_epoch` (None: not stopped
-  early), `status` (as its status file has it) and `early_stopping` (its summary, None when off);
+  early), `pruned_epoch` (the epoch after which `on_epoch` ended it, or None), `status` (as its
+  status file has it) and `early_stopping` (its summary, None when off);
   the stacked final `state` (a trial with `restore_best_weights` holds its best epoch's); the
   examples trained on (`num_train`, after any validation split); `timings` (of the last group).
   """
@@ -340,6 +341,7 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
       'diverged': [t.diverged for t in trials],
       'diverged_step': [t.diverged_step for t in trials],
       'stopped_epoch': [t.stopping.stopped_epoch for t in trials],
+      'pruned_epoch': [t.left_epoch for t in trials],
       'status': [driver.status(t, steps_per_epoch)[0] for t in trials],
       'early_stopping': [t.stopper.summary(t.stopping) if t.stopper.enabled else None
                          for t in trials],
