@@ -16,12 +16,15 @@ FLOW = (
     ('writers', 'records/: metrics.jsonl,\nTensorBoard, W&B, MLflow,\ncheckpoints, plots'),
 )
 LAYERS = (  # Top to bottom, as drawn.
-    ('6  tools, cli', 'tools/ (evaluate, predict, compare), cli.py (what scripts/ share)'),
-    ('5  loops', 'train.py (one run), sweeps/ (trials at once, results, replicates, report)'),
-    ('4  steps, records', 'steps.py (pure), records/ (workdir, files, checkpoints, writers)'),
-    ('3  config schema', 'config_checks.py'),
-    ('2  building blocks', 'models/, optimizers.py, data/, devices/, epochs.py,\n   early_stopping.py, hooks.py'),
-    ('1  foundation', 'errors.py (UserError), config_files.py'),
+    ('8  tools, cli', 'tools/ (evaluate, predict, compare), cli.py (what scripts/ share)'),
+    ('7  run, sweeps', 'train.py (one run), sweeps/ (trials at once, search, results, report)'),
+    ('6  epoch driver', 'driver.py (one epoch body for a run and a sweep group)'),
+    ('5  steps, records', 'steps.py (pure), records/ (workdir, recorder, locks, checkpoints)'),
+    ('4  config schema', 'config_checks.py (the selected components\' keys)'),
+    ('3  building blocks', 'models/, losses.py, optimizers.py, augmentations.py, data/, devices/,\n'
+     '   epochs.py, early_stopping.py, hooks.py, preemption.py'),
+    ('2  registries', 'config_files.py, registry.py (components, config.imports)'),
+    ('1  foundation', 'errors.py (UserError), configs/ (the shipped recipes)'),
 )
 
 
@@ -46,15 +49,15 @@ def draw(path: str) -> None:
                                      arrowstyle='-|>', mutation_scale=18, color='#2b5d8c'))
   axes.text(0.3, 4.3, 'The package mlp_mnist/: layers (a module imports only its own unit and '
             'lower layers; tests/test_layout.py checks it)', fontsize=12, weight='bold', va='top')
-  row, y = 0.52, 3.85
+  row, y = 0.42, 3.85
   for i, (title, detail) in enumerate(LAYERS):
     shade = 0.95 - 0.05 * i
-    axes.add_patch(FancyBboxPatch((0.3, y - i * (row + 0.08) - row), 11.4, row,
+    axes.add_patch(FancyBboxPatch((0.3, y - i * (row + 0.05) - row), 11.4, row,
                                   boxstyle='round,pad=0.02', facecolor=(shade, shade, 0.88),
                                   edgecolor='#777777'))
-    axes.text(0.5, y - i * (row + 0.08) - row / 2, title, va='center', fontsize=10,
+    axes.text(0.5, y - i * (row + 0.05) - row / 2, title, va='center', fontsize=10,
               weight='bold')
-    axes.text(3.0, y - i * (row + 0.08) - row / 2, detail, va='center', fontsize=10,
+    axes.text(3.0, y - i * (row + 0.05) - row / 2, detail, va='center', fontsize=10,
               family='monospace')
   figure.savefig(path, dpi=90)
 

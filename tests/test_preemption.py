@@ -1,6 +1,7 @@
 """Preemption: SIGTERM or SIGINT sent to a training or sweep script finishes the epoch under way,
 saves a checkpoint, prints one line and exits with status 3; rerunning resumes exactly."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,9 +100,10 @@ def test_a_signal_saves_and_the_rerun_resumes_exactly(tmp_path, sig):
   short.num_epochs = 1
   like = train.train_and_evaluate(short, None, devices=jax.devices()[:2], dataset=dataset,
                                   log=lambda _: None)['state']  # A state as training places it.
-  with checkpointing.Checkpointer(str(workdir), read_only=True) as checkpoints:
+  with contextlib.closing(checkpointing.Checkpointer(str(workdir), read_only=True)) as checkpoints:
     state, step, _ = checkpoints.restore(like)
-  with checkpointing.Checkpointer(str(reference), read_only=True) as checkpoints:
+  with contextlib.closing(checkpointing.Checkpointer(str(reference),
+                                                   read_only=True)) as checkpoints:
     want, _, _ = checkpoints.restore(like)
   assert step == NUM_EPOCHS * 8
   for x, y in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(want))):
@@ -110,7 +112,7 @@ def test_a_signal_saves_and_the_rerun_resumes_exactly(tmp_path, sig):
 
 
 def _steps(workdir):
-  with checkpointing.Checkpointer(str(workdir), read_only=True) as checkpoints:
+  with contextlib.closing(checkpointing.Checkpointer(str(workdir), read_only=True)) as checkpoints:
     return checkpoints.steps()
 
 

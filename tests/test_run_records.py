@@ -10,6 +10,7 @@ import subprocess
 import jax
 import pytest
 
+from mlp_mnist import config_checks
 from mlp_mnist import train
 from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
@@ -99,7 +100,7 @@ def test_tensorboard_shows_the_scalars_and_hparams_of_the_run(config, tmp_path):
   experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
   assert {m.name.tag for m in experiment.metric_infos} == set(tensorboard.HPARAM_METRICS)
   start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
-  flat = workdirs._flat_json(config)  # pylint: disable=protected-access
+  flat = config_checks.flatten_config(json.loads(config.to_json_best_effort()))
   assert {h.name for h in experiment.hparam_infos} == set(start.hparams) == set(flat)
   assert start.hparams['optimizer.learning_rate'].number_value == 1e-3
   assert start.hparams['batch_size'].number_value == 32

@@ -442,7 +442,8 @@ def test_a_trial_folder_holds_what_its_single_run_writes(tmp_path):
     assert set(g) == set(w)
     for key in ('train_loss', 'validation_accuracy', 'test_accuracy'):
       assert g[key] == pytest.approx(w[key], rel=2e-5, abs=1e-6)
-  summaries = [run_files.read_summary(d) for d in (trial, run)]
+  summaries = [json.loads(open(os.path.join(d, run_files.SUMMARY_FILE)).read())
+               for d in (trial, run)]
   assert set(summaries[0]) == set(summaries[1]) - {'parameters'}
   assert summaries[0]['early_stopping'] == summaries[1]['early_stopping']
   assert open(os.path.join(trial, 'status')).read() == open(os.path.join(run, 'status')).read()
@@ -459,13 +460,15 @@ def test_evaluate_predict_and_compare_work_on_trial_folders(tmp_path):
   config.num_epochs = 3
   config.checkpoint.keep = 1
   config.data.cache_dir = str(tmp_path / 'cache')
+  config.data.validation_split = 24.0  # The best checkpoint is chosen on it, never on the test set.
   sweep_path = tmp_path / 'sweep.py'
   sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  # The data its config names (the cache), which scripts/evaluate.py loads again.
   runner.run_sweep(config, str(sweep_path), str(tmp_path / 'sweep'), devices=jax.devices()[:1],
-                   dataset=dataset, log=lambda _: None)
+                   log=lambda _: None)
   trial = results.trial_dir(str(tmp_path / 'sweep'), 'seed=1')
   history = run_files.read_metrics(trial)
-  best = min(history, key=lambda r: (r['test_loss'], -r['epoch']))
+  best = min(history, key=lambda r: (r['validation_loss'], r['epoch']))  # Ties: the first.
   kept = sorted(int(n) for n in os.listdir(os.path.join(trial, 'checkpoints')) if n.isdigit())
   assert kept == sorted({best['step'], history[-1]['step']})
   result = subprocess.run(

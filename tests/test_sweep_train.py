@@ -170,7 +170,7 @@ def test_trials_ended_by_the_callback_leave_the_recompiled_program(config, monke
   ended = vectorized.train_trials(group, dataset, jax.devices()[:2],
                                   on_epoch=lambda epoch, *_: [0, 1] if epoch == 1 else None)
   assert built == [3, 1]
-  assert ended['status'] == ['stopped', 'stopped', 'done']
+  assert ended['status'] == ['pruned', 'pruned', 'done']
   assert [len(h) for h in ended['history']] == [1, 1, 3]
   whole = vectorized.train_trials(group, dataset, jax.devices()[:2])
   _assert_same_history(ended['history'][2], whole['history'][2])
