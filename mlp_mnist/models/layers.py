@@ -1,15 +1,19 @@
 """Building blocks for convolutional models that train fast on CPUs: `Conv` (flax's `nn.Conv` with
 the convolution below) and `max_pool_2x2`. A researcher's own model gets the fast path by using them.
 
-On CPUs, `conv_general_dilated` computes a 2-D NHWC x HWIO convolution as its patches (one shifted
-slice of the padded images per kernel position, concatenated along the channels) times the kernel
-as one matrix: training steps run in XLA's matmul kernels, forward and backward (the gradient of a
-slice is a pad, of the matmul two matmuls). Measured on a 2-core Xeon, configs/cnn.py's training
-step inside the epoch's scan: 12 ms against 22-24 ms for convolutions whose gradient is spelled in
-the NHWC x HWIO layout, and 1,200 ms for `lax`'s own (whose gradient's convolutions XLA's CPU
-backend runs as plain loops inside a scan). On every other platform the program holds `lax`'s
-convolution, as XLA does by default: `lax.platform_dependent` chooses when the program is lowered.
+On CPUs, `conv_general_dilated` takes a stride-1 2-D NHWC x HWIO convolution through `conv_nhwc`,
+whose gradient is spelled in that (canonical) layout: XLA's CPU backend hands a convolution to its
+fast kernels only in that layout, and inside the `lax.scan` of an epoch it leaves `lax`'s own
+gradient convolutions in other layouts, run as plain loops (configs/cnn.py: 250 against 28 ms a
+step, 2-core Xeon). Other strides and kernel dilations run as their patches (shifted slices of the
+padded images, concatenated along the channels) times the kernel as one matrix. Measured on the
+same machine, idle, one epoch of configs/cnn.py inside `scripts/train.py`: 5.7-5.8 s of training
+with `conv_nhwc` against 6.2-6.3 s with patches times a matrix for every convolution (which ran a
+lone step faster, 12 against 22-24 ms, but not the scanned epoch), and evaluation 0.5 against
+0.8-0.9 s. On every other platform the program holds `lax`'s convolution, as XLA does by default:
+`lax.platform_dependent` chooses when the program is lowered.
 """
+import functools
 
 import flax.linen as nn
 import jax
@@ -22,22 +26,59 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None,
                          preferred_element_type=None):
-  """`lax.conv_general_dilated`, as patches times a matrix on CPUs for the 2-D NHWC x HWIO
-  convolutions without input dilation or feature groups (any strides, kernel dilation, padding)."""
+  """`lax.conv_general_dilated`; on CPUs, a 2-D NHWC x HWIO convolution without input dilation or
+  feature groups runs through `conv_nhwc` (stride 1) or as patches times a matrix (the others)."""
   options = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                  feature_group_count=feature_group_count, precision=precision,
                  preferred_element_type=preferred_element_type)
   if not _as_patches_matmul(lhs, rhs, **options):
     return lax.conv_general_dilated(lhs, rhs, **options)
-  pads = (lax.padtype_to_pads(lhs.shape[1:3], _dilated_window(rhs, rhs_dilation), window_strides,
-                              padding) if isinstance(padding, str) else padding)
-  return lax.platform_dependent(
-      lhs, rhs,
-      cpu=lambda x, k: conv_as_matmul(x, k, tuple(window_strides), tuple(map(tuple, pads)),
+  pads = tuple(map(tuple, lax.padtype_to_pads(
+      lhs.shape[1:3], _dilated_window(rhs, rhs_dilation), window_strides, padding)
+                        if isinstance(padding, str) else padding))
+  plain = (tuple(window_strides) == (1, 1) and all(d == 1 for d in rhs_dilation or ())
+           and preferred_element_type is None
+           and all(lo <= k - 1 and hi <= k - 1 for (lo, hi), k in zip(pads, rhs.shape)))
+  if plain:
+    cpu = lambda x, k: conv_nhwc(x, k, pads, precision)
+  else:
+    cpu = lambda x, k: conv_as_matmul(x, k, tuple(window_strides), pads,
                                       tuple(rhs_dilation or (1, 1)), precision,
-                                      preferred_element_type),
-      default=lambda x, k: lax.conv_general_dilated(x, k, **options))
+                                      preferred_element_type)
+  return lax.platform_dependent(
+      lhs, rhs, cpu=cpu, default=lambda x, k: lax.conv_general_dilated(x, k, **options))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_nhwc(images, kernel, pads, precision=None):
+  """Stride-1 convolution of NHWC `images` with an HWIO `kernel`, `pads` [(lo, hi)] per spatial
+  dimension (each at most the kernel's size - 1); its gradient's convolutions are NHWC x HWIO."""
+  return lax.conv_general_dilated(images, kernel, (1, 1), pads, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _conv_nhwc_fwd(images, kernel, pads, precision):
+  return conv_nhwc(images, kernel, pads, precision), (images, kernel)
+
+
+def _conv_nhwc_bwd(pads, precision, residuals, grad_out):
+  images, kernel = residuals
+  # The barriers keep XLA from folding the transposes back into the convolutions' dimensions.
+  flipped = lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+  transposed_pads = [(k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(pads, kernel.shape)]
+  grad_images = lax.conv_general_dilated(grad_out, flipped, (1, 1), transposed_pads,
+                                         dimension_numbers=_NHWC, precision=precision)
+  # grad_kernel[i, j, c, o] = sum over (b, h, w) of padded_images[b, h+i, w+j, c] *
+  # grad_out[b, h, w, o]: a convolution with the channels as the batch and the batch as channels.
+  channels_first = lax.optimization_barrier(images.transpose(3, 1, 2, 0))
+  grads_as_kernel = lax.optimization_barrier(grad_out.transpose(1, 2, 0, 3))
+  grad_kernel = lax.conv_general_dilated(channels_first, grads_as_kernel, (1, 1), pads,
+                                         dimension_numbers=_NHWC, precision=precision)
+  return grad_images, grad_kernel.transpose(1, 2, 0, 3)
+
+
+conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 
 
 def conv_as_matmul(images, kernel, strides, pads, kernel_dilation=(1, 1), precision=None,
