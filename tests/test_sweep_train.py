@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from mlp_mnist import config_checks
 from mlp_mnist import steps
 from mlp_mnist import train
 from mlp_mnist.sweeps import sweep_files
@@ -25,9 +26,10 @@ def _variant(config, **overrides):
     ('sgd', {'learning_rate', 'momentum'}),
     ('rmsprop', {'learning_rate', 'b2', 'eps', 'momentum'}),
 ])
-def test_injected_config_keys(config, name, expected):
+def test_per_trial_optimizer_keys(config, name, expected):
   config.optimizer.name = name
-  assert vectorized.injected_config_keys(config.optimizer) == expected
+  assert {k.partition('.')[2] for k in config_checks.per_trial_keys(config)
+          if k.startswith('optimizer.')} == expected
 
 
 @pytest.mark.parametrize('overrides', [

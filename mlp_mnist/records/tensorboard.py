@@ -58,34 +58,6 @@ class _EpathRecordWriterFactory:
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
-class TensorBoardWriter:
-  """Event files in `logdir`; `purge_step` hides events of an interrupted run at later steps."""
-
-  def __init__(self, logdir: str, purge_step: int | None = None):
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-    _register_bucket_writer(logdir)
-    self._writer = tensorboardX.SummaryWriter(str(logdir), purge_step=purge_step,
-                                              flush_secs=30)
-    self._session_end = None
-
-  def write_hparams(self, hparams: dict[str, Any]) -> None:
-    """Records the run's hyperparameters for TensorBoard's HParams dashboard."""
-    experiment, session_start, self._session_end = _hparams_summaries(hparams)
-    for summary in (experiment, session_start):
-      self._writer.file_writer.add_summary(summary)
-
-  def write_scalars(self, step: int, record: dict[str, float]) -> None:
-    """The record's metrics (`scalars`)."""
-    for tag, value in scalars(record):
-      self._writer.add_scalar(tag, value, step)
-    self._writer.flush()
-
-  def close(self) -> None:
-    if self._session_end is not None:
-      self._writer.file_writer.add_summary(self._session_end)
-    self._writer.close()
-
-
 def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
   """(tag, value) of a record's metrics: the built-in ones under `SCALAR_TAGS`, others (a hook's,
   say) under their key."""
@@ -114,10 +86,10 @@ def _register_bucket_writer(logdir: str) -> None:
 
 
 class BufferedTensorBoardWriter:
-  """The events `TensorBoardWriter` writes, written in the caller's thread and flushed at most every
-  `flush_secs` and on `close`: cheap enough for each of a sweep's trials every epoch (tensorboardX's
-  writer costs a thread and a queue per file, and a flush syncs the file to disk). `purge_step`
-  hides events of an interrupted run at later steps, as `TensorBoardWriter`'s does."""
+  """A run's or trial's event file in `logdir`, written in the caller's thread and flushed at most
+  every `flush_secs` and on `close`: cheap enough for each of a sweep's trials every epoch
+  (tensorboardX's `SummaryWriter` costs a thread and a queue per file, and a flush syncs the file
+  to disk). `purge_step` hides events of an interrupted run at later steps."""
 
   def __init__(self, logdir: str, flush_secs: float = 30, purge_step: int | None = None):
     from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top

@@ -1,10 +1,10 @@
 """Many trials of one program trained at once: `vmap` over a trial axis, spread over the devices.
 
 Trials share a compiled program when their configs differ only in values that reach the steps as
-arrays: the seed (initial parameters, dropout keys, data order), the dropout rate (as long as it
-stays above zero, or stays zero) and the optimizer hyperparameters that live in the optimizer state
-(`optimizers.injected_hyperparams`). `program_key` is the config without those values (and without early
-stopping's settings, which act between epochs on the host); trials with equal keys train together
+arrays: the per-trial values of the selected components (`config_checks.per_trial_keys`: the
+seed, the dropout rate as long as it stays above zero or stays zero, the optimizer's
+hyperparameters, a loss's strength, ...). `program_key` is the config without those values (and
+without early stopping's settings, which act between epochs on the host); trials with equal keys train together
 in `train_trials`, and each trial gives the metrics it gives alone. A trial that diverges or that
 early stopping ends stops updating while the others go on.
 """
@@ -24,7 +24,6 @@ from mlp_mnist import driver
 from mlp_mnist import early_stopping
 from mlp_mnist import epochs
 from mlp_mnist import hooks as hooks_lib
-from mlp_mnist import optimizers
 from mlp_mnist import preemption
 from mlp_mnist import steps
 from mlp_mnist.devices import compilation
@@ -42,20 +41,6 @@ def stack_trials(states: list[steps.TrainState]) -> steps.TrainState:
   """
   leaves = zip(*(jax.tree.leaves(s) for s in states))
   return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(x) for x in leaves])
-
-
-def injected_config_keys(opt_config: ml_collections.ConfigDict) -> set[str]:
-  """The `config.optimizer` keys whose values live in the optimizer state, not in the program."""
-  read = set()
-
-  class Recorder:  # Records what injected_hyperparams reads, so new optimizers need no change here.
-
-    def __getattr__(self, key):
-      read.add(key)
-      return opt_config[key]
-
-  optimizers.injected_hyperparams(Recorder())
-  return read - {'name'}
 
 
 def program_key(config: ml_collections.ConfigDict) -> str:
