@@ -21,15 +21,13 @@ from mlp_mnist import models
 from mlp_mnist import optimizers
 from mlp_mnist import registry
 from mlp_mnist import steps
-from mlp_mnist import train
 from mlp_mnist.records import provenance
 from mlp_mnist.records import workdirs
 from mlp_mnist.sweeps import vectorized
 from mlp_mnist.tools import evaluation
 
 from conftest import REPO, synthetic_dataset
-
-COMPARED = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_norm')
+from test_extending import _assert_same, _run  # One runner and comparison for both.
 
 # A model and a loss of a researcher's own, in one file outside the package.
 USER_FILE = '''
@@ -67,19 +65,6 @@ def _write_user_file(tmp_path, model, loss, name='mine.py'):
   path = tmp_path / name
   path.write_text(USER_FILE.format(model=model, loss=loss))
   return str(path)
-
-
-def _run(config, dataset, num_devices=1, workdir=None, **kwargs):
-  return train.train_and_evaluate(config, workdir and str(workdir),
-                                  devices=jax.devices()[:num_devices], dataset=dataset,
-                                  log=lambda _: None, **kwargs)
-
-
-def _assert_same(got, want, rtol=2e-5):
-  assert [r['epoch'] for r in got] == [r['epoch'] for r in want]
-  for g, w in zip(got, want):
-    for key in COMPARED:
-      np.testing.assert_allclose(g[key], w[key], rtol=rtol, atol=1e-6, err_msg=key)
 
 
 def _small(config):

@@ -354,6 +354,18 @@ def test_disk_full_mid_run_keeps_every_checkpoint_and_record(trained, workdir, m
   assert _steps(workdir) == STEPS
 
 
+def _train_script_patched_by(code: str, tmp_path):
+  """scripts/train.py (one epoch of a small MLP on the cached synthetic data, workdir
+  tmp_path/run) run by `code`, which patches a layer of the program before it starts it."""
+  return subprocess.run(
+      [sys.executable, '-c', code, os.path.join(REPO, 'scripts', 'train.py'),
+       f'--config={os.path.join(REPO, "configs", "default.py")}', '--config.num_epochs=1',
+       f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={tmp_path / "run"}',
+       '--config.model.hidden_sizes=(16,)', '--jax_cache_dir='],
+      capture_output=True, text=True, timeout=180, cwd=REPO,
+      env={**os.environ, 'PYTHONPATH': REPO})
+
+
 def test_full_disk_in_the_train_script_is_one_line_and_exit_2(tmp_path):
   write_dataset_cache(tmp_path / 'cache', synthetic_dataset())
   code = ('import errno, runpy, sys\n'
@@ -363,13 +375,7 @@ def test_full_disk_in_the_train_script_is_one_line_and_exit_2(tmp_path):
           'run_files.write_file = full\n'
           'sys.argv = sys.argv[1:]\n'
           'runpy.run_path(sys.argv[0], run_name="__main__")\n')
-  result = subprocess.run(
-      [sys.executable, '-c', code, os.path.join(REPO, 'scripts', 'train.py'),
-       f'--config={os.path.join(REPO, "configs", "default.py")}', '--config.num_epochs=1',
-       f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={tmp_path / "run"}',
-       '--config.model.hidden_sizes=(16,)', '--jax_cache_dir='],
-      capture_output=True, text=True, timeout=180, cwd=REPO,
-      env={**os.environ, 'PYTHONPATH': REPO})
+  result = _train_script_patched_by(code, tmp_path)
   assert result.returncode == 2, result.stderr
   assert result.stderr.startswith(f'error: cannot write {tmp_path / "run" / "config.json"} '
                                   '(No space left on device); free disk space'), result.stderr
@@ -626,13 +632,7 @@ def test_full_disk_in_orbax_save_threads_is_one_line_without_their_tracebacks(tm
           'tensorstore.open = full\n'
           'sys.argv = sys.argv[1:]\n'
           'runpy.run_path(sys.argv[0], run_name="__main__")\n')
-  result = subprocess.run(
-      [sys.executable, '-c', code, os.path.join(REPO, 'scripts', 'train.py'),
-       f'--config={os.path.join(REPO, "configs", "default.py")}', '--config.num_epochs=1',
-       f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={tmp_path / "run"}',
-       '--config.model.hidden_sizes=(16,)', '--jax_cache_dir='],
-      capture_output=True, text=True, timeout=180, cwd=REPO,
-      env={**os.environ, 'PYTHONPATH': REPO})
+  result = _train_script_patched_by(code, tmp_path)
   assert result.returncode == 2, result.stderr
   assert result.stderr.startswith(f'error: cannot save checkpoint 8 in {tmp_path / "run"}'), (
       result.stderr)
