@@ -137,6 +137,15 @@ def test_resumed_run_hides_later_events_of_the_interrupted_one(config, tmp_path)
   assert starts == [1, 2 * 8 + 1]
 
 
+def test_sessions_opened_in_one_second_are_read_in_the_order_they_were_opened(tmp_path):
+  # TensorBoard reads a run's event files in name order, and a session's purge step must come after
+  # the events it hides: names made within one second must sort as they were made.
+  for session in range(20):
+    tensorboard.BufferedTensorBoardWriter(str(tmp_path), purge_step=session).close()
+  starts = [e.step for e in read_events(str(tmp_path)) if e.HasField('session_log')]
+  assert starts == list(range(20))
+
+
 def test_provenance_records_versions_devices_and_commit(config, tmp_path):
   config.num_epochs = 1
   _run(config, tmp_path)

@@ -6,7 +6,6 @@ step at the end of each epoch, the x-axis TensorBoard expects.
 
 import os
 import time
-import uuid
 from typing import Any
 
 from etils import epath
@@ -98,10 +97,12 @@ class BufferedTensorBoardWriter:
     epath.Path(logdir).mkdir(parents=True, exist_ok=True)
     self._event, self._value, self._summary = event_pb2.Event, summary_pb2.Summary.Value, (
         summary_pb2.Summary)
-    # A unique suffix: the name's timestamp is in seconds, and a file of the same name is replaced
-    # (a resumed run's events, opened in the second its earlier session opened its own).
+    # The name's timestamp is in seconds: a suffix in nanoseconds keeps two sessions of one run
+    # opened in the same second apart (a file of the same name is replaced) and in the order they
+    # were opened, which is the order TensorBoard reads them in (sorted names; a later session's
+    # `purge_step` must come after the events it hides).
     self._events = event_file_writer.EventsWriter(os.path.join(str(logdir), 'events'),
-                                                  filename_suffix=f'.{uuid.uuid4().hex[:8]}')
+                                                  filename_suffix=f'.{time.time_ns():020d}')
     self._flush_secs, self._flushed = flush_secs, time.time()
     self._session_end = None
     if purge_step is not None:
