@@ -155,9 +155,13 @@ def _dir(workdir: str, trial: sweep_files.Trial) -> str:
 def train_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
                 log: Callable[[str], Any] = print) -> None:
   """Trains `trials` (of one program) as `run_sweep` trains a group, e.g. a generation of a
-  Bayesian search (sweeps/bayesian.py)."""
-  _run_group(workdir, trials, dataset, parallel.local_devices(devices),
-             Progress(len(trials), 0, 1, log))
+  Bayesian search (sweeps/bayesian.py), each claimed as `run_sweep` claims them (those a live
+  process holds are skipped)."""
+  with contextlib.ExitStack() as claims:
+    trials = [t for t in trials if locks.claim(_dir(workdir, t), claims, log)]
+    if trials:
+      _run_group(workdir, trials, dataset, parallel.local_devices(devices),
+                 Progress(len(trials), 0, 1, log))
 
 
 class _TrialFolders:
