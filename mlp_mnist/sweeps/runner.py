@@ -90,6 +90,10 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     if todo:
       if dataset is None:
         dataset = data.load_dataset(config.data)
+      for _, left in todo:  # Refused before any training: a group not even one trial of fits.
+        first = trials[left[0]].config
+        vectorized.trials_that_fit(first, vectorized.trial_state_bytes(
+            first, 1, dataset.image_shape, dataset.num_classes), devices)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
       with preemption.stop_on_signals() as stop:
