@@ -190,7 +190,8 @@ def test_trials_ended_by_the_callback_leave_the_recompiled_program(config, monke
           'optimizer.b1': [0.9, 0.5, 0.99], 'optimizer.eps': [1e-7, 1e-3, 0.1]}),
     ({'optimizer.name': 'sgd', 'model.dropout_rate': 0.1, 'loss.name': 'label_smoothing',
       'augment.name': 'random_flip'},
-     {'seed': [3, 4, 5], 'optimizer.momentum': [0.0, 0.9, 0.5], 'model.dropout_rate': [0.1, 0.2, 0.3],
+     {'seed': [3, 4, 5], 'optimizer.momentum': [0.0, 0.9, 0.5],
+      'model.dropout_rate': [0.1, 0.2, 0.3],
       'loss.label_smoothing.smoothing': [0.1, 0.2, 0.05],
       'augment.random_flip.probability': [0.5, 0.1, 0.9]}),
 ])
