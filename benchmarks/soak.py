@@ -17,13 +17,16 @@ uninterrupted. The final parameters and `metrics.jsonl` (timing fields aside) mu
 reference bit for bit, and no checkpoint may have been set aside as damaged. Each training process
 runs `child` below in its own Python (`python -m benchmarks.soak --child ...`).
 
-`--sweep` soaks a sweep instead (`SWEEP`: trials of one program group, resumed from their own
-checkpoints): each start is killed at a random moment of an uninterrupted (warm) sweep's duration,
-then resumed (a sweep that finished between kills starts over in a clean folder); at the end every trial's `metrics.jsonl` and final parameters must equal the uninterrupted
-sweep's bit for bit, and every trial's status must say `done` (none left `running`).
+`--sweep` soaks a sweep instead (`SWEEP`: two program groups of two trials, each trial resumed
+from its own checkpoints): each start is killed, by mode (`SWEEP_MODES`, in turn), at a random
+moment of an uninterrupted (warm) sweep's duration, or at the first checkpoint save or record
+write of any trial after such a moment, then resumed (a sweep that finished between kills starts
+over in a clean folder); at the end every trial's `metrics.jsonl` and final parameters must equal
+the uninterrupted sweep's bit for bit, and every trial's status must say `done`.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -47,10 +50,14 @@ OVERRIDES = {'num_epochs': 3, 'model.hidden_sizes': (256,), 'model.dropout_rate'
 NUM_TRAIN, NUM_TEST = 32768, 1000  # 1024 steps per epoch.
 
 
-# A sweep of three trials in one program group: a resume restores each from its own checkpoint.
-SWEEP = "def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2])\n"
-SWEEP_OVERRIDES = {**OVERRIDES, 'num_epochs': 4}
+# Two program groups (the hidden width) of two trials (the seed): kills land in either group, and
+# a resume restores each trial from its own checkpoint.
+SWEEP = ("def get_sweep(hyper):\n  return hyper.product([\n"
+         "      hyper.sweep('model.hidden_sizes', [(256,), (128,)]),\n"
+         "      hyper.sweep('seed', [0, 1])])\n")
+SWEEP_OVERRIDES = {**OVERRIDES, 'num_epochs': 3}
 SWEEP_NUM_TRAIN = 8192
+SWEEP_MODES = ('random', 'checkpoint', 'records')
 
 
 def synthetic_dataset(seed: int = 0):
@@ -97,14 +104,14 @@ def sweep_child(workdir: str, result_path: str, cache_dir: str) -> None:
   with cli.exit_on_user_error():
     runner.run_sweep(config, sweep_path, workdir, dataset=dataset,
                      log=lambda line: print(line, flush=True))
-  trials = sweep_files.sweep_trials(config, sweep_path)
-  states = vectorized.init_trial_states(
-      [t.config for t in trials], epochs.num_batches(SWEEP_NUM_TRAIN, config.batch_size),
-      dataset['train'][0].shape[1:], 10)
   leaves = []
-  for i, trial in enumerate(trials):
-    with driver.open_checkpointer(results.trial_dir(workdir, trial.name), trial.config) as saved:
-      state, _, _ = saved.restore(jax.device_put(jax.tree.map(lambda x, i=i: x[i], states)))
+  for trial in sweep_files.sweep_trials(config, sweep_path):  # Trials of several programs.
+    template = vectorized.init_trial_states(
+        [trial.config], epochs.num_batches(SWEEP_NUM_TRAIN, config.batch_size),
+        dataset['train'][0].shape[1:], 10)
+    with contextlib.closing(driver.open_checkpointer(results.trial_dir(workdir, trial.name),
+                                                     trial.config)) as saved:
+      state, _, _ = saved.restore(jax.device_put(jax.tree.map(lambda x: x[0], template)))
     leaves += jax.tree.leaves(jax.device_get(state))
   np.savez(result_path, *leaves)
 
@@ -143,6 +150,17 @@ def _writing(workdir: str) -> dict[str, bool]:
     records = []
   return {'checkpoint': any('.orbax-checkpoint-tmp' in n for n in names),
           'records': any(n.startswith('.') and '.tmp-' in n for n in records)}
+
+
+def _trials_writing(workdir: str) -> dict[str, bool]:
+  """`_writing` of any trial folder of a sweep."""
+  trials = os.path.join(workdir, 'trials')
+  try:
+    names = os.listdir(trials)
+  except OSError:
+    names = []
+  found = [_writing(os.path.join(trials, n)) for n in names]
+  return {mode: any(f[mode] for f in found) for mode in ('checkpoint', 'records')}
 
 
 def _state(workdir: str) -> dict[str, Any]:
@@ -309,24 +327,31 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
   run_to_end(warm, os.path.join(root, 'warm.npz'), cache_dir, sweep=True)
   duration = time.time() - start
   table, cycles = [], 1
-  for _ in range(kills):
+  for i in range(kills):
     if set(_trial_states(resumed).values()) == {'done'}:  # Finished between kills: start over.
       shutil.rmtree(resumed)
       cycles += 1
+    mode = SWEEP_MODES[i % len(SWEEP_MODES)]
     delay = rng.uniform(0, duration)
     begun = time.time()
     process = _start(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True)
-    try:
-      process.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-      pass
+    hit = 'at a random moment'
+    while process.poll() is None:
+      elapsed = time.time() - begun
+      if mode == 'random' and elapsed >= delay:
+        break
+      if mode != 'random' and elapsed >= delay and _trials_writing(resumed)[mode]:
+        hit = f'{"checkpoint save" if mode == "checkpoint" else "record write"} in progress'
+        break
+      time.sleep(0.0002 if mode != 'random' and elapsed >= delay else 0.01)
     killed = process.poll() is None
     if killed:
       process.send_signal(signal.SIGKILL)
     process.wait()
     process.stdout.close()
     trials = os.path.join(resumed, 'trials')
-    table.append({'killed': killed, 'after_sec': round(time.time() - begun, 2),
+    table.append({'mode': mode, 'killed': killed, 'when': hit if killed else 'finished first',
+                  'after_sec': round(time.time() - begun, 2),
                   'statuses': _trial_states(resumed),
                   'epochs': {n: len(_metrics(os.path.join(trials, n)))
                              for n in _trial_states(resumed)
@@ -346,10 +371,10 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
 
 def format_sweep_table(report: dict[str, Any]) -> str:
   """The sweep's kills as a Markdown table, then the verdicts."""
-  rows = ['| # | killed | after (s) | trial statuses left | epochs recorded |',
-          '|---|---|---|---|---|']
+  rows = ['| # | mode | killed | after (s) | trial statuses left | epochs recorded |',
+          '|---|---|---|---|---|---|']
   for i, k in enumerate(report['kills'], 1):
-    rows.append(f'| {i} | {k["killed"]} | {k["after_sec"]} | '
+    rows.append(f'| {i} | {k["mode"]} | {k["when"]} | {k["after_sec"]} | '
                 f'{", ".join(k["statuses"].values()) or "none"} | '
                 f'{", ".join(map(str, k["epochs"].values())) or "none"} |')
   killed = sum(k['killed'] for k in report['kills'])

@@ -51,19 +51,23 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_
   tx, lr_multiplier = optimizers.create_optimizer(config.optimizer, steps_per_epoch,
                                                   config.num_epochs)
   init_rng, dropout_rng = jax.random.split(rng)
-  hparams = {f'{section}.{key}': jnp.asarray(value, jnp.float32)
-             for section in ('loss', 'augment')
-             for key, value in config_checks.per_trial_values(config, section).items()}
   return TrainState.create(apply_fn=model.apply, params=_init_params(model, tuple(input_shape), init_rng),
                            tx=tx,
                            dropout_rng=dropout_rng,
                            dropout_rate=jnp.asarray(config.model.dropout_rate, jnp.float32),
                            lr_multiplier=lr_multiplier,
-                           hparams=hparams,
+                           hparams=per_trial_hparams(config),
                            loss_fn=losses.LOSSES[config.loss.name].build(config.loss),
                            augment_fn=augmentations.AUGMENTATIONS[config.augment.name].build(
                                config.augment),
                            compute_dtype=jnp.dtype(config.compute_dtype))
+
+
+def per_trial_hparams(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """`TrainState.hparams` of `config`: its loss's and augmentation's per-trial values, float32."""
+  return {f'{section}.{key}': jnp.asarray(value, jnp.float32)
+          for section in ('loss', 'augment')
+          for key, value in config_checks.per_trial_values(config, section).items()}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

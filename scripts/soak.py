@@ -2,8 +2,8 @@ r"""Kills a small 3-epoch run with SIGKILL at random moments, resumes it each ti
 it ends bit for bit where an uninterrupted run ends (benchmarks/soak.py, docs/reliability.md).
 
     python scripts/soak.py [--kills 20] [--seed 0] [--root /tmp/soak] [--json soak.json]
-    python scripts/soak.py --sweep [--kills 20]   # a sweep of three trials, resumed from their
-                                                  # own checkpoints
+    python scripts/soak.py --sweep [--kills 20]   # a sweep of two program groups of two trials,
+                                                  # each resumed from its own checkpoints
 """
 
 import os

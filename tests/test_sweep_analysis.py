@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from mlp_mnist.records import locks
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import aggregate
 from mlp_mnist.sweeps import results
@@ -246,10 +247,12 @@ def test_report_only_on_a_partial_sweep(written, tmp_path):
   shutil.copytree(written['workdir'], workdir)
   for name in ('learning_rate=0.003,seed=0', 'learning_rate=0.003,seed=1'):
     shutil.rmtree(results.trial_dir(workdir, name))
-  results.write_status(results.trial_dir(workdir, 'learning_rate=0.003,seed=2'), 'running')
+  running = results.trial_dir(workdir, 'learning_rate=0.003,seed=2')
+  results.write_status(running, 'running')
   lines = []
-  runner.run_sweep(written['config'], written['sweep_path'], workdir, report_only=True,
-                   log=lines.append)
+  with locks.Lock(running):  # Held by a live process (this one): shown running.
+    runner.run_sweep(written['config'], written['sweep_path'], workdir, report_only=True,
+                     log=lines.append)
   with open(os.path.join(workdir, 'report.md')) as f:
     text = f.read()
   assert 'Partial sweep' in text and '2 pending' in text and '1 running' in text

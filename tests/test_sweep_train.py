@@ -7,6 +7,7 @@ import pytest
 from mlp_mnist import config_checks
 from mlp_mnist import steps
 from mlp_mnist import train
+from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.sweeps import vectorized
 
@@ -182,3 +183,92 @@ def test_trials_ended_by_the_callback_leave_the_recompiled_program(config, monke
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
                jax.tree.map(lambda x: x[2], ended['state'].params),
                jax.tree.map(lambda x: x[2], whole['state'].params))
+
+
+@pytest.mark.parametrize('base,swept', [
+    ({}, {'seed': [0, 7, 123456], 'optimizer.learning_rate': [1e-3, 0.05, 0.3],
+          'optimizer.b1': [0.9, 0.5, 0.99], 'optimizer.eps': [1e-7, 1e-3, 0.1]}),
+    ({'optimizer.name': 'sgd', 'model.dropout_rate': 0.1, 'loss.name': 'label_smoothing',
+      'augment.name': 'random_flip'},
+     {'seed': [3, 4, 5], 'optimizer.momentum': [0.0, 0.9, 0.5],
+      'model.dropout_rate': [0.1, 0.2, 0.3],
+      'loss.label_smoothing.smoothing': [0.1, 0.2, 0.05],
+      'augment.random_flip.probability': [0.5, 0.1, 0.9]}),
+])
+def test_vmapped_init_equals_each_trials_own_state_bit_for_bit(config, base, swept):
+  config = sweep_files.with_overrides(config, base)
+  config_checks.fill_defaults(config)  # The selected loss's and augmentation's keys.
+  configs = [sweep_files.with_overrides(config, {k: v[i] for k, v in swept.items()})
+             for i in range(3)]
+  assert len({vectorized.program_key(c) for c in configs}) == 1
+  for batch in (2, 256):  # In parts, and at once.
+    stacked = vectorized.init_trial_states(configs, 7, (28, 28), 10, batch=batch)
+    for i, c in enumerate(configs):
+      want = steps.create_train_state(c, jax.random.PRNGKey(c.seed), 7, (28, 28), 10)
+      got = jax.tree.map(lambda x, i=i: x[i], stacked)
+      paths = lambda tree: [p for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+      assert paths(got) == paths(want)
+      for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        w = np.asarray(jax.numpy.asarray(w))  # The step is a Python 0.
+        assert g.dtype == w.dtype and np.array_equal(g, w)
+
+
+def _device_memory(monkeypatch, device, limit, in_use=0):
+  """`device.memory_stats()` says `limit` bytes, `in_use` of them taken (CPUs say nothing)."""
+  monkeypatch.setattr(type(device), 'memory_stats',
+                      lambda self: {'bytes_limit': limit, 'bytes_in_use': in_use})
+
+
+def test_trials_that_fit_the_devices_memory(config, monkeypatch):
+  devices = jax.devices()[:2]
+  assert vectorized.trials_that_fit(config, 1000, devices) is None  # CPUs do not say.
+  # 40% of the free memory for train states: 3 of 1000 bytes each per device.
+  _device_memory(monkeypatch, devices[0], limit=10_000, in_use=2_000)
+  assert vectorized.trials_that_fit(config, 1000, devices) == 6
+  config.early_stopping.monitor = 'validation_loss'
+  config.early_stopping.restore_best_weights = True  # A second copy: the best weights.
+  assert vectorized.trials_that_fit(config, 1000, devices) == 2
+  with pytest.raises(vectorized.TrialsDoNotFit, match=r"^one trial's train state takes 0\.0 MiB, "
+                     r'more than 40% of the 0 MiB free on cpu; make the model smaller'):
+    vectorized.trials_that_fit(config, 2000, devices)
+
+
+def test_a_group_larger_than_the_memory_trains_in_parts_as_it_trains_whole(config, monkeypatch):
+  """Trials that fit the memory two at a time train in parts and give what the whole group gives."""
+  config.num_epochs = 2
+  config.model.hidden_sizes = (16,)
+  config.eval_batch_size = 20
+  dataset = synthetic_dataset(num_train=64, num_test=20)
+  configs = [_variant(config, seed=s) for s in range(5)]
+  device = jax.devices()[:1]
+  # One trial side by side (chunk 1) in both: the same vmapped program, so equal bit for bit.
+  whole = vectorized.train_trials(configs, dataset, device, chunk_size=1, log=lambda _: None)
+  state_bytes = vectorized.trial_state_bytes(config, 2, (28, 28), 10)
+  _device_memory(monkeypatch, device[0], limit=int(2.5 * state_bytes / 0.4))
+  sizes = []
+  real = vectorized._train_group  # pylint: disable=protected-access
+
+  def train_group(trials, *args, **kwargs):
+    sizes.append(len(trials))
+    return real(trials, *args, **kwargs)
+  monkeypatch.setattr(vectorized, '_train_group', train_group)
+  parts = vectorized.train_trials(configs, dataset, device, chunk_size=1, log=lambda _: None)
+  assert sizes == [2, 2, 1]
+  untimed = lambda histories: [[run_files.without_timing(r) for r in h] for h in histories]
+  assert untimed(parts['history']) == untimed(whole['history'])
+  for a, b in zip(jax.tree.leaves(parts['state']), jax.tree.leaves(whole['state'])):
+    assert np.array_equal(a, b)
+
+
+def test_a_sweep_whose_trial_does_not_fit_is_refused_before_training(config, tmp_path, monkeypatch):
+  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  device = jax.devices()[:1]
+  _device_memory(monkeypatch, device[0], limit=1000)
+  with pytest.raises(vectorized.TrialsDoNotFit, match=r"^one trial's train state takes .* MiB, "
+                     r'more than 40% of the 0 MiB free on cpu; make the model smaller or use a '
+                     r'device with more memory\.$'):
+    runner.run_sweep(config, str(sweep_path), str(tmp_path / 'run'), devices=device,
+                     dataset=synthetic_dataset(num_train=64, num_test=20), log=lambda _: None)
+  assert not (tmp_path / 'run' / 'trials').exists()  # Nothing trained, no trial folder.

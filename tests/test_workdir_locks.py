@@ -1,5 +1,6 @@
 """Workdir ownership: one process per workdir, one worker per trial, --restart checks first."""
 
+import csv
 import json
 import os
 import re
@@ -208,3 +209,52 @@ def test_one_heartbeat_thread_serves_every_lock_of_the_process(tmp_path, monkeyp
     for lock in held:
       lock.release()
   assert not list(tmp_path.rglob(locks.LOCK_FILE))
+
+
+def test_report_only_after_a_sigkill_shows_interrupted_trials_but_running_ones_a_live_process_holds(
+    tmp_path, config):
+  """A sweep killed with SIGKILL leaves its trials' status `running`; the report shows them
+  `interrupted`, with the command that resumes them, unless a live process holds the trial."""
+  from mlp_mnist.sweeps import results  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import runner  # pylint: disable=g-import-not-at-top
+  from mlp_mnist.sweeps import sweep_files  # pylint: disable=g-import-not-at-top
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset(num_train=512, num_test=30))
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  workdir = str(tmp_path / 'run')
+  command = [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+             f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
+             f'--workdir={workdir}', '--config.num_epochs=100', '--jax_cache_dir=',
+             '--cpu_devices=1', f'--config.data.cache_dir={tmp_path / "cache"}',
+             '--config.data.download=False']
+  env = {**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'}
+  sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env, cwd=REPO)
+  output = []
+  try:
+    for line in sweep.stdout:  # Killed once the group has trained an epoch.
+      output.append(line)
+      if ' epoch 1/100' in line:
+        sweep.kill()
+        break
+  finally:
+    sweep.kill()
+    sweep.wait(timeout=60)
+  assert sweep.returncode == -9, output
+  trials = [results.trial_dir(workdir, t.name)
+            for t in sweep_files.sweep_trials(config, str(sweep_path))]
+  assert [results.read_status(t) for t in trials] == ['running'] * 2
+  report = subprocess.run(command + ['--report_only'], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=180)
+  assert report.returncode == 0, report.stderr
+  assert '2 trials: 2 interrupted' in report.stdout and 'running' not in report.stdout
+  with open(os.path.join(workdir, 'report.md')) as f:
+    markdown = f.read()
+  assert '2 trial(s) interrupted' in markdown and f'--workdir={workdir}' in markdown
+  assert 'left running by a process that is gone' in markdown and '| running |' not in markdown
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['interrupted'] * 2
+  _write_lock(trials[0], pid=os.getpid())  # A live worker (this test) holds the first trial.
+  config.num_epochs = 100
+  rows = runner.run_sweep(config, str(sweep_path), workdir, report_only=True, log=lambda _: None)
+  assert [r['status'] for r in rows] == ['running', 'interrupted']

@@ -72,6 +72,19 @@ def stale_reason(holder: dict, now: float | None = None) -> str | None:
   return None
 
 
+def unheld_reason(directory: str) -> str | None:
+  """Why no live process holds `directory`'s lock (there is none, or its holder is gone by
+  `stale_reason`), or None while one may: a sweep's report tells a trial left `running` by a
+  killed worker from one a live worker trains."""
+  holder = _Storage(epath.Path(directory) / LOCK_FILE).read()
+  if holder is None:
+    return 'no process holds its lock'
+  if not holder:  # Half-written: a process is creating it now.
+    return None
+  reason = stale_reason(holder)
+  return f'the worker that held it ({describe(holder)}) is gone: {reason}' if reason else None
+
+
 class _Storage:
   """Create-if-absent, read, overwrite and delete of one lock file, local or on object storage."""
 

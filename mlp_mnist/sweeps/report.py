@@ -90,9 +90,16 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
       + f'. Ranked by final **{split}** accuracy'
       + ('; test accuracy is shown beside it, never used to choose.' if split != 'test' else
          ' (no validation split: `--config.data.validation_split` would give one to choose by).'))))
-  if counts.get(results.RUNNING) or counts.get(results.PENDING):
-    blocks.append(Block('p', '**Partial sweep**: trials still running or pending are left out of '
-                        'every statistic below.'))
+  if counts.get(results.RUNNING) or counts.get(results.PENDING) or counts.get(
+      results.INTERRUPTED):
+    blocks.append(Block('p', '**Partial sweep**: trials still running, interrupted or pending are '
+                        'left out of every statistic below.'))
+  if counts.get(results.INTERRUPTED):
+    blocks.append(Block('p', f'**{counts[results.INTERRUPTED]} trial(s) interrupted** (stopped by '
+                        'a signal, or left `running` by a process that is gone); this command '
+                        'resumes them from their latest checkpoints:'))
+    blocks.append(Block('code', (sweep_info or {}).get('command') or
+                        'python scripts/sweep.py ... (the flags the sweep was started with)'))
 
   blocks.append(Block('h2', 'Sweep file and command'))
   command = (sweep_info or {}).get('command')
@@ -157,7 +164,7 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
   blocks.append(Block('h2', 'Trials'))
   table = []
   for row in aggregate.ranked_rows(rows):
-    detail = results.read_status_detail(results.trial_dir(workdir, row['trial']))
+    detail = results.trial_status(results.trial_dir(workdir, row['trial']))[1]
     table.append([row['trial'], row['status'], aggregate.percent(row.get(f'{split}_accuracy')),
                   aggregate.percent(row.get('test_accuracy')) if split != 'test' else '',
                   str(row.get('epoch') or '-'), detail])

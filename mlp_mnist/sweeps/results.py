@@ -24,6 +24,7 @@ from etils import epath
 
 from mlp_mnist import config_checks
 from mlp_mnist import early_stopping
+from mlp_mnist.records import locks
 from mlp_mnist.records import recorder
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import aggregate
@@ -32,6 +33,7 @@ from mlp_mnist.sweeps import aggregate
 DONE, DIVERGED, FAILED, RUNNING, PENDING, STOPPED, PRUNED = (
     recorder.DONE, recorder.DIVERGED, recorder.FAILED, recorder.RUNNING, recorder.PENDING,
     recorder.STOPPED, recorder.PRUNED)
+INTERRUPTED = recorder.INTERRUPTED
 # Final results: a re-run skips them (and reruns the others).
 FINISHED = (DONE, DIVERGED, STOPPED, PRUNED)
 METRIC_COLUMNS = run_files.METRIC_KEYS + ('grad_norm', 'param_norm', 'learning_rate')
@@ -49,6 +51,17 @@ read_status = recorder.read_status
 read_status_detail = recorder.read_status_detail
 
 
+def trial_status(directory: str) -> tuple[str | None, str]:
+  """A trial's status and its one-line detail as the tables show them: a trial whose status file
+  says `running` while no live process holds its folder's lock (its worker was killed, say) is
+  `interrupted`, as one a signal stopped; rerunning the sweep's command resumes it."""
+  status = read_status(directory)
+  if status == RUNNING and (gone := locks.unheld_reason(directory)):
+    return INTERRUPTED, (f'left running by a process that is gone ({gone}); rerun the sweep\'s '
+                         'command to resume it from its latest checkpoint.')
+  return status, read_status_detail(directory)
+
+
 def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any]]:
   """One row per trial, in trial order: name, status, the values of `keys` and its final metrics
   (`final_record`; validation ones too when the trial has them)."""
@@ -56,7 +69,7 @@ def result_rows(workdir: str, trials, keys: Sequence[str]) -> list[dict[str, Any
   for trial in trials:
     directory = trial_dir(workdir, trial.name)
     flat = config_checks.flatten_config(trial.config)
-    row = {'trial': trial.name, 'status': read_status(directory) or PENDING}
+    row = {'trial': trial.name, 'status': trial_status(directory)[0] or PENDING}
     row.update({k: flat[k] for k in keys})
     records = read_records(directory) if row['status'] != RUNNING else []
     if records:

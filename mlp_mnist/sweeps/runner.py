@@ -90,6 +90,10 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     if todo:
       if dataset is None:
         dataset = data.load_dataset(config.data)
+      for _, left in todo:  # Refused before any training: a group not even one trial of fits.
+        first = trials[left[0]].config
+        vectorized.trials_that_fit(first, vectorized.trial_state_bytes(
+            first, 1, dataset.image_shape, dataset.num_classes), devices)
       progress = Progress(sum(map(len, share)), len(finished), len(todo), log)
       failures = tracking.Failures(log)  # One warning per tracker for the whole sweep.
       with preemption.stop_on_signals() as stop:
@@ -155,9 +159,13 @@ def _dir(workdir: str, trial: sweep_files.Trial) -> str:
 def train_group(workdir: str, trials: list[sweep_files.Trial], dataset, devices,
                 log: Callable[[str], Any] = print) -> None:
   """Trains `trials` (of one program) as `run_sweep` trains a group, e.g. a generation of a
-  Bayesian search (sweeps/bayesian.py)."""
-  _run_group(workdir, trials, dataset, parallel.local_devices(devices),
-             Progress(len(trials), 0, 1, log))
+  Bayesian search (sweeps/bayesian.py), each claimed as `run_sweep` claims them (those a live
+  process holds are skipped)."""
+  with contextlib.ExitStack() as claims:
+    trials = [t for t in trials if locks.claim(_dir(workdir, t), claims, log)]
+    if trials:
+      _run_group(workdir, trials, dataset, parallel.local_devices(devices),
+                 Progress(len(trials), 0, 1, log))
 
 
 class _TrialFolders:
