@@ -195,7 +195,7 @@ def test_trials_ended_by_the_callback_leave_the_recompiled_program(config, monke
       'loss.label_smoothing.smoothing': [0.1, 0.2, 0.05],
       'augment.random_flip.probability': [0.5, 0.1, 0.9]}),
 ])
-def test_vmapped_init_equals_each_trials_own_state_bit_for_bit(config, base, swept):
+def test_group_init_equals_each_trials_own_state_bit_for_bit(config, base, swept):
   config = sweep_files.with_overrides(config, base)
   config_checks.fill_defaults(config)  # The selected loss's and augmentation's keys.
   configs = [sweep_files.with_overrides(config, {k: v[i] for k, v in swept.items()})
