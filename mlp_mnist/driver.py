@@ -5,8 +5,9 @@ run's program is the pmapped data-parallel epoch, `train.RunProgram`; a sweep gr
 pmapped and vmapped trial program, `sweeps.vectorized.GroupProgram`). `run_epochs` does the rest
 once, over the trial axis: on logged epochs it evaluates validation then test, builds each trial's
 record, runs its hooks, records it (`records.recorder.Recorder`), lets early stopping decide and
-keeps the best weights; every epoch it notes divergence, saves checkpoints and tells the caller,
-who may end trials (`on_epoch` returns their indices). `finish` writes each trial's summary and
+keeps the best weights; every epoch it notes divergence, saves checkpoints (a single run's also
+inside epochs: `MidEpochCheckpoints`) and tells the caller, who may end trials (`on_epoch`
+returns their indices). `finish` writes each trial's summary and
 status.
 """
 
@@ -115,8 +116,9 @@ def best_weights_on_resume(trial: Trial, state, epoch: int | None):
 
 
 # With `checkpoint.every_minutes`, epochs train in calls of at most this many steps: a save falls
-# due, and a signal is honoured, within that many steps.
-TIMED_CALL_STEPS = 100
+# due, and a signal is honoured, within that many steps. Default recipe, 2-core CPU, best of 9
+# epochs: 500-step calls as fast as one call per epoch, 100-step calls 5% slower.
+TIMED_CALL_STEPS = 500
 
 
 def steps_per_call(config: ml_collections.ConfigDict, steps: int | None) -> int | None:
@@ -153,6 +155,11 @@ class MidEpochCheckpoints:
     stopping = signal and self.stop is not None and self.stop.requested
     timed, self.stopping = parallel.process_zero_decides((timed, stopping))
     return by_steps or timed or self.stopping
+
+  @property
+  def enabled(self) -> bool:
+    """Whether the config asks for checkpoints inside epochs (signals aside)."""
+    return bool(self.every_steps or self.seconds)
 
   def saved(self, step: int) -> None:
     self.last_step, self.last_time = step, self.clock()
@@ -231,6 +238,8 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
   inside = (MidEpochCheckpoints(trials[0], steps_per_epoch, stop,
                                 last * steps_per_epoch + (resumed.steps_done if resumed else 0))
             if program.saves_inside_epochs else None)
+  # Any cadence also saves where a trial's training ends.
+  saves_ends = bool(every or inside is not None and inside.enabled)
   for epoch in range(first_epoch, num_epochs + 1):
     live = np.asarray([not t.finished for t in trials])
     if not live.any():
@@ -278,9 +287,9 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
     for i in np.flatnonzero(live):
       trial = trials[i]
       interrupted = stopping and not trial.stopping.stopped and i not in leaving
-      if trial.checkpointer and (interrupted or due or every and (
-          epoch % every == 0 or epoch == num_epochs or trial.stopping.stopped
-          or i in leaving)):
+      ends = epoch == num_epochs or trial.stopping.stopped or i in leaving
+      if trial.checkpointer and (interrupted or due or every and epoch % every == 0
+                                 or saves_ends and ends):
         trial.checkpointer.save(epoch * steps_per_epoch, program.state(int(i)), epoch,
                                 trial.history)
         if inside:

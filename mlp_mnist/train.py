@@ -35,7 +35,8 @@ class Trainer:
   """The pmapped training and evaluation functions for one config and set of devices.
 
   `train_steps` runs any number of steps in one call; an epoch may be split into several calls
-  (for a progress bar) with identical results, each call shape compiled once.
+  (for a progress bar, checkpoints inside epochs) with identical results, each call shape compiled
+  once.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, devices):
@@ -186,7 +187,8 @@ class TrainingDiverged(errors.UserError, FloatingPointError):
 
 class RunProgram:
   """A single run as a program group of one trial (`driver.TrialProgram`): the pmapped
-  data-parallel epoch of `trainer`, one `lax.scan` call per epoch (or per progress-bar update).
+  data-parallel epoch of `trainer`, one `lax.scan` call per epoch (or per progress-bar update, and
+  ending where a checkpoint inside the epoch falls due: `driver.EpochSaves`).
 
   Divergence costs nothing per step: after each epoch, the fetched per-step losses and the last
   step's norms are checked on the host (NaN or infinite weights make the next loss or the final

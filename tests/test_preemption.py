@@ -203,6 +203,18 @@ def test_the_cadence_inside_epochs_is_result_neutral_and_saves_where_asked(
   assert _steps(tmp_path) == [3, 6, 8, 10, 12, 16, 18, 21, 24]
 
 
+def test_save_points_end_calls_and_leave_no_call_of_one_step():
+  indices = np.arange(2 * 8 * 4).reshape(2, 8, 4)
+  lengths = lambda *args, **kwargs: [c.shape[1] for c in train.split_steps(indices, *args,
+                                                                           **kwargs)]
+  assert lengths(None, save_points=(3, 6)) == [3, 3, 2]
+  assert lengths(None, save_points=(1, 4, 7)) == [2, 2, 4]  # 1 -> 2; 7 -> the end.
+  assert lengths(3, save_points=(4,)) == [4, 2, 2]  # The call edge at 3 would leave one step.
+  assert lengths(None, cuts=(2, 5), save_points=(3, 6)) == [2, 3, 3]  # 3 -> 5, 6 -> the end.
+  chunks = train.split_steps(indices, 2, save_points=(5,))
+  np.testing.assert_array_equal(np.concatenate(chunks, axis=1), indices)
+
+
 def test_every_minutes_saves_between_calls_inside_epochs(tmp_path, monkeypatch, uninterrupted):
   monkeypatch.setattr(driver, 'TIMED_CALL_STEPS', 3)  # Calls of 3, 3 and 2 steps.
   result = _train(_inside_config(every_minutes=1e-9, every_epochs=0), tmp_path,
@@ -262,10 +274,12 @@ def test_a_signal_inside_an_epoch_saves_there_and_the_resumed_run_is_exact(
   monkeypatch.undo()
 
   logged = []
+  config.checkpoint.every_steps = 5  # Result-neutral: a resume may change it.
   resumed = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2],
                                      dataset=dataset, log=logged.append)
   assert any(f'Resumed from the checkpoint at step 12 (step 4 of {STEPS} in epoch 2)' in line
              for line in logged)
+  assert _steps(tmp_path) == [3, 6, 10, 12, 16, 20, 24]  # 15 would leave a call of one step.
   _assert_same_run(resumed, uninterrupted)
   assert [run_files.without_timing(r) for r in run_files.read_metrics(str(tmp_path))] == [
       run_files.without_timing(r) for r in uninterrupted['history']]
