@@ -60,7 +60,7 @@ def process_zero_decides(flags: tuple[bool, ...]) -> tuple[bool, ...]:
   if not is_multiprocess():
     return flags
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return tuple(bool(f) for f in multihost_utils.broadcast_one_to_all(np.asarray(flags)))
+  return tuple(bool(f) for f in multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32)))
 
 
 def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
