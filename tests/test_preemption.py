@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from mlp_mnist import config_checks
 from mlp_mnist import driver
@@ -25,6 +26,7 @@ from mlp_mnist.sweeps import results
 from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.sweeps import vectorized
 from mlp_mnist.tools import evaluation
+from mlp_mnist.tools import prediction
 
 import default
 from conftest import REPO, synthetic_dataset, write_dataset_cache
@@ -320,6 +322,11 @@ def test_a_checkpoint_inside_an_epoch_is_never_the_best(tmp_path):
   report = evaluation.evaluate_run(str(monkey_dir), 12, devices=jax.devices()[:2],
                                    dataset=dataset, plots_dir=str(tmp_path / 'plots'))
   assert (report['step'], report['epoch'], report['training_reported']) == (12, 2, None)
+  assert evaluation.load_run(str(monkey_dir), devices=jax.devices()[:2])[2] == 12
+  image = tmp_path / 'digit.png'
+  Image.fromarray(dataset.test[0][0]).save(image)
+  [predicted] = prediction.predict_files(str(monkey_dir), [str(image)], devices=jax.devices()[:2])
+  assert 'error' not in predicted and 0 <= predicted['label'] < 10
   with contextlib.closing(driver.open_checkpointer(str(monkey_dir), config)) as checkpoints:
     assert checkpoints.best_step() == STEPS  # Epoch 1's end, not step 12.
 
