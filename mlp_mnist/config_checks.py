@@ -52,6 +52,7 @@ def _strings(v):
 # resumed with different values for them.
 RESULT_NEUTRAL_KEYS = ('data.data_dir', 'data.local_dir', 'data.cache_dir', 'data.use_cache',
                        'data.download', 'checkpoint.every_epochs', 'checkpoint.keep',
+                       'checkpoint.every_steps', 'checkpoint.every_minutes',
                        'logging.log_every_epochs', 'logging.progress_bar',
                        'logging.bar_updates_per_epoch', 'checkpoint.keep_best',
                        'profile.epoch', 'profile.start_step', 'profile.num_steps',
@@ -76,7 +77,8 @@ LATER_KEYS = {
     'data.npz_path': '', 'data.validation_split': 0.0,
     'model.name': 'mlp', 'model.cnn.features': [16, 32], 'model.cnn.kernel_size': 3,
     'model.cnn.dense_width': 128, 'model.cnn.activation': 'relu',
-    'checkpoint.keep_best': False, 'early_stopping.monitor': 'auto', 'early_stopping.mode': 'auto',
+    'checkpoint.keep_best': False, 'checkpoint.every_steps': 0, 'checkpoint.every_minutes': 0.0,
+    'early_stopping.monitor': 'auto', 'early_stopping.mode': 'auto',
     'early_stopping.patience': 3, 'early_stopping.min_delta': 0.0,
     'early_stopping.restore_best_weights': False, 'hooks': [],
     'profile.epoch': 0, 'profile.start_step': 0, 'profile.num_steps': 20,
@@ -136,6 +138,9 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
                               'for one) or a fraction in (0, 1)'),
     'checkpoint.every_epochs': ((int,), _non_negative, 'a non-negative integer (0: off)'),
     'checkpoint.keep': ((int,), _positive, 'a positive integer'),
+    'checkpoint.every_steps': ((int,), _non_negative, 'a non-negative integer (0: off)'),
+    'checkpoint.every_minutes': ((float, int), _non_negative,
+                                 'a non-negative number of minutes (0: off)'),
     'checkpoint.keep_best': ((bool,), lambda v: True, 'True or False'),
     'early_stopping.monitor': ((str,), bool, f'a metric of the epoch records, or one of '
                                f'{list(early_stopping.MONITOR_MODES)}'),
@@ -401,6 +406,12 @@ def _check_early_stopping(config: ml_collections.ConfigDict) -> None:
   if es.restore_best_weights and every and not config.checkpoint.keep_best:
     raise ConfigError('config.early_stopping.restore_best_weights needs checkpoint.keep_best=True '
                       '(a resumed run restores the best weights from the best checkpoint).')
+  inside = config.checkpoint.every_steps or config.checkpoint.every_minutes
+  if es.restore_best_weights and inside and not every:
+    raise ConfigError('config.early_stopping.restore_best_weights with checkpoints inside epochs '
+                      '(checkpoint.every_steps, every_minutes) needs checkpoint.every_epochs=1 '
+                      '(a resumed run restores the best weights from the best epoch\'s '
+                      'checkpoint).')
   if es.restore_best_weights and every and log_every % every:
     raise ConfigError(f'config.early_stopping.restore_best_weights needs a checkpoint at every '
                       f'evaluated epoch (a resumed run restores the best weights from it): '

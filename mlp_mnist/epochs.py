@@ -21,6 +21,20 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
+def join_calls(*calls):
+  """The per-step metrics of consecutive calls of `steps.train_epoch` (host arrays) as one call's:
+  per-step arrays joined, per-call values (the norms of a call's last step) taken from the last."""
+  return jax.tree.map(lambda *parts: np.concatenate(parts) if np.ndim(parts[0]) else parts[-1],
+                      *calls)
+
+
+def all_finite(step_metrics) -> bool:
+  """Whether every step's loss and the last step's norms are finite (NaN or infinite weights make
+  the next loss or the final parameter norm so)."""
+  return bool(np.isfinite(step_metrics['loss_sum']).all() and np.isfinite(step_metrics['grad_norm'])
+              and np.isfinite(step_metrics['param_norm']))
+
+
 def summarize_train_metrics(step_metrics) -> dict[str, float]:
   """Epoch averages from `steps.train_epoch`'s metrics; norms and learning rate of the last step."""
   m = jax.tree.map(np.asarray, jax.device_get(step_metrics))

@@ -25,6 +25,7 @@ from mlp_mnist import steps
 from mlp_mnist.devices import compilation
 from mlp_mnist.devices import parallel
 from mlp_mnist.devices import profiling
+from mlp_mnist.records import checkpointing
 from mlp_mnist.records import console
 from mlp_mnist.records import recorder as recorder_lib
 from mlp_mnist.records import workdirs
@@ -34,7 +35,8 @@ class Trainer:
   """The pmapped training and evaluation functions for one config and set of devices.
 
   `train_steps` runs any number of steps in one call; an epoch may be split into several calls
-  (for a progress bar) with identical results, each call shape compiled once.
+  (for a progress bar, checkpoints inside epochs) with identical results, each call shape compiled
+  once.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, devices):
@@ -65,11 +67,21 @@ class Trainer:
     chunks = split_steps(epoch_indices, steps_per_call) + split_steps(epoch_indices,
                                                                       steps_per_call, cuts)
     for chunk in chunks:
-      if chunk.shape[1] not in self._train_programs:
-        self._train_programs[chunk.shape[1]] = compilation.compile_program(
-            self.train_epoch.lower(state, *train_data, chunk), self.devices[0].platform,
-            chunk.shape[2])
+      self._train_program(state, train_data, chunk)
     self.compile_evaluation(state, test_data, test_indices)
+
+  def _train_program(self, state: steps.TrainState, train_data, batch_indices: np.ndarray):
+    """The training call for as many steps as `batch_indices` holds, compiled ahead of time at its
+    first use (calls of other lengths: checkpoints inside epochs, a resumed epoch's rest); in
+    multi-process runs, the pmapped function itself."""
+    length = batch_indices.shape[1]
+    if length not in self._train_programs:
+      if parallel.is_multiprocess():
+        return self.train_epoch
+      self._train_programs[length] = compilation.compile_program(
+          self.train_epoch.lower(state, *train_data, batch_indices), self.devices[0].platform,
+          batch_indices.shape[2])
+    return self._train_programs[length]
 
   def compile_evaluation(self, state: steps.TrainState, split_data, indices) -> None:
     """Compiles `evaluate` ahead of time for one split's shapes, as `compile` does (not in
@@ -86,7 +98,7 @@ class Trainer:
 
   def train_steps(self, state: steps.TrainState, images, labels, batch_indices: np.ndarray):
     """`train_epoch` over `batch_indices` [devices, steps, batch], compiled ahead when it can."""
-    program = self._train_programs.get(batch_indices.shape[1], self.train_epoch)
+    program = self._train_program(state, (images, labels), batch_indices)
     return program(state, images, labels, batch_indices)
 
   def epoch_indices(self, epoch: int, num_examples: int) -> np.ndarray:
@@ -104,9 +116,11 @@ def _shapes(split_data, indices) -> tuple:
 
 
 def split_steps(batch_indices: np.ndarray, steps_per_call: int | None,
-                cuts: tuple[int, ...] = ()) -> list[np.ndarray]:
+                cuts: tuple[int, ...] = (), save_points: tuple[int, ...] = ()
+                ) -> list[np.ndarray]:
   """Splits [devices, steps, batch] indices into calls of `steps_per_call` steps (None: one call),
-  also cutting before each step in `cuts`.
+  also cutting before each step in `cuts`, and at each of `save_points` (where a checkpoint falls
+  due), or at the first later step that leaves no call of one step (none: the end).
 
   An epoch of several steps gets no call of one step: XLA compiles a one-step scan without its
   loop, and its rounding then differs from the same step inside a longer call. A lone step joins
@@ -114,6 +128,9 @@ def split_steps(batch_indices: np.ndarray, steps_per_call: int | None,
   """
   num_steps = batch_indices.shape[1]
   fixed = {0, num_steps, *(c for c in cuts if 0 < c < num_steps)}
+  for point in sorted(save_points):
+    fixed.add(next((e for e in range(max(point, 0), num_steps)
+                    if all(abs(e - f) != 1 for f in fixed)), num_steps))
   size = max(steps_per_call or num_steps, min(num_steps, 2))
   edges = sorted(fixed | {e for e in range(0, num_steps, size)
                           if all(abs(e - f) != 1 for f in fixed)})
@@ -122,14 +139,30 @@ def split_steps(batch_indices: np.ndarray, steps_per_call: int | None,
 
 def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indices: np.ndarray,
               steps_per_call: int | None = None, bar: console.EpochBar | None = None,
-              trace: profiling.TraceWindow | None = None):
-  """Trains one epoch in calls of `steps_per_call` steps; returns the state and per-step metrics.
+              trace: profiling.TraceWindow | None = None,
+              saves: driver.EpochSaves | None = None):
+  """Trains one epoch (the steps of `batch_indices`) in calls of `steps_per_call` steps; returns
+  the state and the per-step metrics of the steps trained.
 
   Each call is dispatched before the previous call's metrics are fetched, so the device never
   waits for the host. With `trace`, the calls are also cut at its window, which is profiled.
+  With `saves`, the calls also end at its save points, and between two calls where a checkpoint
+  is due, `saves` gets the state and may end the epoch there (a stop request).
   """
   fetched, pending, offset = [], None, 0
-  for chunk in split_steps(batch_indices, steps_per_call, trace.cuts if trace else ()):
+
+  def fetch():
+    fetched.append(jax.device_get(pending))
+    if bar:
+      bar.update(fetched[-1])
+
+  for chunk in split_steps(batch_indices, steps_per_call, trace.cuts if trace else (),
+                           saves.save_points if saves else ()):
+    if offset and saves and saves.due(offset):
+      fetch()
+      pending = None
+      if saves.save(state, offset, epochs.join_calls(*fetched)):
+        break
     traced = trace and trace.start <= offset < trace.stop
     if traced and offset == trace.start:
       trace.begin(state)
@@ -139,17 +172,13 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
     if traced and offset >= trace.stop:
       trace.end(state)
     if pending is not None:
-      fetched.append(jax.device_get(pending))
-      if bar:
-        bar.update(fetched[-1])
+      fetch()
     pending = metrics
-  fetched.append(jax.device_get(pending))
+  if pending is not None:
+    fetch()
   if bar:
-    bar.update(fetched[-1])
     bar.close()
-  # Per-step metrics are joined; per-call ones (the norms of a call's last step) taken from the last.
-  join = lambda *calls: np.concatenate(calls) if np.ndim(calls[0]) else calls[-1]
-  return state, jax.tree.map(join, *fetched)
+  return state, epochs.join_calls(*fetched)
 
 
 class TrainingDiverged(errors.UserError, FloatingPointError):
@@ -158,7 +187,8 @@ class TrainingDiverged(errors.UserError, FloatingPointError):
 
 class RunProgram:
   """A single run as a program group of one trial (`driver.TrialProgram`): the pmapped
-  data-parallel epoch of `trainer`, one `lax.scan` call per epoch (or per progress-bar update).
+  data-parallel epoch of `trainer`, one `lax.scan` call per epoch (or per progress-bar update, and
+  ending where a checkpoint inside the epoch falls due: `driver.EpochSaves`).
 
   Divergence costs nothing per step: after each epoch, the fetched per-step losses and the last
   step's norms are checked on the host (NaN or infinite weights make the next loss or the final
@@ -166,6 +196,7 @@ class RunProgram:
   """
 
   num_trials = 1
+  saves_inside_epochs = True
 
   def __init__(self, trainer: Trainer, state: steps.TrainState, train_data, splits: dict,
                num_train: int, steps_per_epoch: int, steps_per_call: int | None,
@@ -179,20 +210,22 @@ class RunProgram:
     self.best = None
     self._diverged_step = None
 
-  def train_epoch(self, epoch: int, frozen: np.ndarray):
+  def train_epoch(self, epoch: int, frozen: np.ndarray, saves: driver.EpochSaves | None = None):
     del frozen  # A single run stops when it diverges or stops early.
     config = self.trainer.config
-    bar = (console.EpochBar(self.stream, epoch, config.num_epochs, self.steps_per_epoch)
+    first = saves.first_step if saves else 0
+    bar = (console.EpochBar(self.stream, epoch, config.num_epochs, self.steps_per_epoch - first)
            if self.show_bar else None)
-    trace = self.trace
+    trace = self.trace  # The profiled epoch's, unless it resumes inside that epoch.
     self.current, step_metrics = run_epoch(
         self.trainer, self.current, self.train_data,
-        self.trainer.epoch_indices(epoch, self.num_train), self.steps_per_call, bar,
+        self.trainer.epoch_indices(epoch, self.num_train)[:, first:], self.steps_per_call, bar,
         dataclasses.replace(trace, first_step=(epoch - 1) * self.steps_per_epoch)
-        if trace and epoch == config.profile.epoch else None)
+        if trace and epoch == config.profile.epoch and not first else None, saves)
+    if saves:
+      step_metrics = saves.whole(step_metrics)
     finite = np.isfinite(step_metrics['loss_sum'])
-    halted = not (finite.all() and np.isfinite(step_metrics['grad_norm'])
-                  and np.isfinite(step_metrics['param_norm']))
+    halted = not epochs.all_finite(step_metrics)
     if halted:
       self._diverged_step = (epoch - 1) * self.steps_per_epoch + (
           int(np.argmin(finite)) + 1 if not finite.all() else self.steps_per_epoch)
@@ -229,13 +262,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   split, when `config.data.validation_split` holds one out) after each logged epoch.
 
   With a `workdir`, resumes from its latest checkpoint when it holds this same run (a different
-  config is an error unless `restart`, which starts over), checkpoints every
-  `config.checkpoint.every_epochs` and writes the run's records there (`records/`). A progress
+  config is an error unless `restart`, which starts over; a checkpoint saved inside an epoch
+  resumes that epoch where it stopped), checkpoints every `config.checkpoint.every_epochs` (and
+  inside epochs every `every_steps` steps or `every_minutes` minutes, `driver.MidEpochCheckpoints`)
+  and writes the run's records there (`records/`). A progress
   bar goes to `stream` (default stdout) when `config.logging.progress_bar` asks for one. After
   each evaluated epoch, `config.hooks` and then `hooks` (`hooks.py`) may add metrics to its record,
   and `config.early_stopping` may end training. A run whose loss or weights stop being finite
   stops with status `diverged` and raises TrainingDiverged. SIGTERM or SIGINT stop it after the
-  epoch under way, with a checkpoint and status `interrupted`: it raises `preemption.Preempted`
+  call of steps under way (the epoch, unless a progress bar or a checkpoint cadence inside epochs
+  splits it), with a checkpoint and status `interrupted`: it raises `preemption.Preempted`
   (the scripts exit with status 3); rerunning resumes. Returns the final `state`, the
   per-epoch records (`history`), where the time went (`timings`) and, with early stopping, its
   `early_stopping` summary.
@@ -262,8 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   trainer = Trainer(config, devices)
   steps_per_epoch = epochs.num_batches(num_train, config.batch_size)
   show_bar = lead and console.shows_bar(config.logging.progress_bar, stream)
-  steps_per_call = (console.steps_per_call(steps_per_epoch, config.logging.bar_updates_per_epoch)
-                    if show_bar else None)
+  steps_per_call = driver.steps_per_call(config, console.steps_per_call(
+      steps_per_epoch, config.logging.bar_updates_per_epoch) if show_bar else None)
 
   state = steps.create_train_state(config, jax.random.PRNGKey(config.seed), steps_per_epoch,
                                    dataset.image_shape, dataset.num_classes)
@@ -272,18 +308,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
   state, train_data, test_data, validation_data = parallel.replicate(
       (state, (train_images, train_labels), (test_images, test_labels), dataset.validation),
       devices)
-  checkpointer, history, first_epoch, resumed_step = None, [], 1, None
+  checkpointer, history, first_epoch, resumed_step, resumed = None, [], 1, None, None
   if workdir:
     checkpointer = driver.open_checkpointer(workdir, config)
     restored = checkpointer.restore_latest(state, warn=log)
     if restored:
       state, resumed_step, run = restored
       history, first_epoch = run['history'], run['epoch'] + 1
+      resumed = checkpointing.EpochInProgress.from_run(run)
   recorder = recorder_lib.Recorder(workdir, config, devices, history, resumed_step,
                                    dataset.info(), log=log)
   run = driver.Trial(config, recorder, checkpointer, list(history), epoch_hooks)
   stopper = run.stopper
-  best_weights = driver.best_weights_on_resume(run, state, first_epoch - 1)
+  best_weights = driver.best_weights_on_resume(run, state,
+                                               first_epoch - 1 if resumed is None else None)
   test_indices = trainer.eval_indices(len(test_labels))
   splits = {'test': (test_data, test_indices)}
   if validation_data is not None:
@@ -305,7 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       f'data ready in {data_sec:.1f}s, compiled in {book.timings["compile_sec"]:.1f}s.')
   log(console.format_parameters(parameters))
   if resumed_step is not None:
-    log(f'Resumed from the checkpoint at step {resumed_step} (epoch {first_epoch - 1}) in '
+    where = (f'epoch {first_epoch - 1}' if resumed is None else
+             f'step {resumed.steps_done} of {steps_per_epoch} in epoch {resumed.epoch}')
+    log(f'Resumed from the checkpoint at step {resumed_step} ({where}) in '
         f'{checkpointer.directory}.')
 
   program = RunProgram(trainer, state, train_data, splits, num_train, steps_per_epoch,
@@ -319,16 +359,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
       log(f'Early stopping after epoch {epoch}: {stopper.reason(run.stopping)}.')
 
   with preemption.stop_on_signals() as stop:
-    driver.run_epochs(program, [run], book, first_epoch, config.num_epochs, on_epoch, stop)
+    driver.run_epochs(program, [run], book, first_epoch, config.num_epochs, on_epoch, stop,
+                      resumed=resumed)
   timings = book.finish()
   driver.finish([run], steps_per_epoch, timings,
                 {'num_train_examples': num_train, 'parameters': parameters})
-  if run.interrupted_epoch is not None:
-    saved = (f'saved the checkpoint of step {run.interrupted_epoch * steps_per_epoch} in '
-             f'{checkpointer.directory}; rerun the same command to resume' if checkpointer else
-             'nothing saved (no --workdir)')
-    raise preemption.Preempted(f'{stop.name} received: stopped after epoch '
-                               f'{run.interrupted_epoch} of {config.num_epochs}; {saved}.')
+  if run.interrupted:
+    step = run.interrupted_step or run.interrupted_epoch * steps_per_epoch
+    saved = (f'saved the checkpoint of step {step} in {checkpointer.directory}; rerun the same '
+             'command to resume' if checkpointer else 'nothing saved (no --workdir)')
+    epoch, inside = divmod(step, steps_per_epoch)
+    where = (f'after epoch {epoch} of {config.num_epochs}' if run.interrupted_step is None else
+             f'inside epoch {epoch + 1} of {config.num_epochs}, after its step {inside} of '
+             f'{steps_per_epoch}')
+    raise preemption.Preempted(f'{stop.name} received: stopped {where}; {saved}.')
   if run.diverged:
     raise TrainingDiverged(
         f'training diverged: {driver.status(run, steps_per_epoch)[1][:-1]}'

@@ -1,6 +1,7 @@
 """One process of a multi-process run, for tests/test_multiprocess.py (not a test itself).
 
-    python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR NUM_TRAIN EPOCHS
+    python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR NUM_TRAIN EPOCHS \
+        [KEY=VALUE of config.checkpoint ...]
 
 Two simulated CPU devices per process, synthetic data; the result goes to WORKDIR/result-ID.json.
 PORT `auto` leaves the set-up to JAX's cluster detection (`--distributed=auto`, no other settings).
@@ -11,6 +12,7 @@ import os
 import sys
 
 process_id, num_processes, port, workdir, num_train, epochs = sys.argv[1:7]
+checkpoint_overrides = sys.argv[7:]
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -37,6 +39,9 @@ config = default.get_config()
 config.num_epochs = int(epochs)
 config.eval_batch_size = 24
 config.model.dropout_rate = 0.2
+for override in checkpoint_overrides:
+  key, value = override.split('=')
+  config.checkpoint[key] = type(config.checkpoint[key])(value)
 with cli.exit_on_user_error():
   result = train.train_and_evaluate(config, workdir,
                                     dataset=synthetic_dataset(int(num_train), 101))

@@ -63,10 +63,11 @@ def _slurm_env(job_id, process_id, num_tasks, step_tasks=None):
 
 
 @contextlib.contextmanager
-def _processes(workdir, num_train, epochs, log_dir, slurm=False):
+def _processes(workdir, num_train, epochs, log_dir, slurm=False, checkpoint=()):
   """Starts both processes; always kills whatever is left on the way out.
 
-  With `slurm`, each process gets only a simulated SLURM task environment and no coordinator.
+  With `slurm`, each process gets only a simulated SLURM task environment and no coordinator;
+  `checkpoint` holds 'key=value' settings of `config.checkpoint`.
   """
   port = 'auto' if slurm else _free_port()
   job_id = _free_slurm_job_id() if slurm else None
@@ -78,7 +79,7 @@ def _processes(workdir, num_train, epochs, log_dir, slurm=False):
       with open(os.path.join(log_dir, f'process{i}-{time.time_ns()}.log'), 'w') as log:
         procs.append(subprocess.Popen(
             [sys.executable, WORKER, str(i), '2', str(port), str(workdir), str(num_train),
-             str(epochs)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+             str(epochs), *checkpoint], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env={**env, **(_slurm_env(job_id, i, 2) if slurm else {})}))
     yield procs
   finally:
@@ -131,6 +132,21 @@ def test_two_processes_match_one_process_with_four_devices(config, tmp_path, slu
   assert [r['epoch'] for r in records] == [1, 2]
   assert 'process1' not in ''.join(os.listdir(tmp_path / 'run'))
   assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints'))
+
+
+def test_two_processes_save_inside_epochs_together(config, tmp_path):
+  """Checkpoints at every_steps and on a timer (process 0's decides) are collective saves: both
+  processes take them at the same steps, and the results stay those of one process."""
+  logs = tmp_path / 'logs'
+  logs.mkdir()
+  with _processes(tmp_path / 'run', 250, 2, logs,
+                  checkpoint=('every_steps=3', 'every_minutes=1e-9', 'keep=20')) as procs:
+    assert _wait(procs, timeout=180) == [0, 0], _logs(logs)
+  _assert_same_history(json.load(open(tmp_path / 'run' / 'result-0.json')),
+                       _reference(config, 250, 2))
+  # 8 steps per epoch; the timer makes every call's end a save (9 would leave a call of one step).
+  assert sorted(int(s) for s in os.listdir(tmp_path / 'run' / 'checkpoints')) == [
+      3, 6, 8, 10, 12, 16]
 
 
 def test_a_dead_process_stops_the_other_and_a_rerun_resumes(config, tmp_path):

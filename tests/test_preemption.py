@@ -1,5 +1,7 @@
-"""Preemption: SIGTERM or SIGINT sent to a training or sweep script finishes the epoch under way,
-saves a checkpoint, prints one line and exits with status 3; rerunning resumes exactly."""
+"""Preemption: SIGTERM or SIGINT sent to a training or sweep script finishes the call of steps under
+way (without a cadence inside epochs, the epoch), saves a checkpoint, prints one line and exits
+with status 3; rerunning resumes exactly. Checkpoints inside epochs (`checkpoint.every_steps`,
+`every_minutes`) change no result and resume exactly."""
 
 import contextlib
 import os
@@ -11,12 +13,20 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
+from mlp_mnist import config_checks
+from mlp_mnist import driver
 from mlp_mnist import preemption
 from mlp_mnist import train
 from mlp_mnist.records import checkpointing
+from mlp_mnist.records import recorder as recorder_lib
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import results
+from mlp_mnist.sweeps import sweep_files
+from mlp_mnist.sweeps import vectorized
+from mlp_mnist.tools import evaluation
+from mlp_mnist.tools import prediction
 
 import default
 from conftest import REPO, synthetic_dataset, write_dataset_cache
@@ -151,3 +161,219 @@ def test_a_signal_stops_a_sweep_which_resumes_exactly(tmp_path):
     assert results.read_status(got) == 'done'
     assert [run_files.without_timing(r) for r in run_files.read_metrics(got)] == [
         run_files.without_timing(r) for r in run_files.read_metrics(want)]
+
+
+# Checkpoints inside epochs: 8 steps per epoch (256 examples in batches of 32), dropout on.
+STEPS = 8
+
+
+def _inside_config(**checkpoint):
+  config = _config()
+  config.num_epochs = 3
+  config.checkpoint.every_epochs = 1
+  config.checkpoint.keep = 20
+  config.checkpoint.update(checkpoint)
+  return config
+
+
+def _train(config, workdir, dataset, **kwargs):
+  return train.train_and_evaluate(config, str(workdir) if workdir else None,
+                                  devices=jax.devices()[:2], dataset=dataset, log=lambda _: None,
+                                  **kwargs)
+
+
+def _assert_same_run(got, want):
+  assert [run_files.without_timing(r) for r in got['history']] == [
+      run_files.without_timing(r) for r in want['history']]
+  for x, y in zip(jax.tree.leaves(jax.device_get(got['state'])),
+                  jax.tree.leaves(jax.device_get(want['state']))):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted():
+  """The run every cadence and every resume must reproduce bit for bit (no workdir)."""
+  return _train(_inside_config(), None, synthetic_dataset())
+
+
+def test_the_cadence_inside_epochs_is_result_neutral_and_saves_where_asked(
+    tmp_path, uninterrupted):
+  result = _train(_inside_config(every_steps=3), tmp_path, synthetic_dataset())
+  _assert_same_run(result, uninterrupted)
+  # Multiples of 3, each at the first step that leaves no training call of one step (9 -> 10;
+  # 15 -> the epoch's end), and every epoch's end (every_epochs=1).
+  assert _steps(tmp_path) == [3, 6, 8, 10, 12, 16, 18, 21, 24]
+
+
+def test_save_points_end_calls_and_leave_no_call_of_one_step():
+  indices = np.arange(2 * 8 * 4).reshape(2, 8, 4)
+  lengths = lambda *args, **kwargs: [c.shape[1] for c in train.split_steps(indices, *args,
+                                                                           **kwargs)]
+  assert lengths(None, save_points=(3, 6)) == [3, 3, 2]
+  assert lengths(None, save_points=(1, 4, 7)) == [2, 2, 4]  # 1 -> 2; 7 -> the end.
+  assert lengths(3, save_points=(4,)) == [4, 2, 2]  # The call edge at 3 would leave one step.
+  assert lengths(None, cuts=(2, 5), save_points=(3, 6)) == [2, 3, 3]  # 3 -> 5, 6 -> the end.
+  chunks = train.split_steps(indices, 2, save_points=(5,))
+  np.testing.assert_array_equal(np.concatenate(chunks, axis=1), indices)
+
+
+def test_every_minutes_saves_between_calls_inside_epochs(tmp_path, monkeypatch, uninterrupted):
+  monkeypatch.setattr(driver, 'TIMED_CALL_STEPS', 3)  # Calls of 3, 3 and 2 steps.
+  result = _train(_inside_config(every_minutes=1e-9, every_epochs=0), tmp_path,
+                  synthetic_dataset())
+  _assert_same_run(result, uninterrupted)
+  assert _steps(tmp_path) == [3, 6, 8, 11, 14, 16, 19, 22, 24]
+
+
+def test_every_minutes_waits_for_its_time():
+  now = [0.0]
+  config = _inside_config(every_minutes=2.0)
+  trial = driver.Trial(config, recorder_lib.Recorder(None, config, jax.devices()[:1], [], None))
+  cadence = driver.MidEpochCheckpoints(trial, STEPS, preemption.StopRequest(), 0,
+                                       clock=lambda: now[0])
+  now[0] = 119.0
+  assert not cadence.due(5)
+  now[0] = 120.0
+  assert cadence.due(5)
+  cadence.saved(5)
+  assert not cadence.due(6)
+  stop = preemption.StopRequest()
+  stop.name = 'SIGTERM'
+  cadence.stop = stop
+  assert cadence.due(6) and not cadence.due(6, signal=False)
+
+
+def _signal_after_call(monkeypatch, call, sig=signal.SIGTERM):
+  """Sends `sig` to this process when training call number `call` (from 1) returns."""
+  calls = [0]
+  train_steps = train.Trainer.train_steps
+
+  def counted(self, *args):
+    result = train_steps(self, *args)
+    calls[0] += 1
+    if calls[0] == call:
+      signal.raise_signal(sig)
+    return result
+  monkeypatch.setattr(train.Trainer, 'train_steps', counted)
+
+
+def test_a_signal_inside_an_epoch_saves_there_and_the_resumed_run_is_exact(
+    tmp_path, monkeypatch, uninterrupted):
+  dataset = synthetic_dataset()
+  config = _inside_config(every_steps=3, every_epochs=0)
+  # Epoch 1's calls end at steps 3, 6, 8; epoch 2's at 10, 12, 16: the signal comes during the
+  # fifth call, and the run stops after it, at step 12, inside epoch 2.
+  _signal_after_call(monkeypatch, 5)
+  with pytest.raises(preemption.Preempted) as stopped:
+    _train(config, tmp_path, dataset)
+  assert str(stopped.value) == (
+      f'SIGTERM received: stopped inside epoch 2 of 3, after its step 4 of {STEPS}; saved the '
+      f'checkpoint of step 12 in {tmp_path / "checkpoints"}; rerun the same command to resume.')
+  assert open(tmp_path / 'status').read().startswith('interrupted\n')
+  assert 'step 12 (step 4 of epoch 2)' in open(tmp_path / 'status').read()
+  assert len(run_files.read_metrics(str(tmp_path))) == 1
+  assert _steps(tmp_path) == [3, 6, 10, 12]
+  monkeypatch.undo()
+
+  logged = []
+  config.checkpoint.every_steps = 5  # Result-neutral: a resume may change it.
+  resumed = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2],
+                                     dataset=dataset, log=logged.append)
+  assert any(f'Resumed from the checkpoint at step 12 (step 4 of {STEPS} in epoch 2)' in line
+             for line in logged)
+  assert _steps(tmp_path) == [3, 6, 10, 12, 16, 20, 24]  # 15 would leave a call of one step.
+  _assert_same_run(resumed, uninterrupted)
+  assert [run_files.without_timing(r) for r in run_files.read_metrics(str(tmp_path))] == [
+      run_files.without_timing(r) for r in uninterrupted['history']]
+  assert open(tmp_path / 'status').read() == 'done\n'
+
+
+def test_a_signal_with_no_cadence_waits_for_the_epochs_end(tmp_path, monkeypatch):
+  """One training call per epoch (the default): the signal is honoured when it ends."""
+  _signal_after_call(monkeypatch, 1, signal.SIGINT)
+  with pytest.raises(preemption.Preempted, match='SIGINT received: stopped after epoch 1 of 3'):
+    _train(_inside_config(), tmp_path, synthetic_dataset())
+  assert _steps(tmp_path) == [STEPS]
+
+
+def test_a_checkpoint_inside_an_epoch_is_never_the_best(tmp_path):
+  """With a validation split, the best checkpoint is an epoch's end; `--step best`, `--step N`
+  of a step inside an epoch, and the latest all evaluate."""
+  dataset = synthetic_dataset(num_train=320)  # 64 held out: 8 steps per epoch again.
+  config = _inside_config(every_steps=3, keep=1)
+  config.data.validation_split = 64
+  config.early_stopping.monitor = 'off'
+  result = _train(config, tmp_path, dataset)
+  best = min(result['history'], key=lambda r: r['validation_loss'])
+  steps = _steps(tmp_path)
+  assert steps == sorted({best['step'], 24})  # keep=1: the latest and the best.
+  with contextlib.closing(driver.open_checkpointer(str(tmp_path), config)) as checkpoints:
+    assert checkpoints.best_step() == best['step']
+  report = evaluation.evaluate_run(str(tmp_path), 'best', devices=jax.devices()[:2],
+                                   dataset=dataset, plots_dir=str(tmp_path / 'plots'))
+  assert (report['step'], report['epoch']) == (best['step'], best['epoch'])
+  assert report['test_loss'] == best['test_loss']
+
+  monkey_dir = tmp_path / 'stopped'
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    _signal_after_call(monkeypatch, 5)
+    with pytest.raises(preemption.Preempted):
+      _train(config, monkey_dir, dataset)
+  report = evaluation.evaluate_run(str(monkey_dir), 12, devices=jax.devices()[:2],
+                                   dataset=dataset, plots_dir=str(tmp_path / 'plots'))
+  assert (report['step'], report['epoch'], report['training_reported']) == (12, 2, None)
+  assert evaluation.load_run(str(monkey_dir), devices=jax.devices()[:2])[2] == 12
+  image = tmp_path / 'digit.png'
+  Image.fromarray(dataset.test[0][0]).save(image)
+  [predicted] = prediction.predict_files(str(monkey_dir), [str(image)], devices=jax.devices()[:2])
+  assert 'error' not in predicted and 0 <= predicted['label'] < 10
+  with contextlib.closing(driver.open_checkpointer(str(monkey_dir), config)) as checkpoints:
+    assert checkpoints.best_step() == STEPS  # Epoch 1's end, not step 12.
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('every_steps', -1, 'config.checkpoint.every_steps=-1 is invalid'),
+    ('every_minutes', -0.5, 'config.checkpoint.every_minutes=-0.5 is invalid'),
+    ('every_minutes', float('inf'), 'config.checkpoint.every_minutes=inf is not a finite number'),
+])
+def test_bad_cadences_are_one_line_errors(key, value, message):
+  config = _inside_config()
+  config.checkpoint[key] = value
+  with pytest.raises(config_checks.ConfigError) as error:
+    config_checks.validate_config(config)
+  assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_restoring_best_weights_needs_epoch_checkpoints_beside_a_cadence_inside_epochs():
+  config = _inside_config(every_steps=3, every_epochs=0)
+  config.early_stopping.restore_best_weights = True
+  config.data.validation_split = 64
+  with pytest.raises(config_checks.ConfigError, match='needs checkpoint.every_epochs'):
+    config_checks.validate_config(config)
+  config.checkpoint.every_epochs = 1
+  config_checks.validate_config(config)
+
+
+def test_sweeps_refuse_checkpoints_inside_epochs():
+  config = _inside_config(every_minutes=5.0)
+  with pytest.raises(sweep_files.SweepError,
+                     match=r'^sweep: trial 0 \(seed=1\): .*not supported in sweeps yet; set '
+                           'them to 0 and use checkpoint.every_epochs.$'):
+    sweep_files.expand(config, [{'seed': 1}])
+  with pytest.raises(sweep_files.SweepError, match='not supported in sweeps yet'):
+    vectorized.train_trials([config], synthetic_dataset(), devices=jax.devices()[:1])
+
+
+def test_a_run_resumed_inside_an_epoch_restores_its_best_weights_exactly(tmp_path, monkeypatch):
+  """restore_best_weights: the best epoch's weights come back from its checkpoint (the state
+  restored is of a step inside the next epoch)."""
+  dataset = synthetic_dataset(num_train=320)
+  config = _inside_config(every_steps=3, keep=1)
+  config.data.validation_split = 64
+  config.early_stopping.restore_best_weights = True
+  want = _train(config, None, dataset)
+  _signal_after_call(monkeypatch, 5)
+  with pytest.raises(preemption.Preempted, match='saved the checkpoint of step 12'):
+    _train(config, tmp_path, dataset)
+  monkeypatch.undo()
+  _assert_same_run(_train(config, tmp_path, dataset), want)

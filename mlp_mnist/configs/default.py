@@ -84,6 +84,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1  # 0: no checkpoints. The last epoch is always saved.
   config.checkpoint.keep = 3
+  # Also inside epochs (result-neutral; resuming continues the epoch exactly): at every global
+  # step that is a multiple of `every_steps`, and once `every_minutes` passed since the last save.
+  config.checkpoint.every_steps = 0  # 0: off.
+  config.checkpoint.every_minutes = 0.0  # 0: off.
   # Also keep the best checkpoint by the early-stopping monitor (when early stopping is off: the
   # validation loss; without a validation split, none); `scripts/evaluate.py --step best` reads it.
   config.checkpoint.keep_best = True

@@ -54,6 +54,15 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def process_zero_decides(flags: tuple[bool, ...]) -> tuple[bool, ...]:
+  """Process 0's `flags` on every process (decisions that processes must take together but see
+  apart, such as a timer or a signal); `flags` themselves in a single process."""
+  if not is_multiprocess():
+    return flags
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return tuple(bool(f) for f in multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32)))
+
+
 def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
   """Places a copy of every leaf on each device, once, so pmapped calls move no data."""
   sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), PartitionSpec())

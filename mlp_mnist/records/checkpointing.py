@@ -1,8 +1,10 @@
 """Checkpoints of the whole train state with orbax: saves, and a restore that never loses work.
 
-A checkpoint is numbered by the optimizer step at the end of its epoch and holds the train state
-(parameters, optimizer state, step, dropout key and rate) and a small JSON record of the run so far
-(`epoch` and the per-epoch `history`), so a resumed run can rewrite `metrics.jsonl` exactly. orbax
+A checkpoint is numbered by its optimizer step (the end of its epoch, or a step inside one) and
+holds the train state (parameters, optimizer state, step, dropout key and rate) and a small JSON
+record of the run so far (`epoch` and the per-epoch `history`; inside an epoch also the steps of it
+already trained and their metrics, `EpochInProgress`), so a resumed run can rewrite `metrics.jsonl`
+exactly. orbax
 writes each checkpoint into a temporary directory and renames it when complete, so a process killed
 mid-save leaves no partial checkpoint behind. `restore_latest` tells three failures apart:
 
@@ -25,6 +27,7 @@ own `BestN` preservation policy keeps the best of those; `restore(target, 'best'
 """
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -69,6 +72,36 @@ RESTORED, DAMAGED, TRANSIENT, MISMATCH = range(4)
 
 class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint cannot be read, written or used by this code; the message says what to do."""
+
+
+# The key of a checkpoint's run record holding the epoch it was saved inside (`EpochInProgress`).
+IN_PROGRESS = 'epoch_in_progress'
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochInProgress:
+  """The part of epoch `epoch` trained when a checkpoint was saved inside it: its first
+  `steps_done` steps and their per-step metrics (host arrays as `steps.train_epoch` returns them,
+  kept whole so the resumed epoch's sums are those of an uninterrupted one)."""
+  epoch: int
+  steps_done: int
+  step_metrics: dict[str, np.ndarray]
+
+  def to_json(self) -> dict:
+    return {'epoch': self.epoch, 'steps_done': self.steps_done, 'step_metrics': {
+        k: {'dtype': str(v.dtype), 'values': np.asarray(v).tolist()}
+        for k, v in self.step_metrics.items()}}
+
+  @classmethod
+  def from_run(cls, run: dict) -> 'EpochInProgress | None':
+    """The epoch in progress of a restored run record; None for one saved at an epoch's end
+    (every checkpoint of earlier versions)."""
+    saved = run.get(IN_PROGRESS)
+    if saved is None:
+      return None
+    # JSON holds float32 values exactly (as the float64 numbers they widen to).
+    return cls(saved['epoch'], saved['steps_done'], {
+        k: np.asarray(v['values'], dtype=v['dtype']) for k, v in saved['step_metrics'].items()})
 
 
 def is_storage_error(error: BaseException) -> bool:
@@ -236,22 +269,27 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, epoch: int, history: list[dict]) -> None:
+  def save(self, step: int, state: Any, epoch: int, history: list[dict],
+           in_progress: 'EpochInProgress | None' = None) -> None:
     """Saves (in the background off CPU); the state may be donated right after this returns.
 
-    The checkpoint of an evaluated epoch carries its metrics, and with a best rule whether the
-    epoch is the best so far by it (`BEST_SO_FAR`): only those are candidates for the best.
-    A storage error (full disk, no permission) is a CheckpointError; earlier checkpoints stay.
+    `epoch` is the last epoch trained whole; `in_progress`, the part of the next one trained
+    (a checkpoint inside an epoch). The checkpoint of an evaluated epoch carries its metrics, and
+    with a best rule whether the epoch is the best so far by it (`BEST_SO_FAR`): only those are
+    candidates for the best, never one saved inside an epoch. A storage error (full disk, no
+    permission) is a CheckpointError; earlier checkpoints stay.
     """
     ocp = self._ocp
     last = history[-1] if history else {}
     metrics = None
-    if last.get('epoch') == epoch:
+    if last.get('epoch') == epoch and in_progress is None:
       metrics = {k: v for k, v in last.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
       if self.best:
         metrics[BEST_SO_FAR] = early_stopping.best_record(history, *self.best) is last
     run = {'epoch': epoch, 'history': history, 'checksum': state_checksum(state)}
+    if in_progress is not None:
+      run[IN_PROGRESS] = in_progress.to_json()
     with _storage_errors(f'cannot save checkpoint {step} in {self.directory}'):
       self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
           state=ocp.args.StandardSave(_global(state)), run=ocp.args.JsonSave(run)))
@@ -384,6 +422,7 @@ class Checkpointer:
       if not (isinstance(run, dict) and isinstance(run.get('epoch'), int)
               and isinstance(run.get('history'), list)):
         return DAMAGED, None, 'its run record has no epoch and history'
+      EpochInProgress.from_run(run)  # A damaged record of the epoch in progress raises.
       return RESTORED, (state, step, run), ''
     except Exception as e:  # pylint: disable=broad-except
       # orbax and tensorstore raise many types for damaged files; all but storage errors mean

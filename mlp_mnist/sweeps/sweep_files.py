@@ -227,10 +227,21 @@ def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
     config = with_overrides(base_config, overrides)
     try:
       config_checks.validate_config(config, recorded=recorded)
-    except config_checks.ConfigError as e:
+      check_sweepable(config)
+    except (config_checks.ConfigError, SweepError) as e:
       raise SweepError(f'{source}: trial {index} ({name}): {e}') from None
     result.append(Trial(name=name, overrides=overrides, config=config))
   return result
+
+
+def check_sweepable(config: ml_collections.ConfigDict) -> None:
+  """A SweepError for what a single run does and a sweep's trials do not yet: checkpoints inside
+  epochs."""
+  checkpoint = config.checkpoint
+  if checkpoint.every_steps or checkpoint.every_minutes:
+    raise SweepError(f'checkpoint.every_steps={checkpoint.every_steps} and '
+                     f'checkpoint.every_minutes={checkpoint.every_minutes} are not supported in '
+                     'sweeps yet; set them to 0 and use checkpoint.every_epochs.')
 
 
 def with_overrides(config: ml_collections.ConfigDict,

@@ -192,7 +192,10 @@ class GroupProgram:
   def epoch_indices(self, epoch: int) -> np.ndarray:
     return self.split(trial_batch_indices(self.configs, epoch, self.num_train))
 
-  def train_epoch(self, epoch: int, frozen: np.ndarray):
+  saves_inside_epochs = False  # Sweeps save at epochs' ends (`sweep_files.check_sweepable`).
+
+  def train_epoch(self, epoch: int, frozen: np.ndarray, saves=None):
+    del saves  # Not `saves_inside_epochs`: always None.
     # A stopped trial is frozen as a diverged one is; the driver tells them apart.
     self.carry = (self.carry[0], self.split(np.asarray(frozen)))
     self.carry, step_metrics = self.train_fn(self.carry, *self.train_data,
@@ -263,6 +266,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   first = configs[0]
   if any(program_key(c) != program_key(first) for c in configs):
     raise ValueError('train_trials needs configs of one program; group them by program_key.')
+  for config in configs:
+    sweep_files.check_sweepable(config)
   dataset = data.hold_out_validation(dataset, first.data.validation_split)
   num_train = len(dataset.train[1])
   steps_per_epoch = epochs.num_batches(num_train, first.batch_size)

@@ -174,10 +174,14 @@ def evaluate_run(workdir: str, step: int | str | None = None, devices=None,
   predictions = probabilities.argmax(1)
   matrix = confusion_matrix(labels, predictions, dataset.num_classes)
   mistakes = most_confident_mistakes(labels, probabilities, num_mistakes)
-  epoch = run['epoch']
-  reported = next((r for r in run['history'] if r['epoch'] == epoch), None)
+  inside = checkpointing.EpochInProgress.from_run(run)  # A checkpoint saved inside an epoch.
+  epoch = run['epoch'] if inside is None else inside.epoch
+  # Training reported epochs' ends only.
+  reported = (next((r for r in run['history'] if r['epoch'] == epoch), None) if inside is None
+              else None)
   plots_dir = epath.Path(plots_dir or epath.Path(workdir) / run_files.PLOTS_DIR)
-  title = f'{workdir}: step {step} (epoch {epoch}), test accuracy {metrics["test_accuracy"]:.2%}'
+  where = f'epoch {epoch}' if inside is None else f'inside epoch {epoch}'
+  title = f'{workdir}: step {step} ({where}), test accuracy {metrics["test_accuracy"]:.2%}'
   paths, warnings = {}, []
   try:
     paths['confusion_matrix'] = plots.save_confusion_matrix(
