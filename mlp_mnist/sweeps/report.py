@@ -131,9 +131,9 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
   if split is None:
     blocks.append(Block('p', aggregate.NOT_RANKED + '.'))
   blocks.append(Block('p', (
-      f'Final {shown} accuracy per setting{"" if split else ", in sweep order"}: mean over the replicates that finished '
-      '(`done` or `stopped`), its standard deviation (ddof=1) and the half-width of the 95% '
-      'confidence interval of the mean (Student t, n-1 degrees of freedom). '
+      f'Final {shown} accuracy per setting{"" if split else ", in sweep order"}: mean over the '
+      'replicates that finished (`done` or `stopped`), its standard deviation (ddof=1) and the '
+      'half-width of the 95% confidence interval of the mean (Student t, n-1 degrees of freedom). '
       + ("'overlaps best': `*` the interval overlaps the best setting's, so this sweep cannot tell "
          'the two apart (a conservative reading: intervals that do not overlap mean a significant '
          'difference, overlapping ones do not prove equality); `?` undefined (n < 2). '
