@@ -435,3 +435,24 @@ def test_pruning_keeps_restored_best_weights_of_the_survivors(config):
     jax.tree.map(np.testing.assert_array_equal,
                  jax.tree.map(lambda x, i=i: np.asarray(x)[i], pruned['state'].params),
                  jax.tree.map(lambda x, i=i: np.asarray(x)[i], full['state'].params))
+
+
+@pytest.mark.parametrize('split', ['validation', None])
+def test_search_plots_draw_a_best_so_far_only_by_validation(tmp_path, split):
+  workdir = str(tmp_path)
+  ranges = {'optimizer.learning_rate': {'kind': 'log', 'low': 1e-4, 'high': 0.1}}
+  with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
+    json.dump({'ranges': ranges}, f)
+  rows = [{'trial': str(i), 'status': 'done', 'optimizer.learning_rate': 10.0**-(i + 1),
+           'test_accuracy': 0.9 + i / 100, 'test_loss': 0.3,
+           **({'validation_accuracy': 0.8 + i / 100, 'validation_loss': 0.4} if split else {})}
+          for i in range(3)]
+  paths = search.write_search_plots(workdir, rows, ['optimizer.learning_rate'], ('seed',), split)
+  names = [os.path.basename(p) for p in paths]
+  if split:
+    assert names == ['validation_accuracy_by_trial_vs_optimizer.learning_rate.png',
+                     'validation_accuracy_best_so_far.png']
+  else:  # Each trial's test accuracy is shown as a result; nothing is the best so far.
+    assert names == ['test_accuracy_by_trial_vs_optimizer.learning_rate.png']
+  for path in paths:
+    assert_png(path)

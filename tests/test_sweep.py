@@ -12,6 +12,7 @@ import pytest
 from mlp_mnist import train
 from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
+from mlp_mnist.sweeps import aggregate
 from mlp_mnist.sweeps import results
 from mlp_mnist.sweeps import runner
 from mlp_mnist.sweeps import sweep_files
@@ -146,11 +147,10 @@ def test_results_table_matches_the_trial_metrics(finished_sweep):
     rows = list(csv.DictReader(f))
   with open(os.path.join(workdir, 'results.jsonl')) as f:
     json_rows = [json.loads(line) for line in f]
-  # Best first (no validation split: by test accuracy, then loss).
-  assert sorted(r['trial'] for r in rows) == sorted(NAMES)
+  # No validation split: not ranked, in sweep order (never ordered by test accuracy).
   assert [r['trial'] for r in rows] == [r['trial'] for r in json_rows]
-  assert [r['trial'] for r in rows] == [r['trial'] for r in sorted(
-      finished_sweep['rows'], key=lambda r: (-r['test_accuracy'], r['test_loss']))]
+  assert [r['trial'] for r in rows] == [r['trial'] for r in finished_sweep['rows']]
+  assert sorted(r['trial'] for r in rows) == sorted(NAMES)
   for row, json_row in zip(rows, json_rows):
     final = run_files.read_metrics(results.trial_dir(workdir, row['trial']))[-1]
     for key in results.METRIC_COLUMNS:
@@ -165,14 +165,17 @@ def test_results_table_matches_the_trial_metrics(finished_sweep):
 def test_plots_and_leaderboard(finished_sweep):
   workdir = finished_sweep['workdir']
   for name in ('test_accuracy_vs_model.hidden_sizes', 'test_accuracy_vs_optimizer.learning_rate',
-               'test_accuracy_heatmap', 'curves_best'):
+               'test_accuracy_heatmap'):
     assert_png(os.path.join(workdir, 'plots', f'{name}.png'))
-  assert not os.path.exists(os.path.join(workdir, 'plots', 'test_accuracy_vs_seed.png'))
+  for name in ('test_accuracy_vs_seed', 'curves_best'):  # No best chosen on the test set.
+    assert not os.path.exists(os.path.join(workdir, 'plots', f'{name}.png'))
   log = '\n'.join(finished_sweep['logs'][1])
   assert '8 trials: 8 done' in log
-  best = max(finished_sweep['rows'], key=lambda r: r['test_accuracy'])
-  leader = next(line for line in log.splitlines() if line.strip().startswith('1  '))
-  assert f'{best["test_accuracy"]:.2%}' in leader
+  assert f'8 trials: 8 done\n{aggregate.NOT_RANKED}\n' in log
+  assert 'best' not in log
+  first = finished_sweep['rows'][0]  # Listed in sweep order, test metrics as results only.
+  listed = next(line for line in log.splitlines() if line.rstrip().endswith(first['trial']))
+  assert f'{first["test_accuracy"]:.2%}' in listed
   assert '[trials: 4/4 finished (0 diverged, 0 failed), 0 running, 0 left' in log
   assert '4 running, 0 left' in log  # The progress line of an epoch.
 
@@ -416,7 +419,8 @@ def test_sweep_writes_summary_and_report(finished_sweep):
   for name in ('report.md', 'report.html', 'summary.jsonl'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   log = '\n'.join(finished_sweep['logs'][1])
-  assert '4 settings ranked by final test accuracy (mean over seed)' in log
+  assert (f'{aggregate.NOT_RANKED}\n4 settings in sweep order, final test accuracy as a result '
+          'only (mean over seed)') in log
 
 
 def test_a_trial_folder_holds_what_its_single_run_writes(tmp_path):

@@ -145,13 +145,67 @@ def test_settings_match_numpy_and_skip_diverged_and_failed(tmp_path):
   assert entries[2]['replicates'] == [(0,), (1,), (2,)]
 
 
-def test_without_validation_split_test_ranks(tmp_path):
+def test_without_validation_split_nothing_ranks(tmp_path):
   _, _, workdir, trials = write_sweep_folders(str(tmp_path), with_validation=False)
-  rows = results.result_rows(workdir, trials, ['optimizer.learning_rate', 'seed'])
-  assert aggregate.ranking_split(rows) == 'test'
-  entries = aggregate.settings(rows, ['optimizer.learning_rate', 'seed'])
-  assert [e['optimizer.learning_rate'] for e in entries] == [0.003, 0.01, 0.001, 0.1]
+  keys = ['optimizer.learning_rate', 'seed']
+  rows = results.result_rows(workdir, trials, keys)
+  assert aggregate.ranking_split(rows) is None  # Never 'test': nothing chooses on the test set.
+  assert aggregate.ranked_rows(rows) == rows  # Sweep order (by test, 0.003 would come first).
+  entries = aggregate.settings(rows, keys)
+  assert [e['optimizer.learning_rate'] for e in entries] == [0.01, 0.003, 0.001, 0.1]
+  assert [(e['rank'], e['overlaps_best']) for e in entries] == [(None, None)] * 4
+  assert all(math.isnan(e['delta_vs_best']) for e in entries)
   assert 'validation_accuracy_mean' not in entries[0]
+  assert entries[1]['test_accuracy_mean'] == pytest.approx(0.981)  # Shown, as a result only.
+
+
+@pytest.fixture(scope='module')
+def unranked(tmp_path_factory):
+  """write_results over hand-made folders whose trials hold out no validation split."""
+  root = str(tmp_path_factory.mktemp('sweep_order'))
+  config, sweep_path, workdir, trials = write_sweep_folders(root, with_validation=False)
+  lines = []
+  rows = runner.write_results(workdir, trials, ['optimizer.learning_rate', 'seed'], ('seed',),
+                              lines.append, sweep_path=sweep_path, config=config,
+                              reference_config=default.get_config())
+  return {'workdir': workdir, 'rows': rows, 'log': '\n'.join(lines), 'trials': trials}
+
+
+def _without_not_ranked(text):
+  return text.replace(aggregate.NOT_RANKED, '')
+
+
+def test_without_validation_split_tables_keep_sweep_order_and_name_no_best(unranked):
+  workdir, names = unranked['workdir'], [t.name for t in unranked['trials']]
+  assert [r['trial'] for r in _read_csv(os.path.join(workdir, 'results.csv'))] == names
+  settings = _read_csv(os.path.join(workdir, 'summary.csv'))
+  assert [r['setting'] for r in settings] == [f'learning_rate={lr}' for lr in TRIALS]
+  assert not {'rank', 'delta_vs_best', 'overlaps_best'} & set(settings[0])
+  assert float(settings[1]['test_accuracy_mean']) == pytest.approx(0.981)
+  log = unranked['log']
+  assert log.count(aggregate.NOT_RANKED) == 2  # Both leaderboards say it, once each.
+  assert '4 settings in sweep order, final test accuracy as a result only (mean over seed)' in log
+  assert 'best' not in log and 'rank' not in _without_not_ranked(log)
+  listed = [line.split()[-1] for line in log.splitlines() if line.rstrip().endswith(
+      tuple(f'seed={s}' for s in range(3)))]
+  assert listed == [n for n in names if 'learning_rate=0.1,' not in n or n.endswith('seed=0')]
+  assert not os.path.exists(os.path.join(workdir, 'plots', 'curves_best.png'))
+  assert_png(os.path.join(workdir, 'plots', 'test_accuracy_vs_optimizer.learning_rate.png'))
+
+
+def test_without_validation_split_the_report_says_not_ranked(unranked):
+  for name in ('report.md', 'report.html'):
+    with open(os.path.join(unranked['workdir'], name)) as f:
+      text = f.read()
+    assert aggregate.NOT_RANKED in text
+    assert 'best' not in text and 'rank' not in _without_not_ranked(text)
+  with open(os.path.join(unranked['workdir'], 'report.md')) as f:
+    text = f.read()
+  assert '## Settings (sweep order)' in text
+  trials = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines()
+            if line.startswith('| learning_rate=')]
+  assert trials == [t.name for t in unranked['trials']]  # The trials table: sweep order.
+  assert '| learning_rate=0.003,seed=1 | done | 98.10% | 2 |  |' in text
 
 
 @pytest.fixture(scope='module')
@@ -315,7 +369,9 @@ def test_unknown_statuses_are_counted_not_averaged():
   (entry,) = aggregate.settings(rows, ['seed'])
   assert entry['n'] == 1 and entry['test_accuracy_mean'] == 0.9
   assert entry['statuses'] == {'done': 1, 'exploded': 1}
-  assert 'rank' in results.leaderboard(rows) and 'exploded' in results.leaderboard(rows)
+  board = results.leaderboard(rows)  # No validation metrics: listed, not ranked.
+  assert aggregate.NOT_RANKED in board and 'rank' not in _without_not_ranked(board)
+  assert 'exploded' in board and '90.00%' in board
 
 
 def test_compare_tables_config_differences_and_draws_curves(written, tmp_path):
@@ -363,4 +419,5 @@ def test_progress_line_names_the_best_by_validation(config):
   progress.epoch(1, {0: record(0.90, 0.99), 1: record(0.95, 0.50)}, [False, False])
   assert 'best validation accuracy 95.00% (test 50.00%, seed=1)' in lines[-1]
   progress.epoch(2, {0: {'test_accuracy': 0.9}, 1: {'test_accuracy': 0.8}}, [False, False])
-  assert 'best test accuracy 90.00% (seed=0)' in lines[-1]
+  assert lines[-1].endswith(f'0 diverged; {aggregate.NOT_RANKED}')  # No best by test.
+  assert 'best' not in lines[-1]

@@ -23,6 +23,8 @@ WITH_RESULTS = (DONE, STOPPED)  # Final statuses whose metrics are valid results
 CONFIDENCE = 0.95
 NUM_BEST_CURVES = 3
 NAN = float('nan')
+NOT_RANKED = ('not ranked: the trials hold out no validation split (set data.validation_split to '
+              'rank and choose)')
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -66,20 +68,28 @@ def has_results(row: dict[str, Any], split: str = 'test') -> bool:
           and finite(row.get(f'{split}_loss')))
 
 
-def ranking_split(rows: Sequence[dict[str, Any]]) -> str:
-  """'validation' when the trials with results carry validation metrics, else 'test'.
+def ranking_split(rows: Sequence[dict[str, Any]]) -> str | None:
+  """'validation' when the trials with results carry validation metrics, else None: nothing ranks
+  or chooses on the test set (README, issue 23).
 
   Everything that ranks or chooses uses this split; test metrics are shown beside it, never used
-  to choose.
+  to choose. Without it, tables keep the sweep's order and say `NOT_RANKED`.
   """
   valid = [r for r in rows if r.get('status') in WITH_RESULTS]
-  return 'validation' if valid and all(has_results(r, 'validation') for r in valid) else 'test'
+  return 'validation' if valid and all(has_results(r, 'validation') for r in valid) else None
+
+
+def shown_split(split: str | None) -> str:
+  """The split whose metrics the tables show: the ranking split, else test (a result only)."""
+  return split or 'test'
 
 
 def ranked_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """Trials with results first, by the ranking split's accuracy (then loss), then the others in
-  their order."""
+  their order; without a ranking split, all in their order."""
   split = ranking_split(rows)
+  if split is None:
+    return list(rows)
   valid = [r for r in rows if has_results(r, split)]
   valid.sort(key=lambda r: (-r[f'{split}_accuracy'], r[f'{split}_loss']))
   return valid + [r for r in rows if not has_results(r, split)]
@@ -105,13 +115,13 @@ def settings(rows: Sequence[dict[str, Any]], keys: Sequence[str],
 
   Each holds: `setting` (its label), the values of the non-replicate keys, `trials` (their names),
   `statuses` (counts), `replicates` (the replicate values of the trials with results), `n`,
-  `{split}_{accuracy,loss}_{mean,std,ci_low,ci_high}` for the ranking split (and for `test` when
-  that is `validation`), `rank` (None without results), `delta_vs_best` (accuracy) and
-  `overlaps_best` (True for the best one and those whose interval overlaps it, False, or None
-  where an interval is undefined).
+  `{split}_{accuracy,loss}_{mean,std,ci_low,ci_high}` for the ranking split and for `test`,
+  `rank` (None without results), `delta_vs_best` (accuracy) and `overlaps_best` (True for the best
+  one and those whose interval overlaps it, False, or None where an interval is undefined).
+  Without a ranking split, the settings keep the sweep's order, none ranked (`rank` None).
   """
   split = ranking_split(rows)
-  splits = (split, 'test') if split == 'validation' else (split,)
+  splits = (split, 'test') if split else ('test',)
   setting_keys = [k for k in keys if k not in replicate_keys]
   groups = {}
   for row in rows:
@@ -124,7 +134,7 @@ def settings(rows: Sequence[dict[str, Any]], keys: Sequence[str],
              'trials': [r['trial'] for r in members], 'statuses': {}}
     for row in members:
       entry['statuses'][row['status']] = entry['statuses'].get(row['status'], 0) + 1
-    valid = [r for r in members if has_results(r, split)]
+    valid = [r for r in members if has_results(r, shown_split(split))]
     entry['replicates'] = [tuple(r.get(k) for k in replicate_keys if k in keys) for r in valid]
     entry['n'] = len(valid)
     for s in splits:
@@ -135,7 +145,11 @@ def settings(rows: Sequence[dict[str, Any]], keys: Sequence[str],
   return _ranked(result, split)
 
 
-def _ranked(entries: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+def _ranked(entries: list[dict[str, Any]], split: str | None) -> list[dict[str, Any]]:
+  if split is None:
+    for entry in entries:
+      entry.update(rank=None, delta_vs_best=NAN, overlaps_best=None)
+    return entries
   mean, loss = f'{split}_accuracy_mean', f'{split}_loss_mean'
   with_results = sorted((e for e in entries if e['n']), key=lambda e: (-e[mean], e[loss]))
   best = with_results[0] if with_results else None

@@ -70,8 +70,10 @@ def timings(workdir: str, rows: Sequence[dict[str, Any]]) -> dict[str, float] | 
 def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDict | None,
           reference_config: ml_collections.ConfigDict | None, rows: Sequence[dict[str, Any]],
           entries: Sequence[dict[str, Any]], keys: Sequence[str], replicate_keys: Sequence[str],
-          split: str, plot_paths: Sequence[str]) -> list[Block]:
-  """The report's blocks (see module docstring)."""
+          split: str | None, plot_paths: Sequence[str]) -> list[Block]:
+  """The report's blocks (see module docstring); `split` is the ranking split, None when the
+  trials hold out none (then nothing is ranked or called best: `aggregate.NOT_RANKED`)."""
+  shown = aggregate.shown_split(split)
   root = epath.Path(workdir)
   sweep_info = _read_json(root / 'sweep.json')
   blocks = [Block('h1', f'Sweep report: {root.name}'),
@@ -87,9 +89,9 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
       'Swept keys: '
       + ', '.join(f'`{k}`' for k in keys) + '. Replicate keys: '
       + (', '.join(f'`{k}`' for k in swept) if swept else 'none swept (one trial per setting)')
-      + f'. Ranked by final **{split}** accuracy'
-      + ('; test accuracy is shown beside it, never used to choose.' if split != 'test' else
-         ' (no validation split: `--config.data.validation_split` would give one to choose by).'))))
+      + (f'. Ranked by final **{split}** accuracy; test accuracy is shown beside it, never used '
+         'to choose.' if split else
+         f'. {aggregate.NOT_RANKED}; test accuracy is shown as a result only.'))))
   if counts.get(results.RUNNING) or counts.get(results.PENDING) or counts.get(
       results.INTERRUPTED):
     blocks.append(Block('p', '**Partial sweep**: trials still running, interrupted or pending are '
@@ -125,15 +127,19 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
     blocks.append(Block('p', 'No reference config given; each trial folder holds its full '
                         '`config.json`.'))
 
-  blocks.append(Block('h2', 'Leaderboard (settings)'))
+  blocks.append(Block('h2', 'Leaderboard (settings)' if split else 'Settings (sweep order)'))
+  if split is None:
+    blocks.append(Block('p', aggregate.NOT_RANKED + '.'))
   blocks.append(Block('p', (
-      f'Final {split} accuracy per setting: mean over the replicates that finished '
-      '(`done` or `stopped`), its standard deviation (ddof=1) and the half-width of the 95% '
-      "confidence interval of the mean (Student t, n-1 degrees of freedom). 'overlaps best': `*` "
-      "the interval overlaps the best setting's, so this sweep cannot tell the two apart (a "
-      'conservative reading: intervals that do not overlap mean a significant difference, '
-      'overlapping ones do not prove equality); `?` undefined (n < 2). Diverged, failed and '
-      'unfinished trials are counted in the trials column, never averaged in.')))
+      f'Final {shown} accuracy per setting{"" if split else ", in sweep order"}: mean over the '
+      'replicates that finished (`done` or `stopped`), its standard deviation (ddof=1) and the '
+      'half-width of the 95% confidence interval of the mean (Student t, n-1 degrees of freedom). '
+      + ("'overlaps best': `*` the interval overlaps the best setting's, so this sweep cannot tell "
+         'the two apart (a conservative reading: intervals that do not overlap mean a significant '
+         'difference, overlapping ones do not prove equality); `?` undefined (n < 2). '
+         if split else '')
+      + 'Diverged, failed and unfinished trials are counted in the trials column, never averaged '
+      'in.')))
   if entries:
     header, table = results.settings_table(entries, split)
     blocks.append(Block('table', header=header, rows=table))
@@ -165,11 +171,11 @@ def build(workdir: str, sweep_path: str | None, config: ml_collections.ConfigDic
   table = []
   for row in aggregate.ranked_rows(rows):
     detail = results.trial_status(results.trial_dir(workdir, row['trial']))[1]
-    table.append([row['trial'], row['status'], aggregate.percent(row.get(f'{split}_accuracy')),
-                  aggregate.percent(row.get('test_accuracy')) if split != 'test' else '',
+    table.append([row['trial'], row['status'], aggregate.percent(row.get(f'{shown}_accuracy')),
+                  aggregate.percent(row.get('test_accuracy')) if split else '',
                   str(row.get('epoch') or '-'), detail])
-  header = ['trial', 'status', f'{split} acc', 'test acc', 'epoch', 'detail']
-  if split == 'test':
+  header = ['trial', 'status', f'{shown} acc', 'test acc', 'epoch', 'detail']
+  if split is None:
     header, table = header[:3] + header[4:], [r[:3] + r[4:] for r in table]
   blocks.append(Block('table', header=header, rows=table))
   return blocks

@@ -6,8 +6,10 @@ plots.
     WORKDIR/summary.csv, WORKDIR/summary.jsonl     one row per setting (replicates aggregated)
     WORKDIR/plots/*.png                            accuracy against each swept key, heatmap, curves
 
-Everything that ranks or chooses uses the validation metrics when the trials have them, else test
-(`aggregate.ranking_split`); test is shown beside validation but never used to choose. Everything
+Everything that ranks or chooses uses the validation metrics (`aggregate.ranking_split`); test is
+shown beside them but never used to choose. Trials without validation metrics are not ranked: the
+tables keep the sweep's order, show test metrics as results only and say `aggregate.NOT_RANKED`
+where a best would be named. Everything
 sweep-level is rebuilt from the trial folders, so the folders written by several workers merge into
 one table. Paths go through `etils.epath`: the workdir may be a cloud bucket.
 """
@@ -104,7 +106,8 @@ def _columns(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
 
 
 def write_tables(workdir: str, rows: list[dict[str, Any]], keys: Sequence[str]) -> list[str]:
-  """Writes `results.csv` and `results.jsonl`, best trial first; returns their paths."""
+  """Writes `results.csv` and `results.jsonl`, best trial first (in sweep order when not ranked);
+  returns their paths."""
   columns = _columns(rows, keys)
   rows = aggregate.ranked_rows(rows)
   root = epath.Path(workdir)
@@ -146,45 +149,57 @@ def _json_value(value: Any) -> Any:
 
 
 def leaderboard(rows: list[dict[str, Any]], top: int = 10) -> str:
-  """The best trials by final validation (else test) accuracy, and how many are in each status."""
+  """The best trials by final validation accuracy, and how many are in each status; without
+  validation metrics, `aggregate.NOT_RANKED` and the first trials in sweep order with their test
+  metrics (results only)."""
   counts = {}
   for row in rows:
     counts[row['status']] = counts.get(row['status'], 0) + 1
   lines = [f'{len(rows)} trials: ' + ', '.join(f'{n} {s}' for s, n in sorted(counts.items()))]
   split = aggregate.ranking_split(rows)
-  ranked = [r for r in aggregate.ranked_rows(rows) if aggregate.has_results(r, split)][:top]
-  if ranked:
-    short = SHORT_SPLIT[split]
-    beside = f'  {"test acc":>8}' if split != 'test' else ''
-    lines.append(f'{"rank":>4}  {short + " acc":>8}  {short + " loss":>9}{beside}  {"epoch":>5}  '
+  if split is None:
+    lines.append(aggregate.NOT_RANKED)
+  shown = aggregate.shown_split(split)
+  listed = [r for r in aggregate.ranked_rows(rows) if aggregate.has_results(r, shown)][:top]
+  if listed:
+    short = SHORT_SPLIT[shown]
+    rank = f'{"rank":>4}  ' if split else ''
+    beside = f'  {"test acc":>8}' if split else ''
+    lines.append(f'{rank}{short + " acc":>8}  {short + " loss":>9}{beside}  {"epoch":>5}  '
                  f'{"status":8}  trial')
-    for rank, row in enumerate(ranked, 1):
-      beside = f'  {aggregate.percent(row.get("test_accuracy")):>8}' if split != 'test' else ''
-      lines.append(f'{rank:>4}  {row[f"{split}_accuracy"]:>8.2%}  {row[f"{split}_loss"]:>9.4f}'
+    for i, row in enumerate(listed, 1):
+      rank = f'{i:>4}  ' if split else ''
+      beside = f'  {aggregate.percent(row.get("test_accuracy")):>8}' if split else ''
+      lines.append(f'{rank}{row[f"{shown}_accuracy"]:>8.2%}  {row[f"{shown}_loss"]:>9.4f}'
                    f'{beside}  {row.get("epoch", "-"):>5}  {row["status"]:8}  {row["trial"]}')
   return '\n'.join(lines)
 
 
 def settings_table(entries: Sequence[dict[str, Any]],
-                   split: str) -> tuple[list[str], list[list[str]]]:
-  """The aggregated leaderboard as a header and rows of text cells (for the console and report)."""
-  short = SHORT_SPLIT[split]
-  header = ['rank', f'{short} acc mean', '± 95% CI', 'std', 'n', f'{short} loss mean']
-  if split != 'test':
-    header += ['test acc mean', 'test ± 95% CI']
-  header += ['vs best', 'overlaps best', 'trials', 'setting']
+                   split: str | None) -> tuple[list[str], list[list[str]]]:
+  """The aggregated leaderboard as a header and rows of text cells (for the console and report);
+  without a ranking split (None), the settings' test statistics with no rank and no best."""
+  shown = aggregate.shown_split(split)
+  short = SHORT_SPLIT[shown]
+  header = ['rank'] if split else []
+  header += [f'{short} acc mean', '± 95% CI', 'std', 'n', f'{short} loss mean']
+  if split:
+    header += ['test acc mean', 'test ± 95% CI', 'vs best', 'overlaps best']
+  header += ['trials', 'setting']
   table = []
   for e in entries:
-    half = (e[f'{split}_accuracy_ci_high'] - e[f'{split}_accuracy_mean'])
-    cells = [str(e['rank'] or '-'), aggregate.percent(e[f'{split}_accuracy_mean']),
-             aggregate.percent(half), aggregate.percent(e[f'{split}_accuracy_std']), str(e['n']),
-             aggregate.number(e[f'{split}_loss_mean'])]
-    if split != 'test':
+    half = (e[f'{shown}_accuracy_ci_high'] - e[f'{shown}_accuracy_mean'])
+    cells = [str(e['rank'] or '-')] if split else []
+    cells += [aggregate.percent(e[f'{shown}_accuracy_mean']), aggregate.percent(half),
+              aggregate.percent(e[f'{shown}_accuracy_std']), str(e['n']),
+              aggregate.number(e[f'{shown}_loss_mean'])]
+    if split:
+      delta = e['delta_vs_best']
       cells += [aggregate.percent(e['test_accuracy_mean']),
-                aggregate.percent(e['test_accuracy_ci_high'] - e['test_accuracy_mean'])]
-    delta = e['delta_vs_best']
-    cells += ['-' if not aggregate.finite(delta) or e['rank'] == 1 else f'{100 * delta:+.2f} pp',
-              aggregate.overlap_mark(e), aggregate.status_summary(e['statuses']), e['setting']]
+                aggregate.percent(e['test_accuracy_ci_high'] - e['test_accuracy_mean']),
+                '-' if not aggregate.finite(delta) or e['rank'] == 1 else f'{100 * delta:+.2f} pp',
+                aggregate.overlap_mark(e)]
+    cells += [aggregate.status_summary(e['statuses']), e['setting']]
     table.append(cells)
   return header, table
 
@@ -202,32 +217,43 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], rule: bool 
   return '\n'.join(lines)
 
 
-def settings_leaderboard(entries: Sequence[dict[str, Any]], split: str,
+def settings_leaderboard(entries: Sequence[dict[str, Any]], split: str | None,
                          replicate_keys: Sequence[str], keys: Sequence[str]) -> str:
-  """The aggregated leaderboard with a line saying what it averages and what the marks mean."""
+  """The aggregated leaderboard with a line saying what it averages and what the marks mean;
+  without a ranking split, `aggregate.NOT_RANKED` and the settings in sweep order."""
   swept = [k for k in replicate_keys if k in keys]
   over = (f'mean over {"/".join(swept)}' if swept else
           'no replicate key swept (each setting has one trial, so no intervals; sweep the seed '
           "too, e.g. hyper.sweep('seed', range(3)))")
-  lines = [f'{len(entries)} settings ranked by final {split} accuracy ({over}); 95% CI of the mean '
-           "(Student t); overlaps best: '*' interval overlaps the best's, '?' undefined (n < 2):"]
+  if split is None:
+    lines = [aggregate.NOT_RANKED,
+             f'{len(entries)} settings in sweep order, final test accuracy as a result only '
+             f'({over}); 95% CI of the mean (Student t):']
+  else:
+    lines = [f'{len(entries)} settings ranked by final {split} accuracy ({over}); 95% CI of the '
+             "mean (Student t); overlaps best: '*' interval overlaps the best's, '?' undefined "
+             '(n < 2):']
   lines.append(text_table(*settings_table(entries, split)))
   return '\n'.join(lines)
 
 
 def summary_columns(entries: Sequence[dict[str, Any]], keys: Sequence[str],
-                    replicate_keys: Sequence[str], split: str) -> list[str]:
+                    replicate_keys: Sequence[str], split: str | None) -> list[str]:
+  """The summary tables' columns; without a ranking split, no rank and nothing against a best."""
   setting_keys = [k for k in keys if k not in replicate_keys]
-  splits = (split, 'test') if split != 'test' else (split,)
+  splits = (split, 'test') if split else ('test',)
   stats = [f'{s}_{m}_{k}' for s in splits for m in ('accuracy', 'loss')
            for k in ('mean', 'std', 'ci_low', 'ci_high')]
+  if split is None:
+    return ['setting', *setting_keys, 'n', *stats, 'statuses', 'replicates', 'trials']
   return ['rank', 'setting', *setting_keys, 'n', *stats, 'delta_vs_best', 'overlaps_best',
           'statuses', 'replicates', 'trials']
 
 
 def write_summary_tables(workdir: str, entries: Sequence[dict[str, Any]], keys: Sequence[str],
-                         replicate_keys: Sequence[str], split: str) -> list[str]:
-  """Writes `summary.csv` and `summary.jsonl`: one row per setting, ranked; returns their paths."""
+                         replicate_keys: Sequence[str], split: str | None) -> list[str]:
+  """Writes `summary.csv` and `summary.jsonl`: one row per setting, ranked (in sweep order when
+  `split` is None); returns their paths."""
   columns = summary_columns(entries, keys, replicate_keys, split)
   root = epath.Path(workdir)
   run_files.write_text_atomic(root / 'summary.csv', _csv_text(entries, columns))
@@ -244,14 +270,17 @@ def _log_scale(key: str, values: Sequence[Any]) -> bool:
 
 
 def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict[str, Any]],
-                keys: Sequence[str], replicate_keys: Sequence[str], split: str) -> list[str]:
+                keys: Sequence[str], replicate_keys: Sequence[str],
+                split: str | None) -> list[str]:
   """The sweep's figures in `plots/`; returns their paths.
 
   Per swept non-replicate key, `{split}_accuracy_vs_{key}.png`: the mean final accuracy with its
   95% interval as a band, one line per setting of the other keys; with exactly two such keys,
   `{split}_accuracy_heatmap.png`; and `curves_best.png`, the per-epoch curves of the best settings.
+  Without a ranking split (None), the first two on test accuracy (results only) and no best curves.
   """
   from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
+  ranking, split = split, aggregate.shown_split(split)
   entries = [e for e in entries if e['n']]
   setting_keys = [k for k in keys if k not in replicate_keys]
   plots_dir = epath.Path(workdir) / run_files.PLOTS_DIR
@@ -274,7 +303,7 @@ def write_plots(workdir: str, rows: list[dict[str, Any]], entries: Sequence[dict
         title=_band_title(rows, replicate_keys, keys)))
   if len(varied) == 2:
     paths.append(_heatmap(plots, rows, entries, varied, split, plots_dir))
-  best = entries[:aggregate.NUM_BEST_CURVES]
+  best = entries[:aggregate.NUM_BEST_CURVES] if ranking else []
   if best:
     curves = {}
     statuses = {r['trial']: r['status'] for r in rows}

@@ -301,10 +301,12 @@ class Progress:
     if records:
       # Chosen by validation accuracy when the sweep holds a split out; test is only reported.
       split = aggregate.ranking_split([{**r, 'status': results.DONE} for r in records.values()])
-      i, record = max(records.items(), key=lambda item: item[1][f'{split}_accuracy'])
-      beside = f'test {record["test_accuracy"]:.2%}, ' if split == 'validation' else ''
-      best = (f'; best {split} accuracy {record[f"{split}_accuracy"]:.2%} '
-              f'({beside}{self.running[i].name})')
+      if split is None:
+        best = f'; {aggregate.NOT_RANKED}'
+      else:
+        i, record = max(records.items(), key=lambda item: item[1][f'{split}_accuracy'])
+        best = (f'; best {split} accuracy {record[f"{split}_accuracy"]:.2%} '
+                f'(test {record["test_accuracy"]:.2%}, {self.running[i].name})')
     num_epochs = self.running[0].config.num_epochs
     self.log(f'{self._counts(len(self.running))} | group {self.group_index}/{self.num_groups} '
              f'epoch {epoch}/{num_epochs}, {sum(diverged)} diverged'

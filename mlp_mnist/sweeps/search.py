@@ -194,14 +194,16 @@ def budget(rows: Sequence[dict[str, Any]], configs: Sequence[ml_collections.Conf
 
 
 def write_search_plots(workdir: str, rows: Sequence[dict[str, Any]], keys: Sequence[str],
-                       replicate_keys: Sequence[str], split: str) -> list[str]:
+                       replicate_keys: Sequence[str], split: str | None) -> list[str]:
   """For sampled sweeps, in `plots/`: per sampled key, `{split}_accuracy_by_trial_vs_{key}.png`
   (each trial's final metric against its value, log axis for log ranges; pruned trials at their
-  last rung), and `{split}_accuracy_best_so_far.png` (against trials, in sweep order)."""
+  last rung), and `{split}_accuracy_best_so_far.png` (against trials, in sweep order). Without a
+  ranking split (None): the first on test accuracy (results only), no best so far."""
   ranges = recorded_description(workdir).get('ranges', {})
   if not ranges:
     return []
   from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
+  ranking, split = split, aggregate.shown_split(split)
   metric = f'{split}_accuracy'
   plots_dir = epath.Path(workdir) / run_files.PLOTS_DIR
   finished = [r for r in rows if aggregate.has_results(r, split)]
@@ -222,7 +224,7 @@ def write_search_plots(workdir: str, rows: Sequence[dict[str, Any]], keys: Seque
           ylabel=f'final {split} accuracy', log_x=kind == 'log', categories=categories,
           title=f'one point per trial ({len(finished)} finished, {len(pruned)} pruned)'))
   values = [r[metric] if aggregate.has_results(r, split) else math.nan for r in rows]
-  if finished:
+  if finished and ranking:
     paths.append(plots.save_best_so_far(
         values, str(plots_dir / f'{split}_accuracy_best_so_far.png'),
         ylabel=f'final {split} accuracy', title='pruned and unfinished trials count as no result'))
