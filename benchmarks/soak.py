@@ -330,6 +330,9 @@ def soak_sweep(root: str, kills: int, seed: int, every_steps: int = 0) -> dict[s
   for directory in (reference, resumed, warm):
     os.makedirs(os.path.dirname(directory), exist_ok=True)
   run_to_end(reference, os.path.join(root, 'reference.npz'), cache_dir, sweep=True)
+  if every_steps:  # Its calls inside epochs have lengths of their own to compile (and cache).
+    run_to_end(warm + '_cold', os.path.join(root, 'warm.npz'), cache_dir, sweep=True,
+               every_steps=every_steps)
   start = time.time()
   run_to_end(warm, os.path.join(root, 'warm.npz'), cache_dir, sweep=True, every_steps=every_steps)
   duration = time.time() - start
