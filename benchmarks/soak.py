@@ -22,7 +22,10 @@ from its own checkpoints): each start is killed, by mode (`SWEEP_MODES`, in turn
 moment of an uninterrupted (warm) sweep's duration, or at the first checkpoint save or record
 write of any trial after such a moment, then resumed (a sweep that finished between kills starts
 over in a clean folder); at the end every trial's `metrics.jsonl` and final parameters must equal
-the uninterrupted sweep's bit for bit, and every trial's status must say `done`.
+the uninterrupted sweep's bit for bit, and every trial's status must say `done`. With
+`--every_steps N`, the killed (and the warm) sweep also checkpoints every N steps inside epochs
+(`checkpoint.every_steps`), while the reference does not: kills then land inside epochs too, and
+the cadence must change no number.
 """
 
 import argparse
@@ -83,9 +86,10 @@ def child(workdir: str, result_path: str, cache_dir: str) -> None:
   np.savez(result_path, *leaves)
 
 
-def sweep_child(workdir: str, result_path: str, cache_dir: str) -> None:
-  """One sweep process: trains (resuming) the sweep in `workdir`; saves each trial's final
-  parameters, read back from its final checkpoint."""
+def sweep_child(workdir: str, result_path: str, cache_dir: str, every_steps: int = 0) -> None:
+  """One sweep process: trains (resuming) the sweep in `workdir` (checkpoints every
+  `every_steps` steps inside epochs); saves each trial's final parameters, read back from its
+  final checkpoint."""
   sys.path.insert(0, os.path.join(REPO, 'configs'))
   import default  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -97,6 +101,7 @@ def sweep_child(workdir: str, result_path: str, cache_dir: str) -> None:
   cli.enable_compilation_cache(cache_dir)
   config = default.get_config()
   config.update_from_flattened_dict(SWEEP_OVERRIDES)
+  config.checkpoint.every_steps = every_steps
   sweep_path = os.path.join(os.path.dirname(workdir), 'sweep.py')
   with open(sweep_path, 'w') as f:
     f.write(SWEEP)
@@ -116,11 +121,12 @@ def sweep_child(workdir: str, result_path: str, cache_dir: str) -> None:
   np.savez(result_path, *leaves)
 
 
-def _start(workdir: str, result_path: str, cache_dir: str, sweep: bool = False
-           ) -> subprocess.Popen:
+def _start(workdir: str, result_path: str, cache_dir: str, sweep: bool = False,
+           every_steps: int = 0) -> subprocess.Popen:
   return subprocess.Popen(
       [sys.executable, '-m', 'benchmarks.soak', '--child', f'--workdir={workdir}',
-       f'--result={result_path}', f'--cache_dir={cache_dir}'] + (['--sweep'] if sweep else []),
+       f'--result={result_path}', f'--cache_dir={cache_dir}'] + (['--sweep'] if sweep else [])
+      + ([f'--every_steps={every_steps}'] if every_steps else []),
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')})
 
@@ -240,11 +246,11 @@ def kill_once(workdir: str, result_path: str, cache_dir: str, mode: str, rng: ra
           'returncode': process.returncode, **_state(workdir), 'output': output[-3:]}
 
 
-def run_to_end(workdir: str, result_path: str, cache_dir: str, sweep: bool = False
-               ) -> tuple[float, float, list[str]]:
+def run_to_end(workdir: str, result_path: str, cache_dir: str, sweep: bool = False,
+               every_steps: int = 0) -> tuple[float, float, list[str]]:
   """Runs uninterrupted; returns (seconds until training starts, seconds per epoch, output)."""
   start = time.time()
-  process = _start(workdir, result_path, cache_dir, sweep)
+  process = _start(workdir, result_path, cache_dir, sweep, every_steps)
   lines, output, epoch_times = _lines(process), [], []
   began = None
   while True:
@@ -314,8 +320,9 @@ def _trial_states(workdir: str) -> dict[str, str]:
   return states
 
 
-def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
-  """The sweep soak in `root`: kills at random moments of the sweep, resumes, compares."""
+def soak_sweep(root: str, kills: int, seed: int, every_steps: int = 0) -> dict[str, Any]:
+  """The sweep soak in `root`: kills at random moments of the sweep (checkpointing every
+  `every_steps` steps inside epochs), resumes, compares with a sweep without that cadence."""
   rng = random.Random(seed)
   cache_dir = os.path.join(root, 'jax_cache')
   reference, resumed = os.path.join(root, 'reference', 'run'), os.path.join(root, 'killed', 'run')
@@ -323,8 +330,11 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
   for directory in (reference, resumed, warm):
     os.makedirs(os.path.dirname(directory), exist_ok=True)
   run_to_end(reference, os.path.join(root, 'reference.npz'), cache_dir, sweep=True)
+  if every_steps:  # Its calls inside epochs have lengths of their own to compile (and cache).
+    run_to_end(warm + '_cold', os.path.join(root, 'warm.npz'), cache_dir, sweep=True,
+               every_steps=every_steps)
   start = time.time()
-  run_to_end(warm, os.path.join(root, 'warm.npz'), cache_dir, sweep=True)
+  run_to_end(warm, os.path.join(root, 'warm.npz'), cache_dir, sweep=True, every_steps=every_steps)
   duration = time.time() - start
   table, cycles = [], 1
   for i in range(kills):
@@ -334,7 +344,8 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
     mode = SWEEP_MODES[i % len(SWEEP_MODES)]
     delay = rng.uniform(0, duration)
     begun = time.time()
-    process = _start(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True)
+    process = _start(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True,
+                     every_steps=every_steps)
     hit = 'at a random moment'
     while process.poll() is None:
       elapsed = time.time() - begun
@@ -356,7 +367,8 @@ def soak_sweep(root: str, kills: int, seed: int) -> dict[str, Any]:
                   'epochs': {n: len(_metrics(os.path.join(trials, n)))
                              for n in _trial_states(resumed)
                              if os.path.exists(os.path.join(trials, n, 'metrics.jsonl'))}})
-  _, _, output = run_to_end(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True)
+  _, _, output = run_to_end(resumed, os.path.join(root, 'killed.npz'), cache_dir, sweep=True,
+                            every_steps=every_steps)
   names = sorted(_trial_states(reference))
   same_metrics = all(
       _metrics(os.path.join(reference, 'trials', n)) == _metrics(os.path.join(resumed, 'trials', n))
@@ -419,14 +431,22 @@ def main(argv=None) -> int:
   parser.add_argument('--cache_dir', help=argparse.SUPPRESS)
   parser.add_argument('--sweep', action='store_true',
                       help='Soak a sweep (kills at random moments, trials resumed) instead.')
+  parser.add_argument('--every_steps', type=int, default=0,
+                      help='With --sweep: the killed sweep also checkpoints every N steps inside '
+                           'epochs (the reference does not).')
   args = parser.parse_args(argv)
+  if args.every_steps < 0 or args.every_steps and not args.sweep:
+    parser.error('--every_steps takes a non-negative number of steps, and --sweep.')
   if args.child:
-    (sweep_child if args.sweep else child)(args.workdir, args.result, args.cache_dir)
+    if args.sweep:
+      sweep_child(args.workdir, args.result, args.cache_dir, args.every_steps)
+    else:
+      child(args.workdir, args.result, args.cache_dir)
     return 0
   import tempfile  # pylint: disable=g-import-not-at-top
   root = args.root or tempfile.mkdtemp(prefix='mlp_mnist_soak_')
   if args.sweep:
-    report = soak_sweep(root, args.kills, args.seed)
+    report = soak_sweep(root, args.kills, args.seed, args.every_steps)
     print(format_sweep_table(report))
     if args.json:
       with open(args.json, 'w') as f:

@@ -5,15 +5,15 @@ run's program is the pmapped data-parallel epoch, `train.RunProgram`; a sweep gr
 pmapped and vmapped trial program, `sweeps.vectorized.GroupProgram`). `run_epochs` does the rest
 once, over the trial axis: on logged epochs it evaluates validation then test, builds each trial's
 record, runs its hooks, records it (`records.recorder.Recorder`), lets early stopping decide and
-keeps the best weights; every epoch it notes divergence, saves checkpoints (a single run's also
-inside epochs: `MidEpochCheckpoints`) and tells the caller, who may end trials (`on_epoch`
+keeps the best weights; every epoch it notes divergence, saves checkpoints (also inside epochs:
+`MidEpochCheckpoints`) and tells the caller, who may end trials (`on_epoch`
 returns their indices). `finish` writes each trial's summary and
 status.
 """
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +34,12 @@ class TrialProgram(Protocol):
 
   num_trials: int
   has_validation: bool
-  saves_inside_epochs: bool  # Whether `train_epoch` takes `EpochSaves` (single runs).
+  saves_inside_epochs: bool  # Whether `train_epoch` takes `EpochSaves`.
 
   def train_epoch(self, epoch: int, frozen: np.ndarray,
                   saves: 'EpochSaves | None' = None) -> tuple[Any, np.ndarray]:
     """Trains epoch `epoch` of every trial not `frozen` (with `saves`, from its step
-    `saves.first_step`, offering it the state between calls); returns its per-step metrics (host
+    `saves.first_step`, offering it the states between calls); returns its per-step metrics (host
     arrays, leading trial axis; with `saves`, of the whole epoch, or of its steps up to where
     `saves` stopped it) and which trials stopped being finite (their state is frozen)."""
 
@@ -129,15 +129,36 @@ def steps_per_call(config: ml_collections.ConfigDict, steps: int | None) -> int 
   return min(steps or TIMED_CALL_STEPS, TIMED_CALL_STEPS)
 
 
-class MidEpochCheckpoints:
-  """When a single run (`trial`) saves inside its epochs: at each multiple of
-  `checkpoint.every_steps`, when `checkpoint.every_minutes` have passed since the last save, and
-  when `stop` is requested (a signal). `last_step` is the step of the last save (or resume)."""
+def call_edges(num_steps: int, steps_per_call: int | None, cuts: tuple[int, ...] = (),
+               save_points: tuple[int, ...] = ()) -> list[int]:
+  """Where the training calls of `num_steps` steps begin and end: every `steps_per_call` steps
+  (None: one call), before each step in `cuts`, and at each of `save_points` (where a checkpoint
+  falls due), or at the first later step that leaves no call of one step (none: the end).
 
-  def __init__(self, trial: Trial, steps_per_epoch: int, stop: preemption.StopRequest | None,
-               last_step: int, clock: Callable[[], float] = time.monotonic):
-    checkpoint = trial.config.checkpoint
-    self.trial, self.steps_per_epoch, self.stop, self.clock = trial, steps_per_epoch, stop, clock
+  An epoch of several steps gets no call of one step: XLA compiles a one-step scan without its
+  loop, and its rounding then differs from the same step inside a longer call. A lone step joins
+  its neighbour's call (`cuts` must leave none between them).
+  """
+  fixed = {0, num_steps, *(c for c in cuts if 0 < c < num_steps)}
+  for point in sorted(save_points):
+    fixed.add(next((e for e in range(max(point, 0), num_steps)
+                    if all(abs(e - f) != 1 for f in fixed)), num_steps))
+  size = max(steps_per_call or num_steps, min(num_steps, 2))
+  return sorted(fixed | {e for e in range(0, num_steps, size)
+                         if all(abs(e - f) != 1 for f in fixed)})
+
+
+class MidEpochCheckpoints:
+  """When a program group of `trials` (a single run: one) saves inside its epochs: at each
+  multiple of `checkpoint.every_steps`, when `checkpoint.every_minutes` have passed since the last
+  save, and when `stop` is requested (a signal). `last_step` is the step of the last save (or
+  resume). The cadence is the group's: `checkpoint` is part of `sweeps.vectorized.program_key`."""
+
+  def __init__(self, trials: list[Trial], steps_per_epoch: int,
+               stop: preemption.StopRequest | None, last_step: int,
+               clock: Callable[[], float] = time.monotonic):
+    checkpoint = trials[0].config.checkpoint
+    self.trials, self.steps_per_epoch, self.stop, self.clock = trials, steps_per_epoch, stop, clock
     self.every_steps, self.seconds = checkpoint.every_steps, 60 * checkpoint.every_minutes
     self.last_step, self.last_time = last_step, clock()
     self.stopping = False  # Whether the last `due` was a stop request's.
@@ -164,19 +185,24 @@ class MidEpochCheckpoints:
   def saved(self, step: int) -> None:
     self.last_step, self.last_time = step, self.clock()
 
-  def epoch(self, epoch: int, resumed: checkpointing.EpochInProgress | None) -> 'EpochSaves':
-    """The saves inside `epoch`, trained from `resumed`'s step when it is that epoch's."""
-    return EpochSaves(self, epoch, resumed if resumed and resumed.epoch == epoch else None)
+  def epoch(self, epoch: int, resumed: 'Sequence[checkpointing.EpochInProgress | None] | None'
+            ) -> 'EpochSaves':
+    """The saves inside `epoch`, trained from `resumed`'s step (per trial, all at one step) when
+    it is that epoch's."""
+    inside = resumed is not None and any(r is not None and r.epoch == epoch for r in resumed)
+    return EpochSaves(self, epoch, list(resumed) if inside else None)
 
 
 class EpochSaves:
-  """The saves inside one epoch, offered the state between its training calls (`first_step`
-  onwards; `save_points`, counted from there, are where every_steps asks for a call to end)."""
+  """The saves inside one epoch of a program group, offered the trials' states between its
+  training calls (`first_step` onwards; `save_points`, counted from there, are where every_steps
+  asks for a call to end). `resumed`: each trial's part of the epoch trained before (all trials
+  at one step), or None."""
 
   def __init__(self, cadence: MidEpochCheckpoints, epoch: int,
-               resumed: checkpointing.EpochInProgress | None):
+               resumed: 'list[checkpointing.EpochInProgress] | None'):
     self.cadence, self.epoch, self.resumed = cadence, epoch, resumed
-    self.first_step = resumed.steps_done if resumed else 0
+    self.first_step = resumed[0].steps_done if resumed else 0
     self.start = (epoch - 1) * cadence.steps_per_epoch + self.first_step  # Global step.
     end, every = epoch * cadence.steps_per_epoch, cadence.every_steps
     self.save_points = tuple(s - self.start for s in range(-(-self.start // every) * every, end,
@@ -184,27 +210,38 @@ class EpochSaves:
     self.stopped_step = None  # The global step where a stop request ended the epoch.
 
   def whole(self, step_metrics):
-    """The per-step metrics of the epoch so far: the resumed steps' and then `step_metrics`."""
-    return (epochs.join_calls(self.resumed.step_metrics, step_metrics) if self.resumed
-            else step_metrics)
+    """The per-step metrics of the epoch so far (leading trial axis): the resumed steps' and then
+    `step_metrics`."""
+    if not self.resumed:
+      return step_metrics
+    return jax.tree.map(lambda *trials: np.stack(trials), *[
+        epochs.join_calls(r.step_metrics, _pick(step_metrics, i))
+        for i, r in enumerate(self.resumed)])
 
   def due(self, done: int) -> bool:
     return self.cadence.due(self.start + done)
 
-  def save(self, state, done: int, step_metrics) -> bool:
-    """Saves `state`, `done` steps after `first_step` (`step_metrics`: theirs); returns whether
-    to stop there (a stop request). Not while a loss or norm is not finite: the epoch goes on,
-    and its end finds the divergence."""
+  def save(self, state: Callable[[int], Any], done: int, step_metrics,
+           live: np.ndarray | None = None) -> bool:
+    """Saves each `live` trial's `state(trial)`, `done` steps after `first_step` (`step_metrics`:
+    theirs, leading trial axis); returns whether to stop there (a stop request). Not while a
+    trial's loss or norm is not finite: that trial is not saved and the epoch goes on (its end
+    finds the divergence)."""
     metrics = self.whole(step_metrics)
-    if not epochs.all_finite(metrics):
-      return False
-    step, trial = self.start + done, self.cadence.trial
-    if trial.checkpointer:
-      trial.checkpointer.save(step, state, self.epoch - 1, trial.history,
-                              checkpointing.EpochInProgress(self.epoch, self.first_step + done,
-                                                            metrics))
-      self.cadence.saved(step)
-    if self.cadence.stopping:
+    step, stopping = self.start + done, True
+    for i, trial in enumerate(self.cadence.trials):
+      if live is not None and not live[i]:
+        continue
+      trial_metrics = _pick(metrics, i)
+      if not epochs.all_finite(trial_metrics):
+        stopping = False
+        continue
+      if trial.checkpointer:
+        trial.checkpointer.save(step, state(i), self.epoch - 1, trial.history,
+                                checkpointing.EpochInProgress(self.epoch, self.first_step + done,
+                                                              trial_metrics))
+    self.cadence.saved(step)
+    if self.cadence.stopping and stopping:
       self.stopped_step = step
     return self.stopped_step is not None
 
@@ -218,16 +255,18 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
                on_epoch: Callable[[int, dict[int, dict]], Iterable[int] | None] | None = None,
                stop: preemption.StopRequest | None = None,
                regroup: Callable[[np.ndarray], bool] | None = None,
-               resumed: checkpointing.EpochInProgress | None = None) -> int:
+               resumed: Sequence[checkpointing.EpochInProgress | None] | None = None) -> int:
   """Trains `trials` (the program's, in its order) from `first_epoch` to `num_epochs`; with
-  `resumed` (a checkpoint saved inside `first_epoch`), that epoch from where it was saved.
+  `resumed` (per trial, the checkpoints saved inside `first_epoch`, all at one step), that epoch
+  from where they were saved.
 
   After each epoch calls `on_epoch(epoch, records)`: `records` maps the index of each trial
   still training to its epoch record, on logged epochs; the indices it returns end those trials.
-  When `stop` is requested (a signal), the call of steps under way is finished (a sweep's: the
-  epoch), every trial still training saves a checkpoint (`Trial.interrupted_epoch`, or
-  `interrupted_step` inside an epoch) and it returns. A program that `saves_inside_epochs` also
-  saves at `checkpoint.every_steps` and `every_minutes` (`MidEpochCheckpoints`). It also returns
+  When `stop` is requested (a signal), the call of steps under way is finished (without a
+  cadence inside epochs, a sweep's call is the epoch), every trial still training saves a
+  checkpoint (`Trial.interrupted_epoch`, or `interrupted_step` inside an epoch) and it returns.
+  A program that `saves_inside_epochs` also saves at `checkpoint.every_steps` and
+  `every_minutes` (`MidEpochCheckpoints`). It also returns
   when `regroup(live)` says the program should be rebuilt for the trials still training (`live`,
   after an epoch with some left). Returns the last epoch trained whole.
   """
@@ -235,8 +274,10 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
   steps_per_epoch = book.steps_per_epoch
   every = config.checkpoint.every_epochs
   last = first_epoch - 1
-  inside = (MidEpochCheckpoints(trials[0], steps_per_epoch, stop,
-                                last * steps_per_epoch + (resumed.steps_done if resumed else 0))
+  resumed_steps = next((r.steps_done for r in resumed or ()
+                        if r is not None and r.epoch == first_epoch), 0)
+  inside = (MidEpochCheckpoints(trials, steps_per_epoch, stop,
+                                last * steps_per_epoch + resumed_steps)
             if program.saves_inside_epochs else None)
   # Any cadence also saves where a trial's training ends.
   saves_ends = bool(every or inside is not None and inside.enabled)
@@ -253,7 +294,8 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
       step_metrics, halted = program.train_epoch(epoch, ~live, saves)
     epoch_sec = book.last_sec
     if saves and saves.stopped_step is not None:
-      trials[0].interrupted_step = saves.stopped_step
+      for i in np.flatnonzero(live):
+        trials[i].interrupted_step = saves.stopped_step
       return epoch - 1
     for i in np.flatnonzero(live & halted):
       trials[i].diverged_step = program.diverged_step(int(i))

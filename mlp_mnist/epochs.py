@@ -21,11 +21,13 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
-def join_calls(*calls):
-  """The per-step metrics of consecutive calls of `steps.train_epoch` (host arrays) as one call's:
-  per-step arrays joined, per-call values (the norms of a call's last step) taken from the last."""
-  return jax.tree.map(lambda *parts: np.concatenate(parts) if np.ndim(parts[0]) else parts[-1],
-                      *calls)
+def join_calls(*calls, axis: int = 0):
+  """The per-step metrics of consecutive calls of `steps.train_epoch` (host arrays; the steps on
+  `axis`, after any trial axes) as one call's: per-step arrays joined, per-call values (the norms
+  of a call's last step) taken from the last."""
+  return jax.tree.map(
+      lambda *parts: np.concatenate(parts, axis) if np.ndim(parts[0]) > axis else parts[-1],
+      *calls)
 
 
 def all_finite(step_metrics) -> bool:

@@ -118,22 +118,9 @@ def _shapes(split_data, indices) -> tuple:
 def split_steps(batch_indices: np.ndarray, steps_per_call: int | None,
                 cuts: tuple[int, ...] = (), save_points: tuple[int, ...] = ()
                 ) -> list[np.ndarray]:
-  """Splits [devices, steps, batch] indices into calls of `steps_per_call` steps (None: one call),
-  also cutting before each step in `cuts`, and at each of `save_points` (where a checkpoint falls
-  due), or at the first later step that leaves no call of one step (none: the end).
-
-  An epoch of several steps gets no call of one step: XLA compiles a one-step scan without its
-  loop, and its rounding then differs from the same step inside a longer call. A lone step joins
-  its neighbour's call (`cuts` must leave none between them).
-  """
-  num_steps = batch_indices.shape[1]
-  fixed = {0, num_steps, *(c for c in cuts if 0 < c < num_steps)}
-  for point in sorted(save_points):
-    fixed.add(next((e for e in range(max(point, 0), num_steps)
-                    if all(abs(e - f) != 1 for f in fixed)), num_steps))
-  size = max(steps_per_call or num_steps, min(num_steps, 2))
-  edges = sorted(fixed | {e for e in range(0, num_steps, size)
-                          if all(abs(e - f) != 1 for f in fixed)})
+  """Splits [devices, steps, batch] indices into calls at `driver.call_edges` (calls of
+  `steps_per_call` steps, also cut at `cuts` and `save_points`, never a call of one step)."""
+  edges = driver.call_edges(batch_indices.shape[1], steps_per_call, cuts, save_points)
   return [batch_indices[:, a:b] for a, b in zip(edges, edges[1:])]
 
 
@@ -161,7 +148,7 @@ def run_epoch(trainer: Trainer, state: steps.TrainState, train_data, batch_indic
     if offset and saves and saves.due(offset):
       fetch()
       pending = None
-      if saves.save(state, offset, epochs.join_calls(*fetched)):
+      if saves.save(lambda _: state, offset, _one_trial(epochs.join_calls(*fetched))):
         break
     traced = trace and trace.start <= offset < trace.stop
     if traced and offset == trace.start:
@@ -222,14 +209,15 @@ class RunProgram:
         self.trainer.epoch_indices(epoch, self.num_train)[:, first:], self.steps_per_call, bar,
         dataclasses.replace(trace, first_step=(epoch - 1) * self.steps_per_epoch)
         if trace and epoch == config.profile.epoch and not first else None, saves)
+    step_metrics = _one_trial(step_metrics)
     if saves:
       step_metrics = saves.whole(step_metrics)
-    finite = np.isfinite(step_metrics['loss_sum'])
+    finite = np.isfinite(step_metrics['loss_sum'][0])
     halted = not epochs.all_finite(step_metrics)
     if halted:
       self._diverged_step = (epoch - 1) * self.steps_per_epoch + (
           int(np.argmin(finite)) + 1 if not finite.all() else self.steps_per_epoch)
-    return _one_trial(step_metrics), np.asarray([halted])
+    return step_metrics, np.asarray([halted])
 
   def evaluate(self, split: str):
     data, indices = self.splits[split]
@@ -360,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
   with preemption.stop_on_signals() as stop:
     driver.run_epochs(program, [run], book, first_epoch, config.num_epochs, on_epoch, stop,
-                      resumed=resumed)
+                      resumed=[resumed])
   timings = book.finish()
   driver.finish([run], steps_per_epoch, timings,
                 {'num_train_examples': num_train, 'parameters': parameters})

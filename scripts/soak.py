@@ -4,6 +4,7 @@ it ends bit for bit where an uninterrupted run ends (benchmarks/soak.py, docs/re
     python scripts/soak.py [--kills 20] [--seed 0] [--root /tmp/soak] [--json soak.json]
     python scripts/soak.py --sweep [--kills 20]   # a sweep of two program groups of two trials,
                                                   # each resumed from its own checkpoints
+    python scripts/soak.py --sweep --every_steps 300  # its trials also save inside epochs
 """
 
 import os

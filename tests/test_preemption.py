@@ -5,6 +5,7 @@ with status 3; rerunning resumes exactly. Checkpoints inside epochs (`checkpoint
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from mlp_mnist import config_checks
 from mlp_mnist import driver
 from mlp_mnist import preemption
 from mlp_mnist import train
+from mlp_mnist.devices import parallel
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import recorder as recorder_lib
 from mlp_mnist.records import run_files
 from mlp_mnist.sweeps import results
+from mlp_mnist.sweeps import runner
 from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.sweeps import vectorized
 from mlp_mnist.tools import evaluation
@@ -229,7 +232,7 @@ def test_every_minutes_waits_for_its_time():
   now = [0.0]
   config = _inside_config(every_minutes=2.0)
   trial = driver.Trial(config, recorder_lib.Recorder(None, config, jax.devices()[:1], [], None))
-  cadence = driver.MidEpochCheckpoints(trial, STEPS, preemption.StopRequest(), 0,
+  cadence = driver.MidEpochCheckpoints([trial], STEPS, preemption.StopRequest(), 0,
                                        clock=lambda: now[0])
   now[0] = 119.0
   assert not cadence.due(5)
@@ -243,10 +246,12 @@ def test_every_minutes_waits_for_its_time():
   assert cadence.due(6) and not cadence.due(6, signal=False)
 
 
-def _signal_after_call(monkeypatch, call, sig=signal.SIGTERM):
-  """Sends `sig` to this process when training call number `call` (from 1) returns."""
+def _signal_after_call(monkeypatch, call, sig=signal.SIGTERM, program=train.Trainer,
+                       method='train_steps'):
+  """Sends `sig` to this process when training call number `call` (from 1) returns (a single
+  run's; a sweep group's: `program=vectorized.GroupProgram, method='_train_call'`)."""
   calls = [0]
-  train_steps = train.Trainer.train_steps
+  train_steps = getattr(program, method)
 
   def counted(self, *args):
     result = train_steps(self, *args)
@@ -254,7 +259,7 @@ def _signal_after_call(monkeypatch, call, sig=signal.SIGTERM):
     if calls[0] == call:
       signal.raise_signal(sig)
     return result
-  monkeypatch.setattr(train.Trainer, 'train_steps', counted)
+  monkeypatch.setattr(program, method, counted)
 
 
 def test_a_signal_inside_an_epoch_saves_there_and_the_resumed_run_is_exact(
@@ -354,14 +359,132 @@ def test_restoring_best_weights_needs_epoch_checkpoints_beside_a_cadence_inside_
   config_checks.validate_config(config)
 
 
-def test_sweeps_refuse_checkpoints_inside_epochs():
+def test_multiprocess_sweeps_refuse_checkpoints_inside_epochs(monkeypatch):
+  """They keep no trial checkpoints; single-process sweeps take the cadence."""
   config = _inside_config(every_minutes=5.0)
+  assert sweep_files.expand(config, [{'seed': 1}])[0].config.checkpoint.every_minutes == 5.0
+  monkeypatch.setattr(parallel, 'is_multiprocess', lambda: True)
   with pytest.raises(sweep_files.SweepError,
-                     match=r'^sweep: trial 0 \(seed=1\): .*not supported in sweeps yet; set '
-                           'them to 0 and use checkpoint.every_epochs.$'):
+                     match=r'^sweep: trial 0 \(seed=1\): .*not supported in multi-process '
+                           r'sweeps \(they keep no trial checkpoints\); set them to 0.$'):
     sweep_files.expand(config, [{'seed': 1}])
-  with pytest.raises(sweep_files.SweepError, match='not supported in sweeps yet'):
+  with pytest.raises(sweep_files.SweepError, match='not supported in multi-process sweeps'):
     vectorized.train_trials([config], synthetic_dataset(), devices=jax.devices()[:1])
+
+
+# A sweep of three trials of one program on two devices, 8 steps per epoch, dropout on.
+SWEEP_FILE = "def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2])\n"
+TRIALS = ('seed=0', 'seed=1', 'seed=2')
+
+
+def _sweep(config, workdir, dataset=None):
+  sweep_path = workdir.parent / f'{workdir.name}.sweep.py'
+  sweep_path.write_text(SWEEP_FILE)
+  return runner.run_sweep(config, str(sweep_path), str(workdir), devices=jax.devices()[:2],
+                          dataset=dataset or synthetic_dataset(), log=lambda _: None)
+
+
+def _trial_result(workdir, name, config):
+  """A trial's records (without timings) and the parameters of its latest checkpoint."""
+  directory = results.trial_dir(str(workdir), name)
+  template = vectorized.init_trial_states([config], STEPS, (28, 28, 1), 10)
+  with contextlib.closing(driver.open_checkpointer(directory, config)) as saved:
+    state, _, _ = saved.restore(jax.device_put(jax.tree.map(lambda x: x[0], template)))
+  return ([run_files.without_timing(r) for r in run_files.read_metrics(directory)],
+          jax.device_get(state.params))
+
+
+def _assert_same_sweep(workdir, reference, config):
+  for name in TRIALS:
+    assert results.read_status(results.trial_dir(str(workdir), name)) == 'done'
+    got, want = _trial_result(workdir, name, config), _trial_result(reference, name, config)
+    assert got[0] == want[0] and len(got[0]) == config.num_epochs
+    for x, y in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+      np.testing.assert_array_equal(x, y)
+
+
+def _trial_steps(workdir, name):
+  return _steps(results.trial_dir(str(workdir), name))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_sweep(tmp_path_factory):
+  """The sweep every cadence and every resume must reproduce bit for bit (saves at epochs' ends)."""
+  workdir = tmp_path_factory.mktemp('sweep') / 'reference'
+  _sweep(_inside_config(), workdir)
+  return workdir
+
+
+def test_the_cadence_inside_epochs_is_result_neutral_in_a_sweep(tmp_path, uninterrupted_sweep):
+  _sweep(_inside_config(every_steps=3), tmp_path / 'sweep')
+  _assert_same_sweep(tmp_path / 'sweep', uninterrupted_sweep, _inside_config())
+  for name in TRIALS:  # Where a single run saves (its epochs split at the same steps).
+    assert _trial_steps(tmp_path / 'sweep', name) == [3, 6, 8, 10, 12, 16, 18, 21, 24]
+
+
+def test_every_minutes_saves_a_sweep_between_calls(tmp_path, monkeypatch, uninterrupted_sweep):
+  monkeypatch.setattr(driver, 'TIMED_CALL_STEPS', 3)  # Calls of 3, 3 and 2 steps.
+  _sweep(_inside_config(every_minutes=1e-9, every_epochs=0), tmp_path / 'sweep')
+  _assert_same_sweep(tmp_path / 'sweep', uninterrupted_sweep, _inside_config())
+  for name in TRIALS:
+    assert _trial_steps(tmp_path / 'sweep', name) == [3, 6, 8, 11, 14, 16, 19, 22, 24]
+
+
+def _signal_after_group_call(monkeypatch, call):
+  _signal_after_call(monkeypatch, call, program=vectorized.GroupProgram, method='_train_call')
+
+
+def test_a_signal_inside_an_epoch_of_a_sweep_saves_there_and_the_resumed_sweep_is_exact(
+    tmp_path, monkeypatch, uninterrupted_sweep):
+  workdir = tmp_path / 'sweep'
+  config = _inside_config(every_steps=3, every_epochs=0)
+  # As a single run's: the fifth call ends at step 12, inside epoch 2, where the sweep stops.
+  _signal_after_group_call(monkeypatch, 5)
+  with pytest.raises(preemption.Preempted, match='^SIGTERM received: stopped after the training '
+                     'call under way, with a checkpoint of each of the 3 unfinished trial'):
+    _sweep(config, workdir)
+  monkeypatch.undo()
+  for name in TRIALS:
+    directory = results.trial_dir(str(workdir), name)
+    assert results.read_status(directory) == 'interrupted'
+    assert 'step 12 (step 4 of epoch 2)' in open(os.path.join(directory, 'status')).read()
+    assert len(run_files.read_metrics(directory)) == 1
+    assert _trial_steps(workdir, name) == [3, 6, 10, 12]
+  # Trials resumed at different steps: seed=0 from step 10, the others from 12.
+  shutil.rmtree(os.path.join(results.trial_dir(str(workdir), 'seed=0'), 'checkpoints', '12'))
+  config.checkpoint.every_steps = 5  # Result-neutral: a resume may change it.
+  _sweep(config, workdir)
+  _assert_same_sweep(workdir, uninterrupted_sweep, _inside_config())
+  assert _trial_steps(workdir, 'seed=0') == [3, 6, 10, 16, 20, 24]
+  assert _trial_steps(workdir, 'seed=1') == [3, 6, 10, 12, 16, 20, 24]
+
+
+def test_a_trial_checkpoint_inside_an_epoch_is_never_the_best_and_evaluates(
+    tmp_path, monkeypatch):
+  dataset = synthetic_dataset(num_train=320)  # 64 held out: 8 steps per epoch again.
+  config = _inside_config(every_steps=3, keep=1)
+  config.data.validation_split = 64
+  config.early_stopping.monitor = 'off'
+  workdir = tmp_path / 'sweep'
+  _signal_after_group_call(monkeypatch, 5)
+  with pytest.raises(preemption.Preempted):
+    _sweep(config, workdir, dataset)
+  monkeypatch.undo()
+  for name in TRIALS:
+    directory = results.trial_dir(str(workdir), name)
+    assert _trial_steps(workdir, name) == [STEPS, 12]  # keep=1: the latest and the best.
+    with contextlib.closing(driver.open_checkpointer(directory, config)) as checkpoints:
+      assert checkpoints.best_step() == STEPS  # Epoch 1's end, not step 12.
+  directory = results.trial_dir(str(workdir), 'seed=1')
+  report = evaluation.evaluate_run(directory, 12, devices=jax.devices()[:2], dataset=dataset,
+                                   plots_dir=str(tmp_path / 'plots'))
+  assert (report['step'], report['epoch'], report['training_reported']) == (12, 2, None)
+  report = evaluation.evaluate_run(directory, 'best', devices=jax.devices()[:2], dataset=dataset,
+                                   plots_dir=str(tmp_path / 'plots'))
+  [record] = run_files.read_metrics(directory)
+  assert report['step'] == STEPS and report['test_accuracy'] == record['test_accuracy']
+  # A trial's own evaluation is vmapped, evaluate.py's that of a run.
+  assert report['test_loss'] == pytest.approx(record['test_loss'], rel=1e-5)
 
 
 def test_a_run_resumed_inside_an_epoch_restores_its_best_weights_exactly(tmp_path, monkeypatch):

@@ -130,6 +130,27 @@ def test_divergence_is_isolated(config):
     _assert_same_history(result['history'][i], alone['history'])
 
 
+def test_divergence_inside_an_epoch_split_for_checkpoints_is_as_in_one_call(config):
+  """every_steps=3 splits each 8-step epoch into calls of 3, 3, 2 steps: the trial that diverges
+  in the first call stops at the same step, and every trial ends as with one call per epoch."""
+  dataset = synthetic_dataset(num_train=256, num_test=40)
+  config.num_epochs = 2
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.0
+  config.model.dropout_rate = 0.1
+  trials = [_variant(config, optimizer__learning_rate=0.05),
+            _variant(config, optimizer__learning_rate=1e7), _variant(config, seed=3)]
+  whole = vectorized.train_trials(trials, dataset, jax.devices()[:2], log=lambda _: None)
+  split = vectorized.train_trials([_variant(c, checkpoint__every_steps=3) for c in trials],
+                                  dataset, jax.devices()[:2], log=lambda _: None)
+  assert split['diverged'] == whole['diverged'] == [False, True, False]
+  assert split['diverged_step'] == whole['diverged_step'] == [None, 3, None]
+  untimed = lambda histories: [[run_files.without_timing(r) for r in h] for h in histories]
+  assert untimed(split['history']) == untimed(whole['history'])
+  for a, b in zip(jax.tree.leaves(split['state']), jax.tree.leaves(whole['state'])):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_all_diverged_stops_early(config):
   dataset = synthetic_dataset(num_train=64, num_test=40)
   config.num_epochs = 4

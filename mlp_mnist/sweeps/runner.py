@@ -109,10 +109,13 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
                                 failures, stop, pruner)
           if stop.requested:
             saved = result['status'].count(recorder_lib.INTERRUPTED) if result else 0
+            checkpoint = trials[left[0]].config.checkpoint
+            under_way = ('training call' if checkpoint.every_steps or checkpoint.every_minutes
+                         else 'epoch')
             raise preemption.Preempted(
-                f'{stop.name} received: stopped after the epoch under way, with a checkpoint of '
-                f'each of the {saved} unfinished trial(s) of the group in their folders under '
-                f'{workdir}/trials; rerun the same command to resume.')
+                f'{stop.name} received: stopped after the {under_way} under way, with a '
+                f'checkpoint of each of the {saved} unfinished trial(s) of the group in their '
+                f'folders under {workdir}/trials; rerun the same command to resume.')
     # In a multi-process run, process 0 writes the table once every process's trials are done.
     parallel.sync('mlp_mnist sweep trained')
   if not workdirs.is_lead_process():

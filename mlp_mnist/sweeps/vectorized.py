@@ -171,14 +171,15 @@ class GroupProgram:
     self.has_validation = 'validation' in splits
     self.train_data, self.splits = parallel.replicate(
         (dataset.train, {k: (v, eval_indices(v)) for k, v in splits.items()}), devices)
-    train_fn = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0), chunk,
-                                    donate_argnums=(0,))
+    self.train_fn_any_length = parallel.pmap_trials(chunk_epoch, devices, (0, None, None, 0),
+                                                    chunk, donate_argnums=(0,))
     eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
                                    devices, (0, None, None, None), chunk)
-    platform = devices[0].platform
-    self.train_fn = compilation.compile_program(
-        train_fn.lower(self.carry, *self.train_data, self.epoch_indices(1)), platform,
-        first.batch_size)
+    self.platform = platform = devices[0].platform
+    epoch_indices = self.epoch_indices(1)
+    self.train_fns = {epoch_indices.shape[2]: compilation.compile_program(
+        self.train_fn_any_length.lower(self.carry, *self.train_data, epoch_indices), platform,
+        first.batch_size)}  # By the steps of a call: whole epochs, and calls inside epochs.
     # One program per split's shapes (validation first, as it is evaluated first).
     self.eval_fns = {name: compilation.compile_program(
         eval_fn.lower(self.carry[0], *split_data, indices), platform, first.eval_batch_size)
@@ -192,15 +193,50 @@ class GroupProgram:
   def epoch_indices(self, epoch: int) -> np.ndarray:
     return self.split(trial_batch_indices(self.configs, epoch, self.num_train))
 
-  saves_inside_epochs = False  # Sweeps save at epochs' ends (`sweep_files.check_sweepable`).
+  saves_inside_epochs = True
 
-  def train_epoch(self, epoch: int, frozen: np.ndarray, saves=None):
-    del saves  # Not `saves_inside_epochs`: always None.
+  def train_epoch(self, epoch: int, frozen: np.ndarray, saves: driver.EpochSaves | None = None):
     # A stopped trial is frozen as a diverged one is; the driver tells them apart.
     self.carry = (self.carry[0], self.split(np.asarray(frozen)))
-    self.carry, step_metrics = self.train_fn(self.carry, *self.train_data,
-                                             self.epoch_indices(epoch))
-    return parallel.merge_trials(jax.device_get((step_metrics, self.carry[1])), self.num_trials)
+    indices = self.epoch_indices(epoch)
+    if saves is None or not (saves.cadence.enabled or saves.first_step):  # One call per epoch.
+      self.carry, step_metrics = self._train_call(indices)
+      return parallel.merge_trials(jax.device_get((step_metrics, self.carry[1])),
+                                   self.num_trials)
+    return self._train_calls(indices[:, :, saves.first_step:], saves)
+
+  def _train_call(self, indices: np.ndarray):
+    """Trains the carry over `indices` [devices, trials per device, steps, batch] in one call,
+    compiled ahead of time at the first call of its length."""
+    length = indices.shape[2]
+    if length not in self.train_fns:
+      self.train_fns[length] = compilation.compile_program(
+          self.train_fn_any_length.lower(self.carry, *self.train_data, indices), self.platform,
+          self.configs[0].batch_size)
+    return self.train_fns[length](self.carry, *self.train_data, indices)
+
+  def _train_calls(self, indices: np.ndarray, saves: driver.EpochSaves):
+    """The rest of an epoch (`indices`, from `saves.first_step`) in calls that end at its save
+    points (`driver.call_edges`: as a single run splits its epoch, so the numbers are the same),
+    offering `saves` the trials' states between calls; returns the per-step metrics of the whole
+    epoch (or up to where `saves` stopped it) and which trials stopped being finite."""
+    steps_per_call = driver.steps_per_call(self.configs[0], None)
+    edges = driver.call_edges(indices.shape[2], steps_per_call, (), saves.save_points)
+    calls = []  # Each call's metrics on the devices, fetched when needed.
+
+    def fetched():
+      return parallel.merge_trials(jax.device_get((
+          epochs.join_calls(*jax.device_get(calls), axis=2), self.carry[1])), self.num_trials)
+
+    for begin, end in zip(edges, edges[1:]):
+      if begin and saves.due(begin):
+        step_metrics, diverged = fetched()
+        if saves.save(self.state, begin, step_metrics, ~diverged):
+          return saves.whole(step_metrics), diverged
+      self.carry, step_metrics = self._train_call(indices[:, :, begin:end])
+      calls.append(step_metrics)
+    step_metrics, diverged = fetched()
+    return saves.whole(step_metrics), diverged
 
   def evaluate(self, split: str):
     split_data, indices = self.splits[split]
@@ -248,9 +284,13 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   of each trial still training to its epoch record (the keys `train_and_evaluate` writes, with its
   hooks' metrics), on the epochs it logs; `diverged` and `stopped` (by early stopping, after this
   or an earlier epoch) flag every trial; the trial indices it returns end those trials. With
-  `records`, each trial resumes from its latest checkpoint (trials resumed at different epochs
-  train as separate groups, one after another) and writes its records and checkpoints; `stop`
-  (a signal) ends training after the epoch under way, each unfinished trial checkpointed.
+  `records`, each trial resumes from its latest checkpoint and writes its records and
+  checkpoints (also inside epochs with `checkpoint.every_steps` or `every_minutes`); trials
+  resumed at different positions (epoch, and step inside it) train as separate groups, one after
+  another, each as many side by side as the whole group (the same program, so the same numbers
+  bit for bit as an uninterrupted sweep). `stop` (a signal) ends training after the
+  call under way (the epoch, without a cadence inside epochs), each unfinished trial
+  checkpointed.
   `chunk_size` (0: `default_chunk_size`) sets how many of a device's trials train side by side;
   a group larger than the devices' memory holds (`trials_that_fit`) trains in parts.
   With `config.data.validation_split`, every trial validates on the same held-out examples
@@ -274,9 +314,10 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   capacity = trials_that_fit(first, trial_state_bytes(
       first, steps_per_epoch, dataset.image_shape, dataset.num_classes), devices)
   states = init_trial_states(configs, steps_per_epoch, dataset.image_shape, dataset.num_classes)
-  trials, best, first_epochs = [], [], []
+  trials, best, first_epochs, inside = [], [], [], []
   for i, config in enumerate(configs):
     history, resumed_step, first_epoch, checkpointer, state = [], None, 1, None, None
+    resumed = None  # The epoch in progress of a checkpoint saved inside an epoch.
     if records:
       state = jax.device_put(jax.tree.map(lambda x, i=i: x[i], states))
       checkpointer = records.checkpointer(i)
@@ -284,22 +325,32 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
       if restored:
         state, resumed_step, run = restored
         history, first_epoch = run['history'], run['epoch'] + 1
+        resumed = checkpointing.EpochInProgress.from_run(run)
       recorder = records.recorder(i, dataset.info(), history, resumed_step)
     else:
       recorder = recorder_lib.Recorder(None, config, devices, [], None)
     trial = driver.Trial(config, recorder, checkpointer, list(history),
                          hooks_lib.resolve_all(config.hooks))
-    best.append(driver.best_weights_on_resume(trial, state, first_epoch - 1))
+    best.append(driver.best_weights_on_resume(trial, state,
+                                              first_epoch - 1 if resumed is None else None))
     trials.append(trial)
     first_epochs.append(first_epoch)
+    inside.append(resumed)
     if resumed_step is not None:
       for whole, leaf in zip(jax.tree.leaves(states), jax.tree.leaves(jax.device_get(state))):
         whole[i] = leaf
   final_states, timings = states, {}
-  # One program group per epoch resumed from, and per as many trials as fit the devices.
-  parts = [[i for i, e in enumerate(first_epochs) if e == epoch]
-           for epoch in sorted(set(first_epochs))]
+  # One program group per position resumed from (epoch, step inside it), and per as many trials
+  # as fit the devices.
+  positions = [(e, r.steps_done if r else 0) for e, r in zip(first_epochs, inside)]
+  parts = [[i for i, p in enumerate(positions) if p == position]
+           for position in sorted(set(positions))]
   size = capacity or len(configs)
+  # Every part trains as many trials side by side as the whole group's program does: a program
+  # of another width rounds differently, and a resumed trial must give what it gave in the whole.
+  group_chunk = chunk_size or default_chunk_size(
+      epochs.num_batches(min(size, len(configs)), len(devices)),
+      tree_bytes(states) // len(configs), devices[0].platform)
   for members in [p[j:j + size] for p in parts for j in range(0, len(p), size)]:
     first_epoch = first_epochs[members[0]]
     whole = len(members) == len(configs)
@@ -317,7 +368,8 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
     group_state, timings = _train_group(
         [trials[i] for i in members],
         states if whole else jax.tree.map(lambda x, rows=rows: x[rows], states), group_best,
-        dataset, devices, chunk_size, first_epoch, start, group_epoch if on_epoch else None, stop)
+        dataset, devices, chunk_size, first_epoch, start, group_epoch if on_epoch else None, stop,
+        [inside[i] for i in members], group_chunk)
     if whole:
       final_states = group_state
     else:
@@ -401,9 +453,12 @@ class TrialsDoNotFit(sweep_files.SweepError):
 
 def _train_group(trials: list[driver.Trial], state: steps.TrainState, best: list | None,
                  dataset: data.Dataset, devices, chunk_size: int, first_epoch: int, start: float,
-                 on_epoch, stop) -> tuple[steps.TrainState, dict]:
-  """Trains `trials` (stacked `state`, resumed at `first_epoch`) as one program group; returns
-  their final states (the best for `restore_best_weights` trials) and the timings.
+                 on_epoch, stop, resumed: list[checkpointing.EpochInProgress | None],
+                 first_chunk: int) -> tuple[steps.TrainState, dict]:
+  """Trains `trials` (stacked `state`, resumed at `first_epoch`, inside it from `resumed`'s
+  step, one per trial) as one program group, `first_chunk` trials side by side until it is
+  rebuilt; returns their final states (the best for `restore_best_weights` trials) and the
+  timings.
 
   Once half of the program's trials have ended (early stopping, divergence, ended by `on_epoch`),
   the program is rebuilt for those still training and recompiled: ended trials cost nothing more.
@@ -417,9 +472,9 @@ def _train_group(trials: list[driver.Trial], state: steps.TrainState, best: list
   epoch = first_epoch
   while epoch <= first.num_epochs and not all(trials[m].finished for m in members):
     group = [trials[m] for m in members]
-    chunk = chunk_size or default_chunk_size(
+    chunk = chunk_size or (first_chunk if epoch == first_epoch else default_chunk_size(
         epochs.num_batches(len(members), len(devices)), tree_bytes(state) // len(members),
-        devices[0].platform)
+        devices[0].platform))
     with book.timed('compile_sec'):
       program = GroupProgram([t.config for t in group], state, dataset, devices, chunk)
     if best is not None:
@@ -432,7 +487,8 @@ def _train_group(trials: list[driver.Trial], state: steps.TrainState, best: list
 
     epoch = driver.run_epochs(
         program, group, book, epoch, first.num_epochs, program_epoch if on_epoch else None, stop,
-        regroup=lambda live: 2 * live.sum() <= len(live)) + 1
+        regroup=lambda live: 2 * live.sum() <= len(live),
+        resumed=[resumed[m] for m in members]) + 1
     state = parallel.merge_trials(program.carry[0], len(members))
     if program.best is not None:
       kept = parallel.merge_trials(program.best, len(members))
