@@ -24,7 +24,7 @@ LAYERS = (  # Top to bottom, as drawn.
     ('3  building blocks', 'models/, losses.py, optimizers.py, augmentations.py, data/, devices/,\n'
      '   epochs.py, early_stopping.py, hooks.py, preemption.py'),
     ('2  registries', 'config_files.py, registry.py (components, config.imports)'),
-    ('1  foundation', 'errors.py (UserError), configs/ (the shipped recipes)'),
+    ('1  foundation', 'errors.py (UserError), configs/ (the shipped recipes), workarounds.py'),
 )
 
 

@@ -7,6 +7,7 @@ import re
 import sys
 
 from mlp_mnist import errors
+from mlp_mnist import workarounds
 from mlp_mnist.devices import distributed
 
 DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'mlp_mnist', 'jax')
@@ -82,13 +83,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     argv = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    text = str(e).replace('\\', '')
-    key = re.search(r"'(\w+)'", text)
-    key = key.group(1) if key else text
-    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    key, suggestion = workarounds.unknown_config_key(e)
     flag = next((a.split('=')[0] for a in argv[1:]
                  if a.startswith('--config.') and key in a.split('=')[0].split('.')), '--config')
-    hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+    hint = f' (did you mean {suggestion!r}?)' if suggestion else ''
     print(f'error: {flag}: unknown config key {key!r}{hint}; the known keys are those of the '
           'config file (configs/default.py).', file=sys.stderr)
     sys.exit(2)
@@ -99,25 +97,18 @@ def parse_flags(argv: list[str]) -> list[str]:
   if flags.FLAGS['verbosity'].using_default_value:
     flags.FLAGS.verbosity = -1  # WARNING; --verbosity=0 shows INFO.
   for logger in ('absl', 'asyncio'):
-    logging.getLogger(logger).addFilter(drop_storage_tracebacks_of_checkpoint_threads)
+    logging.getLogger(logger).addFilter(_DROP_STORAGE_TRACEBACKS_OF_CHECKPOINT_THREADS)
   return argv
 
 
-def drop_storage_tracebacks_of_checkpoint_threads(record: logging.LogRecord) -> bool:
-  """A `logging` filter: False for orbax's logs of a storage error (a full disk) in its save
-  threads and their asyncio tasks, with their tracebacks.
-
-  orbax logs the error on each of its threads (`logging.exception`), asyncio each of its write
-  tasks ('Task exception was never retrieved'): about 110 lines. The same exception reaches the
-  caller, where the checkpoint's save or wait turns it into a one-line CheckpointError. Other
-  errors of those threads, bugs included, are still logged.
-  """
-  orbax = f'{os.sep}orbax{os.sep}'
-  if not (record.exc_info and (orbax in record.pathname or orbax in str(record.msg)
-                               or any(orbax in str(a) for a in record.args or ()))):
-    return True
+def _is_storage_error(error: BaseException) -> bool:
   from mlp_mnist.records import checkpointing  # pylint: disable=g-import-not-at-top
-  return not checkpointing.is_storage_error(record.exc_info[1])
+  return checkpointing.is_storage_error(error)
+
+
+# One filter object, so parsing flags twice in a process adds it once.
+_DROP_STORAGE_TRACEBACKS_OF_CHECKPOINT_THREADS = workarounds.storage_traceback_filter(
+    _is_storage_error)
 
 
 def default_workdir() -> str:

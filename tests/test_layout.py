@@ -14,7 +14,7 @@ PACKAGE = os.path.join(REPO, 'mlp_mnist')
 # Bottom to top. A module may import its own unit (package or module) and any lower layer; units
 # of one layer never import each other.
 LAYERS = (
-    ('errors', 'configs'),
+    ('errors', 'configs', 'workarounds'),
     ('config_files', 'registry'),
     ('models', 'optimizers', 'losses', 'augmentations', 'data', 'devices', 'epochs',
      'early_stopping', 'hooks', 'preemption'),

@@ -10,6 +10,7 @@ flags, or the environment variables `JAX_COORDINATOR_ADDRESS` (read by JAX itsel
 import os
 
 from mlp_mnist import errors
+from mlp_mnist import workarounds
 
 MODES = ('auto', 'on', 'off')
 # MPI launchers that Open MPI's own detection (OMPI_MCA_orte_hnp_uri) does not cover: MPICH/Intel
@@ -36,19 +37,14 @@ def detected_cluster():
 
   Asks JAX's own `ClusterEnv` classes, in JAX's order, as `initialize()` does; mpi4py (opt-in in
   JAX) only when it is installed and an MPI launcher started this process. Costs microseconds where
-  there is no cluster: only the TPU check asks a server, and only on a Cloud TPU VM.
-
-  The one private JAX API this package uses, because no public one exists: the public
-  `jax.distributed.initialize()` detects and connects in one call (and fails without a cluster),
-  while `mode='auto'` must know beforehand whether a cluster of more than one process is there.
-  Re-implementing each cluster's detection would drift from JAX's own.
+  there is no cluster: only the TPU check asks a server, and only on a Cloud TPU VM. JAX's list of
+  cluster environments is private (`workarounds.jax_cluster_types` says why).
   """
-  from jax._src import clusters  # pylint: disable=g-import-not-at-top
-  candidates = [env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
-                if not env.opt_in_only_method]
+  cluster_types = workarounds.jax_cluster_types()
+  candidates = [env for env in cluster_types if not env.opt_in_only_method]
   env = next((env for env in candidates if env.is_env_present()), None)
   if env is None and any(name in os.environ for name in _MPI_LAUNCHER_VARIABLES):
-    env = next((env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+    env = next((env for env in cluster_types
                 if env.name == 'mpi4py' and env.is_env_present()), None)
   return env
 

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import zlib
 from typing import Any, Callable
@@ -42,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mlp_mnist import early_stopping
 from mlp_mnist import errors
+from mlp_mnist import workarounds
 from mlp_mnist.devices import parallel
 from mlp_mnist.records import run_files
 
@@ -230,13 +230,8 @@ class Checkpointer:
         raise
       raise CheckpointError(f'cannot open {self.directory} ({type(e).__name__}: '
                             f'{_first_line(e)}); {_storage_advice()}') from e
-    # orbax removes unfinished saves on a thread; waiting here keeps an error that ends the run
-    # right after (a damaged record, a mismatch) from leaving it to die with the interpreter, which
-    # prints a traceback under the one-line error.
-    cleanup = getattr(self._manager, '_cleanup_tmp_directory_future', None)
-    if cleanup is not None:
-      with _storage_errors(f'cannot clean up unfinished saves in {self.directory}'):
-        cleanup.result()
+    with _storage_errors(f'cannot clean up unfinished saves in {self.directory}'):
+      workarounds.wait_for_unfinished_save_cleanup(self._manager)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -347,7 +342,7 @@ class Checkpointer:
     self._opening_warnings = []
     delays = RETRY_DELAYS_SEC
     # Before the first attempt: a failed restore's stray reads can finish before its error arrives.
-    _ignore_reads_finishing_after_a_failed_restore()
+    workarounds.ignore_reads_finishing_after_a_failed_restore()
     for step in reversed(self.steps()):
       for attempt in range(len(delays) + 1):
         outcome, result, detail = self._attempt(target, step)
@@ -459,29 +454,6 @@ def _storage_errors(what: str):
 def _storage_advice() -> str:
   return ('Free disk space, fix the permissions or wait for the storage to come back, then rerun '
           'the same command to resume from the latest checkpoint.')
-
-
-def _ignore_reads_finishing_after_a_failed_restore() -> None:
-  """Silences tensorstore reads of a failed restore that finish after orbax closed its event loop,
-  or whose own errors orbax never collects once the first one failed the restore.
-
-  Each would otherwise print a traceback ('RuntimeError: Event loop is closed', or 'Exception
-  ignored in: <coroutine ...>'), dozens per damaged checkpoint, although nothing is wrong beyond
-  the warning already given.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, 'ignores_closed_event_loop', False):
-    return
-
-  def hook(unraisable):
-    code = getattr(unraisable.object, 'cr_code', None)
-    orbax_read = code is not None and 'orbax' in code.co_filename
-    if not (orbax_read or isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == 'Event loop is closed'):
-      previous(unraisable)
-
-  hook.ignores_closed_event_loop = True
-  sys.unraisablehook = hook
 
 
 def _first_line(error: Exception, limit: int = 200) -> str:

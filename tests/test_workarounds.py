@@ -1,0 +1,84 @@
+"""mlp_mnist/workarounds.py: each reach past a dependency's public API still does what it is for;
+an upgrade that breaks one fails here (or in the tests its docstring names)."""
+
+import errno
+import logging
+import os
+import sys
+import types
+
+import ml_collections
+import pytest
+from etils import epath
+
+from mlp_mnist import workarounds
+from mlp_mnist.records import checkpointing
+
+
+def test_jax_cluster_types_are_those_jax_detects():
+  names = [env.name for env in workarounds.jax_cluster_types()]
+  assert {'slurm', 'ompi', 'mpi4py', 'tpu'} <= set(names)
+
+
+def test_unfinished_saves_are_removed_before_the_checkpointer_returns(tmp_path):
+  unfinished = tmp_path / checkpointing.CHECKPOINTS_DIR / '5.orbax-checkpoint-tmp' / 'state'
+  unfinished.mkdir(parents=True)
+  checkpointing.Checkpointer(str(tmp_path)).close()
+  assert not os.listdir(tmp_path / checkpointing.CHECKPOINTS_DIR)
+
+
+def test_a_failed_cleanup_of_unfinished_saves_is_one_line(tmp_path, monkeypatch):
+  (tmp_path / checkpointing.CHECKPOINTS_DIR / '5.orbax-checkpoint-tmp').mkdir(parents=True)
+
+  def denied(path, *_, **__):
+    raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+  monkeypatch.setattr(type(epath.Path(tmp_path)), 'rmtree', denied)
+  # Without the wait the error would stay in orbax's thread and the constructor would return.
+  with pytest.raises(checkpointing.CheckpointError,
+                     match='cannot clean up unfinished saves .* Permission denied') as error:
+    checkpointing.Checkpointer(str(tmp_path))
+  assert '\n' not in str(error.value)
+
+
+def _unraisable(filename, exc_value):
+  code = compile('pass', filename, 'exec')
+  return types.SimpleNamespace(object=types.SimpleNamespace(cr_code=code), exc_value=exc_value,
+                               exc_type=type(exc_value), exc_traceback=None, err_msg=None)
+
+
+def test_unraisable_exceptions_other_than_orbax_reads_are_still_reported(monkeypatch):
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', reported.append)
+  workarounds.ignore_reads_finishing_after_a_failed_restore()
+  workarounds.ignore_reads_finishing_after_a_failed_restore()  # Installed once.
+  orbax_read = _unraisable(f'{os.sep}site-packages{os.sep}orbax{os.sep}x.py', ValueError('read'))
+  closed_loop = _unraisable('mine.py', RuntimeError('Event loop is closed'))
+  other = _unraisable('mine.py', ValueError('a bug'))
+  for unraisable in (orbax_read, closed_loop, other):
+    sys.unraisablehook(unraisable)
+  assert reported == [other]
+
+
+def _record(pathname, error):
+  record = logging.LogRecord('absl', logging.ERROR, pathname, 1, 'save failed', (), None)
+  record.exc_info = (type(error), error, None)
+  return record
+
+
+def test_storage_traceback_filter_drops_only_orbax_storage_errors():
+  keep = workarounds.storage_traceback_filter(checkpointing.is_storage_error)
+  orbax = f'{os.sep}orbax{os.sep}checkpoint{os.sep}x.py'
+  full = OSError(errno.ENOSPC, 'No space left on device')
+  assert not keep(_record(orbax, full))
+  assert keep(_record(orbax, ValueError('a bug')))
+  assert keep(_record('mine.py', full))
+
+
+@pytest.mark.parametrize('how', ['item', 'attribute'])
+def test_unknown_config_key_reads_ml_collections_errors(how):
+  config = ml_collections.ConfigDict({'learning_rate': 0.1, 'seed': 0})
+  config.lock()
+  for name, expected in (('learnin_rate', 'learning_rate'), ('nope', None)):
+    with pytest.raises((KeyError, AttributeError)) as error:
+      _ = config[name] if how == 'item' else getattr(config, name)
+    assert workarounds.unknown_config_key(error.value) == (name, expected)
