@@ -28,6 +28,10 @@ class ConfigError(errors.UserError, ValueError):
   """A config key is unknown, missing, of the wrong type or out of range."""
 
 
+class ChoiceOnTestSetError(ConfigError):
+  """The config would choose something (an epoch, weights, a checkpoint) on the test set."""
+
+
 def _positive(v):
   return v > 0
 
@@ -328,10 +332,15 @@ def _check_components(config: ml_collections.ConfigDict, flat: dict[str, Any]) -
       raise ConfigError(problem)
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                    recorded: bool = False) -> None:
   """Imports `config.imports`, fills in the selected components' missing keys with their defaults
   (`fill_defaults`), then raises ConfigError, naming the key and what it must be, for the first
-  problem found."""
+  problem found.
+
+  `recorded`: the config of a run or sweep already trained, read to evaluate or report it; a
+  choice on the test set that earlier versions allowed (`ChoiceOnTestSetError`) is then let be.
+  """
   registry.import_user_code(config.get('imports', ()))
   for section in REGISTRIES:
     if section not in config or 'name' not in config[section]:
@@ -348,6 +357,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                       "applies to optimizer.name='adamw'; set it to 0, switch optimizer, or use "
                       "optimizer.name='optax' with an optax optimizer that takes weight_decay "
                       '(optimizer.optax.kwargs).')
+  if not recorded:
+    check_no_choice_on_the_test_set(config)
   _check_early_stopping(config)
   for name in config.hooks:
     try:
@@ -360,6 +371,19 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
                       f'{num_devices} devices; use a multiple of {num_devices}.')
+
+
+def check_no_choice_on_the_test_set(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config that would choose on the test set: early stopping's monitor, which also
+  chooses the best weights and the best checkpoint, must not be a test metric."""
+  monitor = config.early_stopping.monitor
+  if isinstance(monitor, str) and monitor.startswith('test_'):
+    split = ('' if config.data.get('validation_split', 0) else
+             ' and hold out a validation split (--config.data.validation_split=0.1)')
+    raise ChoiceOnTestSetError(
+        f'config.early_stopping.monitor={monitor!r} would choose on the test set (when to stop, '
+        f'the best weights, the best checkpoint); monitor {"validation_" + monitor[5:]!r}{split}. '
+        'A workdir trained with it takes the new config with --restart.')
 
 
 def _check_early_stopping(config: ml_collections.ConfigDict) -> None:

@@ -13,7 +13,8 @@ than `min_delta` (of equal values, the first). `State.best_epoch`, `best_record`
 `restore_best_weights` ends with) and the best checkpoint (only such epochs' checkpoints carry the
 metric orbax ranks) all follow it. The best is chosen on held-out data only: without a validation
 split and with early stopping off there is no best checkpoint (choosing by test loss would select
-on the test set).
+on the test set), and a monitor on the test set is a config error
+(`config_checks.check_no_choice_on_the_test_set`).
 """
 
 import dataclasses
@@ -27,7 +28,8 @@ MODES = ('auto', 'min', 'max')
 
 
 def record_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The metrics every epoch record of this run has, which `monitor` may name."""
+  """The metrics every epoch record of this run has; `monitor` may name those of the training and
+  validation sets."""
   names = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
   if config.data.get('validation_split', 0):
     names += ('validation_loss', 'validation_accuracy')

@@ -43,7 +43,8 @@ def wait_for_unfinished_save_cleanup(manager) -> None:
   """Waits until an orbax `CheckpointManager` has removed the unfinished saves it found on opening,
   raising what that removal raised, so that an error ending the run right after (a damaged record,
   a mismatch) does not leave it to die with the interpreter, which prints a traceback under the
-  one-line error (tests/test_workarounds.py::test_a_failed_cleanup_of_unfinished_saves_is_one_line)."""
+  one-line error (tests/test_workarounds.py::
+  test_a_failed_cleanup_of_unfinished_saves_is_one_line)."""
   cleanup = getattr(manager, '_cleanup_tmp_directory_future', None)
   if cleanup is not None:
     cleanup.result()

@@ -98,6 +98,8 @@ def _train_script(*args):
     (['--config.batch_size=3.5'], 'error: flag --config.batch_size=3.5'),
     (['--config.optimizer.learning_rate=-0.1'],
      'error: config.optimizer.learning_rate=-0.1 is invalid: it must be a positive number.'),
+    (['--config.early_stopping.monitor=test_accuracy'],
+     "error: config.early_stopping.monitor='test_accuracy' would choose on the test set"),
 ])
 def test_train_script_rejects_bad_config_in_one_line(args, message, tmp_path):
   result = _train_script(*args, f'--workdir={tmp_path / "run"}')

@@ -11,10 +11,14 @@ import jax
 import numpy as np
 import pytest
 
+from mlp_mnist import config_checks
 from mlp_mnist import early_stopping
+from mlp_mnist import errors
 from mlp_mnist import train
 from mlp_mnist.records import checkpointing
 from mlp_mnist.records import workdirs
+from mlp_mnist.sweeps import runner
+from mlp_mnist.sweeps import sweep_files
 from mlp_mnist.tools import evaluation
 
 from conftest import REPO, synthetic_dataset
@@ -103,3 +107,67 @@ def test_logging_cadence_is_result_neutral_only_when_nothing_chooses_on_logged_e
   assert differences(config) == []
   config.data.validation_split = 10
   assert differences(config) == ['logging.log_every_epochs: 1 -> 2']
+
+
+@pytest.mark.parametrize('monitor,split', [('test_loss', 0), ('test_accuracy', 0),
+                                           ('test_loss', 16)])
+def test_a_monitor_on_the_test_set_is_a_one_line_config_error(config, monitor, split):
+  config.early_stopping.monitor = monitor
+  config.data.validation_split = split
+  with pytest.raises(config_checks.ChoiceOnTestSetError) as raised:
+    config_checks.validate_config(config)
+  message = str(raised.value)
+  assert '\n' not in message and 'on the test set' in message
+  assert f"monitor 'validation_{monitor[5:]}'" in message
+  assert ('--config.data.validation_split' in message) == (not split)
+  assert isinstance(raised.value, errors.UserError)
+  config_checks.validate_config(config, recorded=True)  # An earlier run's config is still read.
+
+
+def _train_on_the_test_set_as_earlier_versions_did(config, workdir, monkeypatch, dataset):
+  config.num_epochs = 2
+  config.model.hidden_sizes = (8,)
+  config.early_stopping.monitor = 'test_loss'
+  config.early_stopping.patience = 5
+  with monkeypatch.context() as earlier:
+    earlier.setattr(config_checks, 'check_no_choice_on_the_test_set', lambda config: None)
+    train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1], dataset=dataset,
+                             log=lambda _: None)
+
+
+def test_a_run_recorded_with_a_test_monitor_evaluates_and_refuses_to_resume(config, tmp_path,
+                                                                            monkeypatch):
+  dataset = synthetic_dataset(num_train=64, num_test=32)
+  _train_on_the_test_set_as_earlier_versions_did(config, tmp_path, monkeypatch, dataset)
+  files = sorted(p.name for p in tmp_path.rglob('*'))
+  assert evaluation.load_run(str(tmp_path), None, devices=jax.devices()[:1])[2] == 4
+  with pytest.raises(checkpointing.CheckpointError,
+                     match='chosen by test_loss, on the test set; give a --step of 2, 4') as raised:
+    evaluation.load_run(str(tmp_path), 'best', devices=jax.devices()[:1])
+  assert '\n' not in str(raised.value)
+  with pytest.raises(config_checks.ChoiceOnTestSetError, match='--restart'):
+    train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], dataset=dataset,
+                             log=lambda _: None)
+  assert sorted(p.name for p in tmp_path.rglob('*')) == files
+
+
+def test_a_sweep_refuses_a_test_monitor_and_reports_one_recorded_with_it(config, tmp_path,
+                                                                        monkeypatch):
+  dataset = synthetic_dataset(num_train=64, num_test=32)
+  config.num_epochs = 1
+  config.model.hidden_sizes = (8,)
+  sweep_path = tmp_path / 'seeds.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1])\n")
+  config.early_stopping.monitor = 'test_loss'
+  with pytest.raises(sweep_files.SweepError, match=r"trial 0 \(seed=0\): config.early_stopping."
+                     r"monitor='test_loss' would choose on the test set"):
+    runner.run_sweep(config, str(sweep_path), str(tmp_path / 'new'), devices=jax.devices()[:1],
+                     dataset=dataset, log=lambda _: None)
+  assert not (tmp_path / 'new').exists()
+  with monkeypatch.context() as earlier:
+    earlier.setattr(config_checks, 'check_no_choice_on_the_test_set', lambda config: None)
+    trained = runner.run_sweep(config, str(sweep_path), str(tmp_path / 'run'),
+                               devices=jax.devices()[:1], dataset=dataset, log=lambda _: None)
+  reported = runner.run_sweep(config, str(sweep_path), str(tmp_path / 'run'),
+                              devices=jax.devices()[:1], report_only=True, log=lambda _: None)
+  assert [r['status'] for r in reported] == [r['status'] for r in trained] == ['done', 'done']

@@ -167,11 +167,11 @@ def test_default_run_has_no_early_stopping(config):
 
 
 def _stopping_config(config):
-  # Test accuracy maximized with patience 1 on learnable data: stops when it first falls back.
   config.num_epochs = 8
   config.model.hidden_sizes = (16,)
   config.optimizer.learning_rate = 0.02
-  config.early_stopping.monitor = 'test_loss'
+  config.data.validation_split = 16
+  config.early_stopping.monitor = 'validation_loss'
   config.early_stopping.mode = 'max'  # The loss falls: no epoch after the first improves.
   config.early_stopping.patience = 2
   config.early_stopping.restore_best_weights = True
@@ -233,14 +233,16 @@ def test_best_checkpoint_is_kept_beside_the_latest(config, tmp_path):
   dataset = synthetic_dataset(num_train=96, num_test=40)
   config.num_epochs = 4
   config.checkpoint.keep = 1
-  config.early_stopping.monitor = 'test_loss'
+  config.data.validation_split = 16
+  config.early_stopping.monitor = 'validation_loss'
   config.early_stopping.mode = 'max'
   config.early_stopping.patience = 10
   result = _run(config, dataset, workdir=tmp_path)
   steps_per_epoch = result['history'][0]['step']
-  checkpoints = checkpointing.Checkpointer(str(tmp_path), read_only=True, best=('test_loss', 'max'))
+  checkpoints = checkpointing.Checkpointer(str(tmp_path), read_only=True,
+                                           best=('validation_loss', 'max'))
   try:
-    # The latest (epoch 4) and the best by the highest test loss (epoch 1).
+    # The latest (epoch 4) and the best by the highest validation loss (epoch 1).
     assert checkpoints.steps() == [steps_per_epoch, 4 * steps_per_epoch]
     assert checkpoints.best_step() == steps_per_epoch
   finally:
@@ -309,7 +311,8 @@ def test_sweep_records_stopped_trials_and_skips_them_on_resume(config, tmp_path)
   assert '1 stopped early' in '\n'.join(log)
   stopped_dir = results.trial_dir(str(tmp_path / 'run'), rows[0]['trial'])
   with open(f'{stopped_dir}/status') as f:
-    assert f.read().startswith('stopped\nearly stopping after epoch 3: test_loss did not improve')
+    assert f.read().startswith(
+        'stopped\nearly stopping after epoch 3: validation_loss did not improve')
   with open(f'{stopped_dir}/summary.json') as f:
     summary = json.load(f)
   assert summary['epoch'] == 1 and summary['early_stopping']['stopped_epoch'] == 3

@@ -63,10 +63,11 @@ def workdir(trained, tmp_path):
 
 @pytest.fixture(scope='module')
 def trained_best(tmp_path_factory):
-  """As `trained`, with a best checkpoint (by test loss: a fault test, nothing is reported), so
-  each checkpoint carries orbax's metrics file."""
+  """As `trained`, with a best checkpoint (by validation loss), so each checkpoint carries orbax's
+  metrics file."""
   root = tmp_path_factory.mktemp('trained_best') / 'run'
-  return {'workdir': root, 'result': _run(_config(**{'early_stopping.monitor': 'test_loss'}), root)}
+  return {'workdir': root, 'result': _run(_config(**{'early_stopping.monitor': 'validation_loss',
+                                                     'data.validation_split': 16}), root)}
 
 
 @pytest.fixture

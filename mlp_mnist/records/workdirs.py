@@ -127,5 +127,5 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config.model.cnn.features = tuple(config.model.cnn.features)
   config.hooks = tuple(config.hooks)
   config.imports = provenance.available_imports(workdir, config.imports)
-  config_checks.validate_config(config)
+  config_checks.validate_config(config, recorded=True)
   return config

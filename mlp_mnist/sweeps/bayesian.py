@@ -84,7 +84,7 @@ def search_plan(path: str) -> BayesianSearch | None:
   return plan
 
 
-def _templates(base_config: ml_collections.ConfigDict, path: str):
+def _templates(base_config: ml_collections.ConfigDict, path: str, recorded: bool = False):
   """The sweep file's trials with hyper.optuna's ranges left in, and those ranges by key."""
   templates = sweep_files.load_sweep(path)
   ranges = {k: v for t in templates for k, v in t.items() if isinstance(v, sampling.Range)}
@@ -93,17 +93,19 @@ def _templates(base_config: ml_collections.ConfigDict, path: str):
         f'sweep file {path}: {SEARCH_ATTRIBUTE} searches the ranges of one hyper.optuna([...]) '
         'in every trial (combine it with replicates through hyper.product).')
   # Checks every key and value before any training: the middle of each range stands in.
-  trials_for(base_config, path, templates, [{k: r.value(0.5) for k, r in ranges.items()}], [0])
+  trials_for(base_config, path, templates, [{k: r.value(0.5) for k, r in ranges.items()}], [0],
+             recorded)
   return templates, ranges
 
 
 def trials_for(base_config, path: str, templates, settings: list[dict[str, Any]],
-               numbers: list[int]) -> list[sweep_files.Trial]:
+               numbers: list[int], recorded: bool = False) -> list[sweep_files.Trial]:
   """The trials of `settings` (values of the ranged keys; Optuna's trial `numbers`): each
   setting in every template. Names start with the Optuna trial's number: `search=007,seed=1`."""
   overrides = [{k: setting.get(k, v) for k, v in t.items()} for setting in settings
                for t in templates]
-  trials = sweep_files.expand(base_config, overrides, source=f'sweep file {path}')
+  trials = sweep_files.expand(base_config, overrides, source=f'sweep file {path}',
+                              recorded=recorded)
   replicate_names = sweep_files.trial_names(
       [{k: v for k, v in t.items() if not isinstance(v, sampling.Range)} for t in templates])
   names = [f'search={n:03d}' + (f',{r}' if len(templates) > 1 else '')
@@ -161,9 +163,9 @@ def run_search(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
     raise sweep_files.SweepError(
         f'sweep file {sweep_path}: {SEARCH_ATTRIBUTE} runs on one worker (each generation is one '
         'program that waits for the last one\'s results); drop --num_workers.')
-  templates, ranges = _templates(config, sweep_path)
+  templates, ranges = _templates(config, sweep_path, recorded=report_only)
   middle = {k: r.value(0.5) for k, r in ranges.items()}
-  for trial in trials_for(config, sweep_path, templates, [middle], [0]):
+  for trial in trials_for(config, sweep_path, templates, [middle], [0], report_only):
     search.require_validation_split(f'sweep file {sweep_path}: {SEARCH_ATTRIBUTE}', trial)
   import optuna  # pylint: disable=g-import-not-at-top
   space = {k: _distribution(r) for k, r in ranges.items()}
@@ -201,7 +203,8 @@ def run_search(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
       else:  # Every replicate diverged or failed.
         study.tell(number, state=optuna.trial.TrialState.FAIL)
   parallel.sync('mlp_mnist bayesian search trained')
-  all_trials = _study_trials(open_study(workdir, plan), config, sweep_path, templates)
+  all_trials = _study_trials(open_study(workdir, plan), config, sweep_path, templates,
+                             recorded=report_only)
   keys = sweep_files.swept_keys([t.overrides for t in all_trials])
   if not workdirs.is_lead_process():
     return results.result_rows(workdir, all_trials, keys)
@@ -212,13 +215,14 @@ def run_search(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
                               reference_config=sweep_kwargs.get('reference_config'))
 
 
-def _study_trials(study, config, sweep_path, templates) -> list[sweep_files.Trial]:
+def _study_trials(study, config, sweep_path, templates,
+                  recorded: bool = False) -> list[sweep_files.Trial]:
   """Every setting the study has asked for, in every template, in the order it asked them."""
   asked = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
   if not asked:
     return []
   return trials_for(config, sweep_path, templates, [t.params for t in asked],
-                    [t.number for t in asked])
+                    [t.number for t in asked], recorded)
 
 
 def _final_metric(workdir: str, trial: sweep_files.Trial, metric: str) -> float | None:

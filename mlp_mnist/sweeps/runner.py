@@ -64,7 +64,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
   per trial of the sweep, in trial order, all workers' trials included).
   """
   locks.check_folder(workdir)
-  trials = sweep_files.sweep_trials(config, sweep_path)
+  trials = sweep_files.sweep_trials(config, sweep_path, recorded=report_only)
   # Folders named by the rule before sampled values got short names keep their names.
   trials = sweep_files.adopt_recorded_names(trials, recorded_trial_names(workdir))
   keys = sweep_files.swept_keys([t.overrides for t in trials])

@@ -201,13 +201,15 @@ def replicate_keys(base_config: ml_collections.ConfigDict, path: str) -> tuple[s
   return tuple(keys)
 
 
-def sweep_trials(base_config: ml_collections.ConfigDict, path: str) -> list[Trial]:
-  """The trials of the sweep file at `path` over `base_config`, each one checked."""
-  return expand(base_config, load_sweep(path), source=f'sweep file {path}')
+def sweep_trials(base_config: ml_collections.ConfigDict, path: str,
+                 recorded: bool = False) -> list[Trial]:
+  """The trials of the sweep file at `path` over `base_config`, each one checked (`recorded`: as
+  `config_checks.validate_config` takes it, for reporting a sweep already trained)."""
+  return expand(base_config, load_sweep(path), source=f'sweep file {path}', recorded=recorded)
 
 
 def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
-           source: str = 'sweep') -> list[Trial]:
+           source: str = 'sweep', recorded: bool = False) -> list[Trial]:
   """Applies each trial's overrides to a copy of `base_config` and checks the result."""
   if not trials:
     raise SweepError(f'{source}: the sweep has no trials.')
@@ -224,7 +226,7 @@ def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
   for index, (name, overrides) in enumerate(zip(names, normalized)):
     config = with_overrides(base_config, overrides)
     try:
-      config_checks.validate_config(config)
+      config_checks.validate_config(config, recorded=recorded)
     except config_checks.ConfigError as e:
       raise SweepError(f'{source}: trial {index} ({name}): {e}') from None
     result.append(Trial(name=name, overrides=overrides, config=config))

@@ -52,6 +52,10 @@ def load_run(workdir: str, step: int | str | None = None,
   best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
   checkpoints = checkpointing.Checkpointer(workdir, read_only=True, best=best)
   try:
+    if step == 'best' and best and best.metric.startswith('test_'):  # Recorded before the rule.
+      raise checkpointing.CheckpointError(
+          f'the best checkpoint of {workdir} was chosen by {best.metric}, on the test set; give a '
+          f'--step of {", ".join(map(str, checkpoints.steps()))} instead.')
     state, step, run = restore_checked(checkpoints, target, step)
   finally:
     checkpoints.close()
