@@ -12,6 +12,7 @@ import pytest
 
 from mlp_mnist import config_checks
 from mlp_mnist import train
+from mlp_mnist.records import plots
 from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
 from mlp_mnist.records import tensorboard
@@ -187,6 +188,39 @@ def test_curves_plot_is_written(config, tmp_path):
   config.num_epochs = 3
   _run(config, tmp_path)
   assert_png(tmp_path / 'plots' / 'curves.png', min_size=(600, 300))
+
+
+_HISTORY = [{'epoch': e, 'train_loss': 1 / e, 'test_loss': 1.2 / e, 'train_accuracy': 1 - 0.1 / e,
+             'test_accuracy': 1 - 0.12 / e} for e in (1, 2, 3)]
+
+
+def test_curves_drawn_by_the_child_process_equal_those_drawn_here(tmp_path, monkeypatch):
+  here = plots.save_curves(_HISTORY, str(tmp_path / 'here.png'), title='run')
+  child = plots.CurvesProcess()
+  with monkeypatch.context() as patched:  # The child draws; drawing here would fail.
+    patched.setattr(plots, 'save_curves', lambda *_: pytest.fail('drawn here'))
+    drawn = child.save_curves(_HISTORY, str(tmp_path / 'plots' / 'child.png'), title='run')
+  assert (tmp_path / 'plots' / 'child.png').read_bytes() == (tmp_path / 'here.png').read_bytes()
+  assert drawn == str(tmp_path / 'plots' / 'child.png') and here == str(tmp_path / 'here.png')
+  # Once drawn, a second call draws here.
+  child.save_curves(_HISTORY, str(tmp_path / 'again.png'), title='run')
+  assert (tmp_path / 'again.png').read_bytes() == (tmp_path / 'here.png').read_bytes()
+
+
+def test_curves_are_drawn_here_when_the_child_failed(tmp_path):
+  child = plots.CurvesProcess()
+  child._process.kill()  # pylint: disable=protected-access
+  child.save_curves(_HISTORY, str(tmp_path / 'curves.png'), title='run')
+  plots.save_curves(_HISTORY, str(tmp_path / 'here.png'), title='run')
+  assert (tmp_path / 'curves.png').read_bytes() == (tmp_path / 'here.png').read_bytes()
+
+
+def test_a_child_that_never_draws_is_ended(tmp_path):
+  child = plots.CurvesProcess()
+  process = child._process  # pylint: disable=protected-access
+  child.close()
+  assert process.returncode is not None
+  assert not list(tmp_path.iterdir())
 
 
 def test_only_the_lead_process_writes(config, tmp_path, monkeypatch):

@@ -4,6 +4,10 @@ matplotlib is imported lazily and used through its object API (no pyplot, no dis
 """
 
 import io
+import json
+import os
+import subprocess
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,6 +19,60 @@ from mlp_mnist.records import run_files
 def import_in_background() -> None:
   """Imports matplotlib (a third of a second or more) on a thread, e.g. while an epoch trains."""
   run_files.import_in_background(('matplotlib.figure', 'matplotlib.backends.backend_agg'))
+
+
+class CurvesProcess:
+  """Draws `save_curves` in a child process that imports matplotlib while the run trains, so the
+  end of the run waits only for the drawing (the import takes a few tenths of a second; a thread
+  would take them from the training, through the GIL). Any failure of the child: drawn here."""
+
+  def __init__(self):
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in sys.path if p)}
+    try:
+      self._process = subprocess.Popen(
+          [sys.executable, '-m', __name__], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE, env=env, start_new_session=True)  # No terminal signals.
+    except OSError:
+      self._process = None
+
+  def save_curves(self, history: Sequence[dict], path: str, title: str = '') -> str:
+    """`save_curves(history, path, title)`, drawn by the child (once; later calls draw here)."""
+    process, self._process = self._process, None
+    if process is not None:
+      request = json.dumps({'history': list(history), 'path': str(path), 'title': title})
+      try:
+        process.communicate(request.encode(), timeout=300)
+        if process.returncode == 0:
+          return str(path)
+      except (OSError, subprocess.TimeoutExpired):
+        _end(process)
+    return save_curves(history, path, title)
+
+  def close(self) -> None:
+    """Ends the child if it never drew."""
+    if self._process is not None:
+      _end(self._process)
+      self._process = None
+
+
+def _end(process: subprocess.Popen) -> None:
+  process.kill()
+  process.communicate()
+
+
+def _draw_requested_curves() -> None:
+  """The child of `CurvesProcess`: imports matplotlib and draws a figure (fonts, the PNG writer),
+  then draws the curves read from stdin."""
+  figure = _figure(figsize=(10, 4))
+  axes = figure.subplots(1, 2)[0]
+  axes.plot([1, 2], [0.5, 0.25], marker='o', label='train')
+  axes.legend()
+  figure.suptitle('warm-up')
+  figure.savefig(io.BytesIO(), format='png', dpi=100)
+  request = sys.stdin.read()
+  if request:  # Empty: the run ended without drawing.
+    request = json.loads(request)
+    save_curves(request['history'], request['path'], request['title'])
 
 
 def _save(figure, path: str) -> str:
@@ -279,3 +337,7 @@ def save_best_so_far(values: Sequence[float], path: str, ylabel: str, title: str
   axes.step(trials, np.fmax.accumulate(values), where='post', label='best so far')
   return _save_labelled(figure, axes, 'trial (in the order the search ran them)', ylabel, title,
                         path)
+
+
+if __name__ == '__main__':
+  _draw_requested_curves()

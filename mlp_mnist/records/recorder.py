@@ -7,6 +7,7 @@ MLflow runs it logs to (`tracking.json`). Only JAX process 0 writes.
 
 import json
 import math
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -83,6 +84,7 @@ class Recorder:
     self._history = list(history)
     self._trackers = None
     self._tensorboard = None
+    self._curves = None
     if not self.workdir:
       if writes and tracking.requested(config):
         log('warning: config.tracking needs a workdir to keep its tracked runs in; '
@@ -101,6 +103,10 @@ class Recorder:
       for path in epath.Path(self.workdir).glob('events.out.tfevents.*'):
         path.unlink()
     tensorboard.import_in_background()
+    if not own_process and 'matplotlib.figure' not in sys.modules:
+      # A run draws its curves at the end (a sweep's trials do not); a child imports matplotlib.
+      from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
+      self._curves = plots.CurvesProcess()
     self._purge_step = (resumed_step or 0) + 1
     config_json = json.loads(config.to_json_best_effort())
     self._hparams = config_checks.flatten_config(config_json)  # Tuples as JSON lists.
@@ -137,7 +143,7 @@ class Recorder:
 
     Not on a CPU backend, where that thread would slow the training it overlaps.
     """
-    if self.workdir and jax.default_backend() != 'cpu':
+    if self.workdir and not self._curves and jax.default_backend() != 'cpu':
       from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
       plots.import_in_background()
 
@@ -146,9 +152,9 @@ class Recorder:
     if not self.workdir or not self._history:
       return
     from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
-    path = plots.save_curves(self._history,
-                             str(epath.Path(self.workdir) / run_files.PLOTS_DIR / 'curves.png'),
-                             title=str(self.workdir))
+    path = (self._curves or plots).save_curves(
+        self._history, str(epath.Path(self.workdir) / run_files.PLOTS_DIR / 'curves.png'),
+        title=str(self.workdir))
     if self._trackers:
       self._trackers.write_artifact(path)
 
@@ -164,6 +170,8 @@ class Recorder:
     write_status(self.workdir, status, detail)
 
   def _close(self, failed: bool) -> None:
+    if self._curves:
+      self._curves.close()
     self._events().close()
     if self._trackers:
       self._trackers.close(failed=failed)
