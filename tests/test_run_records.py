@@ -6,6 +6,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 
 import jax
 import pytest
@@ -213,6 +214,18 @@ def test_curves_are_drawn_here_when_the_child_failed(tmp_path):
   child.save_curves(_HISTORY, str(tmp_path / 'curves.png'), title='run')
   plots.save_curves(_HISTORY, str(tmp_path / 'here.png'), title='run')
   assert (tmp_path / 'curves.png').read_bytes() == (tmp_path / 'here.png').read_bytes()
+
+
+def test_a_run_draws_its_curves_in_the_child_when_matplotlib_is_not_loaded(config, tmp_path,
+                                                                            monkeypatch):
+  config.num_epochs = 2
+  monkeypatch.delitem(sys.modules, 'matplotlib.figure', raising=False)
+  monkeypatch.setattr(plots, 'save_curves', lambda *_: pytest.fail('drawn in the process'))
+  result = _run(config, tmp_path / 'run')
+  monkeypatch.undo()
+  plots.save_curves(result['history'], str(tmp_path / 'here.png'), title=str(tmp_path / 'run'))
+  assert (tmp_path / 'run' / 'plots' / 'curves.png').read_bytes() == (
+      tmp_path / 'here.png').read_bytes()
 
 
 def test_a_child_that_never_draws_is_ended(tmp_path):
