@@ -39,12 +39,12 @@ class CurvesProcess:
     """`save_curves(history, path, title)`, drawn by the child (once; later calls draw here)."""
     process, self._process = self._process, None
     if process is not None:
-      request = json.dumps({'history': list(history), 'path': str(path), 'title': title})
       try:
+        request = json.dumps({'history': list(history), 'path': str(path), 'title': title})
         process.communicate(request.encode(), timeout=300)
         if process.returncode == 0:
           return str(path)
-      except (OSError, subprocess.TimeoutExpired):
+      except (OSError, TypeError, ValueError, subprocess.TimeoutExpired):
         _end(process)
     return save_curves(history, path, title)
 
