@@ -216,16 +216,30 @@ def test_curves_are_drawn_here_when_the_child_failed(tmp_path):
   assert (tmp_path / 'curves.png').read_bytes() == (tmp_path / 'here.png').read_bytes()
 
 
-def test_a_run_draws_its_curves_in_the_child_when_matplotlib_is_not_loaded(config, tmp_path,
-                                                                            monkeypatch):
+def test_a_run_draws_its_curves_in_the_child_when_a_core_is_idle_for_it(config, tmp_path,
+                                                                        monkeypatch):
   config.num_epochs = 2
   monkeypatch.delitem(sys.modules, 'matplotlib.figure', raising=False)
+  monkeypatch.setattr(os, 'getloadavg', lambda: (0.0, 0.0, 0.0))
   monkeypatch.setattr(plots, 'save_curves', lambda *_: pytest.fail('drawn in the process'))
   result = _run(config, tmp_path / 'run')
   monkeypatch.undo()
   plots.save_curves(result['history'], str(tmp_path / 'here.png'), title=str(tmp_path / 'run'))
   assert (tmp_path / 'run' / 'plots' / 'curves.png').read_bytes() == (
       tmp_path / 'here.png').read_bytes()
+
+
+def test_no_child_draws_on_a_busy_machine_or_where_matplotlib_is_loaded(monkeypatch):
+  monkeypatch.delitem(sys.modules, 'matplotlib.figure', raising=False)
+  cores = len(os.sched_getaffinity(0))
+  monkeypatch.setattr(os, 'getloadavg', lambda: (cores - 0.5, 0.0, 0.0))
+  assert plots.curves_process() is None
+  monkeypatch.setattr(os, 'getloadavg', lambda: (cores - 1.0, 0.0, 0.0))
+  child = plots.curves_process()
+  assert isinstance(child, plots.CurvesProcess)
+  child.close()
+  monkeypatch.setitem(sys.modules, 'matplotlib.figure', object())
+  assert plots.curves_process() is None
 
 
 def test_a_child_that_never_draws_is_ended(tmp_path):

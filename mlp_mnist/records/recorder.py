@@ -7,7 +7,6 @@ MLflow runs it logs to (`tracking.json`). Only JAX process 0 writes.
 
 import json
 import math
-import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -103,10 +102,9 @@ class Recorder:
       for path in epath.Path(self.workdir).glob('events.out.tfevents.*'):
         path.unlink()
     tensorboard.import_in_background()
-    if not own_process and 'matplotlib.figure' not in sys.modules:
-      # A run draws its curves at the end (a sweep's trials do not); a child imports matplotlib.
+    if not own_process:  # A run draws its curves at the end (a sweep's trials do not).
       from mlp_mnist.records import plots  # pylint: disable=g-import-not-at-top
-      self._curves = plots.CurvesProcess()
+      self._curves = plots.curves_process()
     self._purge_step = (resumed_step or 0) + 1
     config_json = json.loads(config.to_json_best_effort())
     self._hparams = config_checks.flatten_config(config_json)  # Tuples as JSON lists.
