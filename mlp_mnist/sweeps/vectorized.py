@@ -176,10 +176,8 @@ class GroupProgram:
     eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
                                    devices, (0, None, None, None), chunk)
     self.platform = platform = devices[0].platform
-    epoch_indices = self.epoch_indices(1)
-    self.train_fns = {epoch_indices.shape[2]: compilation.compile_program(
-        self.train_fn_any_length.lower(self.carry, *self.train_data, epoch_indices), platform,
-        first.batch_size)}  # By the steps of a call: whole epochs, and calls inside epochs.
+    self.train_fns = {}  # By the steps of a call: whole epochs, and calls inside epochs.
+    self._compile_train_call(self.epoch_indices(1))
     # One program per split's shapes (validation first, as it is evaluated first).
     self.eval_fns = {name: compilation.compile_program(
         eval_fn.lower(self.carry[0], *split_data, indices), platform, first.eval_batch_size)
@@ -208,12 +206,16 @@ class GroupProgram:
   def _train_call(self, indices: np.ndarray):
     """Trains the carry over `indices` [devices, trials per device, steps, batch] in one call,
     compiled ahead of time at the first call of its length."""
+    return self._compile_train_call(indices)(self.carry, *self.train_data, indices)
+
+  def _compile_train_call(self, indices: np.ndarray):
+    """The compiled training call for `indices`' number of steps, compiled at its first use."""
     length = indices.shape[2]
     if length not in self.train_fns:
       self.train_fns[length] = compilation.compile_program(
           self.train_fn_any_length.lower(self.carry, *self.train_data, indices), self.platform,
           self.configs[0].batch_size)
-    return self.train_fns[length](self.carry, *self.train_data, indices)
+    return self.train_fns[length]
 
   def _train_calls(self, indices: np.ndarray, saves: driver.EpochSaves):
     """The rest of an epoch (`indices`, from `saves.first_step`) in calls that end at its save
