@@ -35,6 +35,9 @@ class TrialProgram(Protocol):
   num_trials: int
   has_validation: bool
   saves_inside_epochs: bool  # Whether `train_epoch` takes `EpochSaves`.
+  # Whether this process alone trains the group (a sweep's trials), not all processes together
+  # (a single run): its checkpoints and the timer and signal of its saves are its own.
+  own_process: bool
 
   def train_epoch(self, epoch: int, frozen: np.ndarray,
                   saves: 'EpochSaves | None' = None) -> tuple[Any, np.ndarray]:
@@ -88,12 +91,14 @@ class Trial:
     return self.interrupted_epoch is not None or self.interrupted_step is not None
 
 
-def open_checkpointer(workdir: str, config: ml_collections.ConfigDict
+def open_checkpointer(workdir: str, config: ml_collections.ConfigDict, own_process: bool = False
                       ) -> checkpointing.Checkpointer:
   """The checkpoints of the run (or trial) in `workdir`: the latest `config.checkpoint.keep` and,
-  with `keep_best`, the best by `early_stopping.best_checkpoint_metric`."""
+  with `keep_best`, the best by `early_stopping.best_checkpoint_metric`. `own_process`: a trial
+  this process trains alone (saved without the other processes of a multi-process sweep)."""
   best = early_stopping.best_checkpoint_metric(config) if config.checkpoint.keep_best else None
-  return checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, best=best)
+  return checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep, best=best,
+                                    own_process=own_process)
 
 
 def best_weights_on_resume(trial: Trial, state, epoch: int | None):
@@ -152,21 +157,24 @@ class MidEpochCheckpoints:
   """When a program group of `trials` (a single run: one) saves inside its epochs: at each
   multiple of `checkpoint.every_steps`, when `checkpoint.every_minutes` have passed since the last
   save, and when `stop` is requested (a signal). `last_step` is the step of the last save (or
-  resume). The cadence is the group's: `checkpoint` is part of `sweeps.vectorized.program_key`."""
+  resume). The cadence is the group's: `checkpoint` is part of `sweeps.vectorized.program_key`.
+  `together`: all processes train the group (a single run) and take process 0's timer and signal;
+  otherwise (a multi-process sweep's processes train different trials) this process's decide."""
 
   def __init__(self, trials: list[Trial], steps_per_epoch: int,
                stop: preemption.StopRequest | None, last_step: int,
-               clock: Callable[[], float] = time.monotonic):
+               clock: Callable[[], float] = time.monotonic, together: bool = True):
     checkpoint = trials[0].config.checkpoint
     self.trials, self.steps_per_epoch, self.stop, self.clock = trials, steps_per_epoch, stop, clock
+    self.together = together
     self.every_steps, self.seconds = checkpoint.every_steps, 60 * checkpoint.every_minutes
     self.last_step, self.last_time = last_step, clock()
     self.stopping = False  # Whether the last `due` was a stop request's.
 
   def due(self, step: int, signal: bool = True) -> bool:
     """Whether a checkpoint is due at `step` (with `signal`, also because of a stop request, then
-    `stopping`). Processes of a multi-process run save together: they take process 0's timer
-    and signal."""
+    `stopping`). Processes of a multi-process run save together (`together`): they take process
+    0's timer and signal."""
     self.stopping = False
     by_steps = bool(self.every_steps
                     and step // self.every_steps > self.last_step // self.every_steps)
@@ -174,7 +182,8 @@ class MidEpochCheckpoints:
       return by_steps
     timed = bool(self.seconds) and self.clock() - self.last_time >= self.seconds
     stopping = signal and self.stop is not None and self.stop.requested
-    timed, self.stopping = parallel.process_zero_decides((timed, stopping))
+    timed, self.stopping = (parallel.process_zero_decides((timed, stopping)) if self.together
+                            else (timed, stopping))
     return by_steps or timed or self.stopping
 
   @property
@@ -277,7 +286,8 @@ def run_epochs(program: TrialProgram, trials: list[Trial], book: epochs.EpochLog
   resumed_steps = next((r.steps_done for r in resumed or ()
                         if r is not None and r.epoch == first_epoch), 0)
   inside = (MidEpochCheckpoints(trials, steps_per_epoch, stop,
-                                last * steps_per_epoch + resumed_steps)
+                                last * steps_per_epoch + resumed_steps,
+                                together=not program.own_process)
             if program.saves_inside_epochs else None)
   # Any cadence also saves where a trial's training ends.
   saves_ends = bool(every or inside is not None and inside.enabled)

@@ -184,6 +184,7 @@ class RunProgram:
 
   num_trials = 1
   saves_inside_epochs = True
+  own_process = False
 
   def __init__(self, trainer: Trainer, state: steps.TrainState, train_data, splits: dict,
                num_train: int, steps_per_epoch: int, steps_per_call: int | None,

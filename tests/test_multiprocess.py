@@ -16,9 +16,12 @@ import pytest
 
 from mlp_mnist import train
 from mlp_mnist.devices import distributed
+from mlp_mnist.records import checkpointing
+from mlp_mnist.records import provenance
 from mlp_mnist.records import run_files
+from mlp_mnist.sweeps import results
 
-from conftest import REPO, synthetic_dataset
+from conftest import REPO, synthetic_dataset, write_dataset_cache
 
 WORKER = os.path.join(REPO, 'tests', 'multiprocess_worker.py')
 KEYS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'grad_norm', 'param_norm')
@@ -173,6 +176,131 @@ def test_a_dead_process_stops_the_other_and_a_rerun_resumes(config, tmp_path):
   assert 'Resumed from the checkpoint' in open(sorted(logs.glob('process0-*'))[-1]).read()
   _assert_same_history(json.load(open(run / 'result-0.json')),
                        _reference(config, num_train, epochs))
+
+
+# A sweep of four trials split over two processes (two each, one program group per process),
+# 8 steps per epoch, dropout on.
+SWEEP_TRIALS = ('seed=0', 'seed=1', 'seed=2', 'seed=3')
+SWEEP_EPOCHS = 30
+
+
+@contextlib.contextmanager
+def _sweep_processes(tmp_path, workdir, *flags, epochs=SWEEP_EPOCHS):
+  """Starts `scripts/sweep.py` as both processes of a 2-process run on tiny synthetic data (each
+  process 2 CPU devices); kills whatever is left on the way out."""
+  cache = tmp_path / 'cache'
+  if not cache.exists():
+    write_dataset_cache(cache, synthetic_dataset(num_train=256, num_test=40))
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2, 3])\n")
+  port = _free_port()
+  env = {**_without_cluster(os.environ), 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  procs = []
+  try:
+    for i in range(2):
+      procs.append(subprocess.Popen(
+          [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+           f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
+           f'--workdir={workdir}', f'--config.num_epochs={epochs}',
+           '--config.model.dropout_rate=0.2', '--config.eval_batch_size=40', '--jax_cache_dir=',
+           f'--config.data.cache_dir={cache}', '--config.data.download=False', '--cpu_devices=2',
+           '--distributed=on', f'--coordinator_address=localhost:{port}', '--num_processes=2',
+           f'--process_id={i}', '--heartbeat_timeout_sec=10', *flags],
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO))
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait(timeout=30)
+
+
+def _finish(procs, timeout=120):
+  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outputs]
+  return outputs
+
+
+def _final_checkpoint(trial) -> tuple[int, str]:
+  """(step, checksum of the train state) of a trial folder's latest checkpoint."""
+  directory = os.path.join(trial, checkpointing.CHECKPOINTS_DIR)
+  step = max(int(s) for s in os.listdir(directory) if s.isdigit())
+  with open(os.path.join(directory, str(step), 'run', 'metadata')) as f:
+    return step, json.load(f)['checksum']
+
+
+def _assert_same_sweeps(workdir, reference):
+  """Bit for bit: each trial's metrics (timings aside) and final train state."""
+  for name in SWEEP_TRIALS:
+    got, want = results.trial_dir(str(workdir), name), results.trial_dir(str(reference), name)
+    assert results.read_status(got) == 'done', name
+    assert [run_files.without_timing(r) for r in run_files.read_metrics(got)] == [
+        run_files.without_timing(r) for r in run_files.read_metrics(want)], name
+    assert _final_checkpoint(got) == _final_checkpoint(want), name
+
+
+def _resumed_steps(trial) -> list:
+  return [r.get('resumed_from_step') for r in provenance.read(trial)]
+
+
+def test_a_two_process_sweep_keeps_trial_checkpoints_that_evaluate(tmp_path):
+  """Each process saves its own trials' checkpoints alone; one process evaluates a trial."""
+  workdir = tmp_path / 'sweep'
+  with _sweep_processes(tmp_path, workdir, epochs=2) as procs:
+    _finish(procs)
+  for name in SWEEP_TRIALS:
+    directory = os.path.join(results.trial_dir(str(workdir), name), 'checkpoints')
+    assert sorted(int(s) for s in os.listdir(directory) if s.isdigit()) == [8, 16], name
+  trial = results.trial_dir(str(workdir), 'seed=3')  # Process 1's.
+  evaluated = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), f'--workdir={trial}',
+       '--json'], capture_output=True, text=True, timeout=120, cwd=REPO,
+      env={**_without_cluster(os.environ), 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'})
+  assert evaluated.returncode == 0, evaluated.stderr
+  report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  last = run_files.read_metrics(trial)[-1]
+  assert report['step'] == 16 and report['test_accuracy'] == last['test_accuracy'], report
+
+
+@pytest.mark.parametrize('flags,epochs,inside_epochs', [
+    (('--config.checkpoint.every_epochs=2',), SWEEP_EPOCHS, False),
+    (('--config.checkpoint.every_steps=6', '--config.checkpoint.every_epochs=0'), 12, True),
+], ids=['epochs', 'every_steps'])
+def test_a_killed_two_process_sweep_resumes_exactly(tmp_path, flags, epochs, inside_epochs):
+  """SIGKILL to both processes once a trial of each has a checkpoint (with every_steps, one inside
+  an epoch); the rerun resumes every unfinished trial from its checkpoint and ends where an
+  uninterrupted 2-process sweep does, bit for bit."""
+  workdir = tmp_path / 'sweep'
+  mine = (results.trial_dir(str(workdir), 'seed=0'), results.trial_dir(str(workdir), 'seed=3'))
+
+  def saved(trial):
+    directory = os.path.join(trial, 'checkpoints')
+    steps = [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(
+        directory) else []
+    return [s for s in steps if s % 8] if inside_epochs else steps
+
+  with _sweep_processes(tmp_path, workdir, *flags, epochs=epochs) as procs:
+    deadline = time.time() + 180
+    while not all(saved(t) for t in mine):
+      assert time.time() < deadline and all(p.poll() is None for p in procs), [
+          p.communicate()[0][-3000:] for p in procs if p.poll() is not None]
+      time.sleep(0.05)
+    for p in procs:
+      p.send_signal(signal.SIGKILL)
+    for p in procs:
+      p.wait(timeout=30)
+  assert not any(results.read_status(t) == 'done' for t in mine)
+
+  with _sweep_processes(tmp_path, workdir, *flags, epochs=epochs) as procs:
+    _finish(procs)
+  for trial in mine:
+    resumed = _resumed_steps(trial)[-1]
+    assert resumed is not None and (resumed % 8 != 0) == inside_epochs, resumed
+  reference = tmp_path / 'reference'
+  with _sweep_processes(tmp_path, reference, *flags, epochs=epochs) as procs:
+    _finish(procs)
+  _assert_same_sweeps(workdir, reference)
 
 
 @pytest.mark.parametrize('kwargs,message', [

@@ -359,17 +359,12 @@ def test_restoring_best_weights_needs_epoch_checkpoints_beside_a_cadence_inside_
   config_checks.validate_config(config)
 
 
-def test_multiprocess_sweeps_refuse_checkpoints_inside_epochs(monkeypatch):
-  """They keep no trial checkpoints; single-process sweeps take the cadence."""
-  config = _inside_config(every_minutes=5.0)
-  assert sweep_files.expand(config, [{'seed': 1}])[0].config.checkpoint.every_minutes == 5.0
+def test_multiprocess_sweeps_take_checkpoints_inside_epochs(monkeypatch):
+  """Their trials keep checkpoints (tests/test_multiprocess.py), so they take the cadence too."""
+  config = _inside_config(every_steps=3, every_minutes=5.0)
   monkeypatch.setattr(parallel, 'is_multiprocess', lambda: True)
-  with pytest.raises(sweep_files.SweepError,
-                     match=r'^sweep: trial 0 \(seed=1\): .*not supported in multi-process '
-                           r'sweeps \(they keep no trial checkpoints\); set them to 0.$'):
-    sweep_files.expand(config, [{'seed': 1}])
-  with pytest.raises(sweep_files.SweepError, match='not supported in multi-process sweeps'):
-    vectorized.train_trials([config], synthetic_dataset(), devices=jax.devices()[:1])
+  trial, = sweep_files.expand(config, [{'seed': 1}])
+  assert (trial.config.checkpoint.every_steps, trial.config.checkpoint.every_minutes) == (3, 5.0)
 
 
 # A sweep of three trials of one program on two devices, 8 steps per epoch, dropout on.

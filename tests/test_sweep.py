@@ -362,9 +362,9 @@ def test_processes_of_a_multiprocess_run_share_the_sweep(tmp_path):
   with open(tmp_path / 'run' / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['status'] for r in rows] == ['done'] * 4
-  # Each process trains its own trials, and orbax saves only collectively: no trial checkpoints.
-  assert not any(os.path.exists(os.path.join(results.trial_dir(str(tmp_path / 'run'), r['trial']),
-                                             'checkpoints')) for r in rows)
+  # Each process saves the checkpoints of its own trials, alone.
+  assert all(os.listdir(os.path.join(results.trial_dir(str(tmp_path / 'run'), r['trial']),
+                                     'checkpoints')) for r in rows)
   config = _config()
   config.num_epochs = 1
   alone = runner.run_sweep(config, str(sweep_path), str(tmp_path / 'alone'),

@@ -17,7 +17,9 @@ mid-save leaves no partial checkpoint behind. `restore_latest` tells three failu
   `RETRY_DELAYS_SEC`, then a CheckpointError, nothing moved.
 
 In a multi-process run every process takes the decision process 0 takes from all their outcomes.
-Paths may be local or `gs://`.
+A checkpointer of `own_process` (a sweep's trial, which one process trains alone) saves and restores
+on its process only: no barrier waits for the others (orbax's `MultiprocessingOptions` with this
+process as the only active one and its primary host). Paths may be local or `gs://`.
 
 Besides the latest `keep` checkpoints, the best one is kept when `best` (an
 `early_stopping.BestRule`) names how to choose it: each evaluated epoch's checkpoint carries its
@@ -128,27 +130,27 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(_absolute(workdir)) / CHECKPOINTS_DIR
 
 
-def abstract_like(state: Any) -> Any:
+def abstract_like(state: Any, own_process: bool = False) -> Any:
   """Shapes, dtypes and shardings of `state`: where `restore` places the restored arrays.
 
   In a multi-process run: replicated over every device of every process, as orbax restores
-  collectively (pmap takes such global arrays as they are).
+  collectively (pmap takes such global arrays as they are); `own_process`: where `state` is.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  if not parallel.is_multiprocess():
+  if own_process or not parallel.is_multiprocess():
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   everywhere = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), PartitionSpec())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
                       state)
 
 
-def tree_differences(saved: Any, target: Any) -> list[str]:
+def tree_differences(saved: Any, target: Any, own_process: bool = False) -> list[str]:
   """How a checkpoint's tree metadata (`saved`) differs from `target`'s structure, shapes and
   dtypes, one phrase per difference."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   flat = lambda tree: {'.'.join(map(str, k)): v for k, v in ocp.tree.to_flat_dict(tree).items()}
   have = flat(saved)
-  want = flat(ocp.tree.serialize_tree(abstract_like(target), keep_empty_nodes=True))
+  want = flat(ocp.tree.serialize_tree(abstract_like(target, own_process), keep_empty_nodes=True))
   differences = []
   # Parameters first: what a person recognises.
   for key in sorted(set(have) | set(want), key=lambda k: (not k.startswith('params.'), k)):
@@ -194,10 +196,41 @@ def _global(state: Any) -> Any:
   return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
 
 
-def _decide(outcome: int) -> int:
+def _saved_by_this_process(state: Any) -> Any:
+  """One process's state as arrays orbax lets that process save alone in a multi-process run.
+
+  orbax 0.12.8 refuses to save an array that one process holds whole when there are several
+  (`ArrayHandler.serialize`) and writes numpy arrays on process 0 only (`NumpyHandler`): each array
+  is made global over this process's first device and one of another process, replicated, so
+  this process holds replica 0 and writes it all (`_own_process_handlers`); it is never computed on.
+  """
+  here = jax.local_devices()[0]
+  elsewhere = next(d for d in jax.devices() if d.process_index != jax.process_index())
+  sharding = NamedSharding(Mesh(np.asarray([here, elsewhere]), ('copies',)), PartitionSpec())
+  return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+      np.shape(x), sharding, [jax.device_put(jax.device_get(x), here)]), state)
+
+
+def _own_process_handlers(ocp) -> tuple[Any, dict]:
+  """orbax's options and handlers that save and restore on this process alone: its own primary
+  host, no barrier with another process, and every array written whole by this process (replica
+  0, no replica-parallel split, no per-process array metadata to validate across processes)."""
+  process = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(
+      primary_host=process, active_processes={process},
+      barrier_sync_key_prefix=f'mlp_mnist_process_{process}')
+  arrays = ocp.type_handlers.ArrayHandler(primary_host=process, replica_id=0,
+                                          use_replica_parallel=False, array_metadata_store=None)
+  registry = ocp.type_handlers.create_type_handler_registry((jax.Array, arrays))
+  return alone, {'state': ocp.PyTreeCheckpointHandler(multiprocessing_options=alone,
+                                                      type_handler_registry=registry),
+                 'run': ocp.JsonCheckpointHandler(multiprocessing_options=alone)}
+
+
+def _decide(outcome: int, own_process: bool = False) -> int:
   """The outcome every process acts on: process 0's decision from all processes' outcomes (the
-  highest in precedence). Free in a single-process run."""
-  if not parallel.is_multiprocess():
+  highest in precedence). Free in a single-process run and for a checkpointer of `own_process`."""
+  if own_process or not parallel.is_multiprocess():
     return outcome
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   outcomes = multihost_utils.process_allgather(np.int32(outcome))
@@ -225,10 +258,13 @@ class Checkpointer:
   """Saves and restores the train state of the run in `workdir` (orbax is imported lazily)."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
-               best: early_stopping.BestRule | None = None):
-    """`best`: the rule to keep the best checkpoint by, besides the latest."""
+               best: early_stopping.BestRule | None = None, own_process: bool = False):
+    """`best`: the rule to keep the best checkpoint by, besides the latest. `own_process`: this
+    process alone trains the run (a sweep's trial); in a multi-process run it saves and restores
+    without the others."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     self._ocp = ocp
+    self.own_process = own_process and parallel.is_multiprocess()
     self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
     self.best = early_stopping.BestRule(*best) if best else None
@@ -256,8 +292,16 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(
           create=True, cleanup_tmp_directories=True,
           enable_async_checkpointing=jax.default_backend() != 'cpu', **keeping)
+    handlers = {}
+    if self.own_process:
+      alone, handlers = _own_process_handlers(ocp)
+      # orbax creates the directory only with every process taking part.
+      options = dataclasses.replace(options, create=False, multiprocessing_options=alone)
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
+      if self.own_process and not read_only:
+        self.directory.mkdir(parents=True, exist_ok=True)
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_handlers=handlers or None)
     except Exception as e:  # pylint: disable=broad-except
       if not is_storage_error(e):
         raise
@@ -290,9 +334,11 @@ class Checkpointer:
     run = {'epoch': epoch, 'history': history, 'checksum': state_checksum(state)}
     if in_progress is not None:
       run[IN_PROGRESS] = in_progress.to_json()
+    saved = (ocp.args.PyTreeSave(_saved_by_this_process(state)) if self.own_process
+             else ocp.args.StandardSave(_global(state)))
     with _storage_errors(f'cannot save checkpoint {step} in {self.directory}'):
       self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_global(state)), run=ocp.args.JsonSave(run)))
+          state=saved, run=ocp.args.JsonSave(run)))
 
   def best_step(self) -> int | None:
     """The step of the best checkpoint (orbax's `best_step`; None: none was saved with the best
@@ -349,8 +395,12 @@ class Checkpointer:
       raise CheckpointError(f'{self.workdir} has no checkpoint at step {step}; it has steps '
                             f'{", ".join(map(str, steps))}.')
     ocp = self._ocp
+    abstract = abstract_like(target, self.own_process)
+    restoring = (ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract))
+                 if self.own_process else ocp.args.StandardRestore(abstract))
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(target)), run=ocp.args.JsonRestore()))
+        state=restoring, run=ocp.args.JsonRestore()))
     saved = restored.run.get('checksum') if isinstance(restored.run, dict) else None
     if saved is not None and saved != state_checksum(restored.state):
       raise CheckpointError(f'checkpoint {step} in {self.directory} is damaged: its arrays do '
@@ -365,7 +415,7 @@ class Checkpointer:
       metadata = handler.metadata(self.directory / str(step) / 'state')
     finally:
       handler.close()
-    return tree_differences(getattr(metadata, 'tree', metadata), target)
+    return tree_differences(getattr(metadata, 'tree', metadata), target, self.own_process)
 
   def restore_latest(self, target: Any,
                      warn: Callable[[str], Any]) -> tuple[Any, int, dict] | None:
@@ -384,7 +434,7 @@ class Checkpointer:
     for step in reversed(self.steps()):
       for attempt in range(len(delays) + 1):
         outcome, result, detail = self._attempt(target, step)
-        decision = _decide(outcome)
+        decision = _decide(outcome, self.own_process)
         if decision == RESTORED:
           return result
         if decision != TRANSIENT:
@@ -439,6 +489,9 @@ class Checkpointer:
   def _move_aside(self, step: int) -> epath.Path:
     source = self.directory / str(step)
     target = self.directory.parent / CORRUPT_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    if self.own_process:
+      move_tree(source, target)
+      return target
     if jax.process_index() == 0:
       move_tree(source, target)
     parallel.sync(f'set_aside_checkpoint_{step}')

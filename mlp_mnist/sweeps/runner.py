@@ -184,12 +184,9 @@ class _TrialFolders:
     self.opened = []  # Recorders and checkpointers, to close if the group fails.
 
   def checkpointer(self, index: int):
-    # orbax saves collectively over every process, while each process trains its own trials:
-    # multi-process sweeps keep no trial checkpoints (an unfinished trial reruns from scratch).
-    if parallel.is_multiprocess():
-      return None
+    # Each process trains its own trials: it saves and restores them alone.
     self.opened.append(driver.open_checkpointer(_dir(self.workdir, self.trials[index]),
-                                                self.trials[index].config))
+                                                self.trials[index].config, own_process=True))
     return self.opened[-1]
 
   def recorder(self, index: int, dataset_info: dict, history: list[dict],

@@ -33,7 +33,6 @@ import ml_collections
 from mlp_mnist import config_checks
 from mlp_mnist import config_files
 from mlp_mnist import errors
-from mlp_mnist.devices import parallel
 from mlp_mnist.sweeps import sampling
 
 Overrides = dict[str, Any]
@@ -228,22 +227,10 @@ def expand(base_config: ml_collections.ConfigDict, trials: list[Overrides],
     config = with_overrides(base_config, overrides)
     try:
       config_checks.validate_config(config, recorded=recorded)
-      check_sweepable(config)
-    except (config_checks.ConfigError, SweepError) as e:
+    except config_checks.ConfigError as e:
       raise SweepError(f'{source}: trial {index} ({name}): {e}') from None
     result.append(Trial(name=name, overrides=overrides, config=config))
   return result
-
-
-def check_sweepable(config: ml_collections.ConfigDict) -> None:
-  """A SweepError for what a single run does and a sweep's trials do not: checkpoints inside
-  epochs in a multi-process sweep (its processes train different trials and keep no trial
-  checkpoints, while the cadence's saves and signal are decided together)."""
-  checkpoint = config.checkpoint
-  if (checkpoint.every_steps or checkpoint.every_minutes) and parallel.is_multiprocess():
-    raise SweepError(f'checkpoint.every_steps={checkpoint.every_steps} and '
-                     f'checkpoint.every_minutes={checkpoint.every_minutes} are not supported in '
-                     'multi-process sweeps (they keep no trial checkpoints); set them to 0.')
 
 
 def with_overrides(config: ml_collections.ConfigDict,

@@ -192,6 +192,7 @@ class GroupProgram:
     return self.split(trial_batch_indices(self.configs, epoch, self.num_train))
 
   saves_inside_epochs = True
+  own_process = True
 
   def train_epoch(self, epoch: int, frozen: np.ndarray, saves: driver.EpochSaves | None = None):
     # A stopped trial is frozen as a diverged one is; the driver tells them apart.
@@ -308,8 +309,6 @@ def train_trials(configs: Sequence[ml_collections.ConfigDict], dataset: data.Dat
   first = configs[0]
   if any(program_key(c) != program_key(first) for c in configs):
     raise ValueError('train_trials needs configs of one program; group them by program_key.')
-  for config in configs:
-    sweep_files.check_sweepable(config)
   dataset = data.hold_out_validation(dataset, first.data.validation_split)
   num_train = len(dataset.train[1])
   steps_per_epoch = epochs.num_batches(num_train, first.batch_size)
