@@ -402,6 +402,61 @@ def _trial_steps(workdir, name):
   return _steps(results.trial_dir(str(workdir), name))
 
 
+def test_a_signal_stops_a_sweep_inside_an_epoch_and_it_resumes_exactly(tmp_path):
+  """scripts/sweep.py with checkpoint.every_steps: SIGTERM once a trial holds a checkpoint inside
+  an epoch; the sweep stops after the training call under way (status 3, one line) and the rerun
+  ends where the uninterrupted sweep does, bit for bit."""
+  write_dataset_cache(tmp_path / 'cache', synthetic_dataset())
+  sweep_path = tmp_path / 'sweep.py'
+  sweep_path.write_text(SWEEP_FILE)
+  config = _inside_config(every_steps=3)
+  config.num_epochs = 10
+  workdir = tmp_path / 'sweep'
+  command = [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+             f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
+             f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={workdir}',
+             f'--config.num_epochs={config.num_epochs}', '--config.model.dropout_rate=0.2',
+             '--config.eval_batch_size=40', '--config.checkpoint.every_epochs=1',
+             '--config.checkpoint.keep=20', '--config.checkpoint.every_steps=3',
+             '--cpu_devices=1', '--jax_cache_dir=']
+  trials = [results.trial_dir(str(workdir), name) for name in TRIALS]
+
+  def inside_an_epoch():
+    return any(s % STEPS for t in trials if os.path.isdir(os.path.join(t, 'checkpoints'))
+               for s in _steps(t))
+
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO, env=ENV)
+  try:
+    deadline = time.time() + 120
+    while not inside_an_epoch():
+      assert process.poll() is None, process.communicate()
+      assert time.time() < deadline, 'no checkpoint inside an epoch in time'
+      time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  assert process.returncode == preemption.EXIT_STATUS, err
+  line = err.strip().splitlines()[-1]
+  assert line.startswith('stopped: SIGTERM received: stopped after the training call under way')
+  assert 'rerun the same command to resume' in line and 'Traceback' not in err
+  assert 'interrupted' in [results.read_status(t) for t in trials]
+  assert not any(results.read_status(t) == 'done' for t in trials)
+
+  resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
+                           env=ENV)
+  assert resumed.returncode == 0, resumed.stderr
+  reference = tmp_path / 'reference'  # The uninterrupted sweep, by the same script.
+  uninterrupted = subprocess.run([c if not c.startswith('--workdir=') else f'--workdir={reference}'
+                                  for c in command], capture_output=True, text=True, timeout=120,
+                                 cwd=REPO, env=ENV)
+  assert uninterrupted.returncode == 0, uninterrupted.stderr
+  _assert_same_sweep(workdir, reference, config)
+
+
 @pytest.fixture(scope='module')
 def uninterrupted_sweep(tmp_path_factory):
   """The sweep every cadence and every resume must reproduce bit for bit (saves at epochs' ends)."""
