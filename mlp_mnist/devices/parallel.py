@@ -143,9 +143,9 @@ def split_trials(tree: Any, num_devices: int, trials_per_chunk: int = 1) -> Any:
 
 def merge_trials(tree: Any, num_trials: int) -> Any:
   """The inverse of `split_trials`: `[num_devices, trials_per_device, ...]` -> `[trials, ...]`."""
-  # In a multi-process sweep, reshaping the pmapped train states on the devices hung the processes
-  # of a resumed sweep that trained parts of different lengths (tests/test_multiprocess.py); each
-  # process's own trials merge on its host.
+  # A resumed 2-process sweep once hung with both processes in this reshape of the pmapped train
+  # states on their devices (not reproduced since, cause unknown); each process's own trials merge
+  # on its host, which cannot wait on another process.
   if is_multiprocess():
     tree = jax.device_get(tree)
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:num_trials], tree)
