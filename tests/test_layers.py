@@ -66,10 +66,18 @@ def test_other_layouts_and_grouped_convolutions_fall_back_to_lax():
                                 jax.lax.conv_general_dilated(images, kernel, *args, **kwargs))
 
 
-def test_max_pool_equals_flax_max_pool():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))  # An odd row is dropped.
-  np.testing.assert_array_equal(layers.max_pool_2x2(x),
-                                nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID'))
+@pytest.mark.parametrize('shape', [(2, 7, 6, 3), (3, 8, 9, 2)])  # Odd rows or columns dropped.
+def test_max_pool_and_its_gradient_equal_flax_max_pool(shape):
+  # Small integers: many windows hold tied maxima, whose gradient goes to the first (row-major),
+  # as flax's (XLA's select-and-scatter) and TensorFlow's do.
+  x = jax.random.randint(jax.random.PRNGKey(0), shape, -2, 3).astype(jnp.float32)
+  weights = jax.random.normal(jax.random.PRNGKey(1), (shape[0], shape[1] // 2, shape[2] // 2,
+                                                      shape[3]))
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), flax_pool(x))
+  gradient = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
+  np.testing.assert_array_equal(gradient(layers.max_pool_2x2), gradient(flax_pool))
+  assert np.count_nonzero(gradient(layers.max_pool_2x2)) == weights.size  # One per window.
 
 
 def _cnn_epoch(config):
