@@ -86,10 +86,15 @@ def _processes(workdir, num_train, epochs, log_dir, slurm=False, checkpoint=()):
             env={**env, **(_slurm_env(job_id, i, 2) if slurm else {})}))
     yield procs
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-      p.wait(timeout=30)
+    _kill(procs)
+
+
+def _kill(procs):
+  """Kills the processes still running and reaps them all."""
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait(timeout=30)
 
 
 def _wait(procs, timeout):
@@ -210,10 +215,7 @@ def _sweep_processes(tmp_path, workdir, *flags, epochs=SWEEP_EPOCHS):
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO))
     yield procs
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-      p.wait(timeout=30)
+    _kill(procs)
 
 
 def _finish(procs, timeout=120):

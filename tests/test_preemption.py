@@ -56,6 +56,28 @@ def _epochs(directory):
 ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '2'}
 
 
+def _resume_and_run_uninterrupted(command, reference):
+  """Reruns `command` (it resumes), then runs it from scratch in `reference`: the uninterrupted
+  run, by the same script (its devices and compiled programs). Returns the resumed run's stdout."""
+  resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
+                           env=ENV)
+  assert resumed.returncode == 0, resumed.stderr
+  uninterrupted = subprocess.run([c if not c.startswith('--workdir=') else f'--workdir={reference}'
+                                  for c in command], capture_output=True, text=True, timeout=120,
+                                 cwd=REPO, env=ENV)
+  assert uninterrupted.returncode == 0, uninterrupted.stderr
+  return resumed.stdout
+
+
+def _sweep_command(sweep_path, cache_dir, workdir, num_epochs, *flags):
+  """scripts/sweep.py on the default config with dropout, one CPU device, no compilation cache."""
+  return [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
+          f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
+          f'--config.data.cache_dir={cache_dir}', f'--workdir={workdir}',
+          f'--config.num_epochs={num_epochs}', '--config.model.dropout_rate=0.2',
+          '--config.eval_batch_size=40', *flags, '--cpu_devices=1', '--jax_cache_dir=']
+
+
 def _interrupt(command, directory, sig):
   """Starts `command`, sends `sig` once `directory` holds two epochs' records, waits for it."""
   process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -97,16 +119,9 @@ def test_a_signal_saves_and_the_rerun_resumes_exactly(tmp_path, sig):
   assert len(run_files.read_metrics(str(workdir))) == epoch
   assert max(_steps(workdir)) == epoch * 8
 
-  resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
-                           env=ENV)
-  assert resumed.returncode == 0, resumed.stderr
-  assert f'Resumed from the checkpoint at step {epoch * 8} (epoch {epoch})' in resumed.stdout
-  # The uninterrupted run, by the same script (its devices and compiled programs).
   reference = tmp_path / 'reference'
-  uninterrupted = subprocess.run([c if not c.startswith('--workdir=') else f'--workdir={reference}'
-                                  for c in command], capture_output=True, text=True, timeout=120,
-                                 cwd=REPO, env=ENV)
-  assert uninterrupted.returncode == 0, uninterrupted.stderr
+  resumed = _resume_and_run_uninterrupted(command, reference)
+  assert f'Resumed from the checkpoint at step {epoch * 8} (epoch {epoch})' in resumed
   assert [run_files.without_timing(r) for r in run_files.read_metrics(str(workdir))] == [
       run_files.without_timing(r) for r in run_files.read_metrics(str(reference))]
   short = _config()
@@ -135,12 +150,8 @@ def test_a_signal_stops_a_sweep_which_resumes_exactly(tmp_path):
   sweep_path = tmp_path / 'sweep.py'
   sweep_path.write_text("def get_sweep(hyper):\n  return hyper.sweep('seed', [0, 1, 2])\n")
   workdir = tmp_path / 'sweep'
-  command = [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
-             f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
-             f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={workdir}',
-             f'--config.num_epochs={NUM_EPOCHS}', '--config.model.dropout_rate=0.2',
-             '--config.eval_batch_size=40', '--config.checkpoint.every_epochs=7',
-             '--cpu_devices=1', '--jax_cache_dir=']
+  command = _sweep_command(sweep_path, tmp_path / 'cache', workdir, NUM_EPOCHS,
+                           '--config.checkpoint.every_epochs=7')
   trial = results.trial_dir(str(workdir), 'seed=1')
   returncode, _, err = _interrupt(command, trial, signal.SIGTERM)
   assert returncode == preemption.EXIT_STATUS, err
@@ -150,14 +161,8 @@ def test_a_signal_stops_a_sweep_which_resumes_exactly(tmp_path):
   epoch = len(run_files.read_metrics(trial))
   assert 2 <= epoch < NUM_EPOCHS
 
-  resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
-                           env=ENV)
-  assert resumed.returncode == 0, resumed.stderr
-  reference = tmp_path / 'reference'  # The uninterrupted sweep, by the same script.
-  uninterrupted = subprocess.run([c if not c.startswith('--workdir=') else f'--workdir={reference}'
-                                  for c in command], capture_output=True, text=True, timeout=120,
-                                 cwd=REPO, env=ENV)
-  assert uninterrupted.returncode == 0, uninterrupted.stderr
+  reference = tmp_path / 'reference'
+  _resume_and_run_uninterrupted(command, reference)
   for name in ('seed=0', 'seed=1', 'seed=2'):
     got = results.trial_dir(str(workdir), name)
     want = results.trial_dir(str(reference), name)
@@ -412,13 +417,9 @@ def test_a_signal_stops_a_sweep_inside_an_epoch_and_it_resumes_exactly(tmp_path)
   config = _inside_config(every_steps=3)
   config.num_epochs = 10
   workdir = tmp_path / 'sweep'
-  command = [sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'),
-             f'--config={os.path.join(REPO, "configs", "default.py")}', f'--sweep={sweep_path}',
-             f'--config.data.cache_dir={tmp_path / "cache"}', f'--workdir={workdir}',
-             f'--config.num_epochs={config.num_epochs}', '--config.model.dropout_rate=0.2',
-             '--config.eval_batch_size=40', '--config.checkpoint.every_epochs=1',
-             '--config.checkpoint.keep=20', '--config.checkpoint.every_steps=3',
-             '--cpu_devices=1', '--jax_cache_dir=']
+  command = _sweep_command(sweep_path, tmp_path / 'cache', workdir, config.num_epochs,
+                           '--config.checkpoint.every_epochs=1', '--config.checkpoint.keep=20',
+                           '--config.checkpoint.every_steps=3')
   trials = [results.trial_dir(str(workdir), name) for name in TRIALS]
 
   def inside_an_epoch():
@@ -446,14 +447,8 @@ def test_a_signal_stops_a_sweep_inside_an_epoch_and_it_resumes_exactly(tmp_path)
   assert 'interrupted' in [results.read_status(t) for t in trials]
   assert not any(results.read_status(t) == 'done' for t in trials)
 
-  resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
-                           env=ENV)
-  assert resumed.returncode == 0, resumed.stderr
-  reference = tmp_path / 'reference'  # The uninterrupted sweep, by the same script.
-  uninterrupted = subprocess.run([c if not c.startswith('--workdir=') else f'--workdir={reference}'
-                                  for c in command], capture_output=True, text=True, timeout=120,
-                                 cwd=REPO, env=ENV)
-  assert uninterrupted.returncode == 0, uninterrupted.stderr
+  reference = tmp_path / 'reference'
+  _resume_and_run_uninterrupted(command, reference)
   _assert_same_sweep(workdir, reference, config)
 
 
