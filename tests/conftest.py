@@ -11,6 +11,10 @@ jax.config.update('jax_num_cpu_devices', 4)
 jax.config.update('jax_platforms', 'cpu')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README's test command may name the IDX folder relative to where pytest starts; the processes
+# tests start elsewhere (the notebook's kernel runs in notebooks/) must find the same folder.
+if os.environ.get('MLP_MNIST_IDX_DIR'):
+  os.environ['MLP_MNIST_IDX_DIR'] = os.path.abspath(os.environ['MLP_MNIST_IDX_DIR'])
 sys.path.insert(0, os.path.join(REPO, 'configs'))
 
 import default  # pylint: disable=g-import-not-at-top,wrong-import-position
