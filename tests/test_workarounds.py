@@ -2,12 +2,14 @@
 an upgrade that breaks one fails here (or in the tests its docstring names)."""
 
 import errno
+from importlib import metadata
 import logging
 import os
 import sys
 import types
 
 import ml_collections
+from packaging import version
 import pytest
 from etils import epath
 
@@ -82,3 +84,12 @@ def test_unknown_config_key_reads_ml_collections_errors(how):
     with pytest.raises((KeyError, AttributeError)) as error:
       _ = config[name] if how == 'item' else getattr(config, name)
     assert workarounds.unknown_config_key(error.value) == (name, expected)
+
+
+def test_ml_dtypes_is_not_the_release_that_imports_slowly_with_this_numpy():
+  """pyproject.toml keeps ml_dtypes below 0.7 on Python 3.11, whose newest numpy is 2.4: that pair
+  spends half a second of every `import jax` registering ml_dtypes' numpy loops."""
+  numpy_version = version.Version(metadata.version('numpy'))
+  if numpy_version >= version.Version('2.5'):
+    pytest.skip(f'numpy {numpy_version} registers ml_dtypes 0.7 loops fast')
+  assert version.Version(metadata.version('ml_dtypes')) < version.Version('0.7')
