@@ -1,5 +1,6 @@
 """The convolutional building blocks: the CPU convolution's values and gradients equal `lax`'s, the
-compiled CPU epoch holds no convolution, and other platforms keep `lax`'s."""
+fused block's equal its three layers', the compiled CPU epoch holds only canonical convolutions, and
+other platforms keep `lax`'s."""
 
 import re
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 from mlp_mnist import steps
+from mlp_mnist.models import cnn
 from mlp_mnist.models import layers
+from mlp_mnist.models import mlp
 
 from test_extending import _tiny_cnn
 
@@ -94,7 +97,8 @@ def test_cpu_epoch_convolutions_are_canonical_and_accelerators_keep_lax(config, 
   def cpu_layouts():
     return re.findall(r'convolution\(.*dim_labels=([^,]+)', epoch.lower(*args).compile().as_text())
 
-  assert len(cpu_layouts()) == 5  # Two forward; the kernels' gradients, the images' of one.
+  # The second block's forward and gradients; the first block (one channel) is a matrix multiply.
+  assert len(cpu_layouts()) == 3
   assert set(cpu_layouts()) == {'b01f_01io->b01f'}
   gpu = export.export(epoch, platforms=['cuda'])(*args).mlir_module()
   assert len(re.findall(r'stablehlo.convolution', gpu)) == 5  # Two forward, three gradients.
@@ -102,3 +106,56 @@ def test_cpu_epoch_convolutions_are_canonical_and_accelerators_keep_lax(config, 
       jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=_NHWC)))
   jax.clear_caches()  # The traced epoch is cached by function and arguments.
   assert set(cpu_layouts()) != {'b01f_01io->b01f'}  # The check can fail.
+
+
+@pytest.mark.parametrize('image_shape,kernel_shape,activation', [
+    ((3, 28, 28, 1), (3, 3, 1, 16), 'relu'),  # configs/cnn.py's first block.
+    ((2, 9, 7, 3), (3, 3, 3, 5), 'gelu'),  # Odd sizes (the last row dropped); not monotone.
+    ((2, 8, 9, 2), (4, 2, 2, 3), 'tanh'),  # An even kernel: SAME pads unevenly.
+    ((2, 7, 6, 1), (5, 5, 1, 4), 'relu'),
+    ((2, 6, 6, 4), (3, 3, 4, 3), 'relu'),  # A wide window: the three layers.
+])
+def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, kernel_shape,
+                                                                activation):
+  # Small integers: pre-activations tie within windows (and relu's are often zero), so the
+  # first-maximum rule decides where gradients go, and the values are exact.
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  images = jax.random.randint(keys[0], image_shape, -2, 3).astype(jnp.float32)
+  kernel = jax.random.randint(keys[1], kernel_shape, -1, 2).astype(jnp.float32)
+  bias = jax.random.randint(keys[2], kernel_shape[-1:], -1, 2).astype(jnp.float32)
+  act = mlp.ACTIVATIONS[activation]
+  fused = jax.jit(lambda x, k, b: layers.conv_act_pool(x, k, b, act))
+  layered = jax.jit(lambda x, k, b: layers.max_pool_2x2(act(jax.lax.conv_general_dilated(
+      x, k, (1, 1), 'SAME', dimension_numbers=_NHWC, precision='highest') + b)))
+  window = (kernel_shape[0] + 1) * (kernel_shape[1] + 1) * kernel_shape[2]
+  assert ('_window_conv_act_pool' in str(jax.make_jaxpr(fused)(images, kernel, bias))) == (
+      window <= layers.MAX_FUSED_WINDOW)
+  np.testing.assert_allclose(fused(images, kernel, bias), layered(images, kernel, bias),
+                             rtol=1e-6, atol=1e-6)
+  weights = jax.random.normal(keys[3], layered(images, kernel, bias).shape)
+  gradients = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) * weights), (0, 1, 2))(
+      images, kernel, bias)
+  for got, want in zip(gradients(fused), gradients(layered)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_pool_module_has_flax_convs_parameters():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  block, plain = layers.ConvPool(4, (3, 3)), nn.Conv(4, (3, 3))
+  params = plain.init(jax.random.PRNGKey(1), images)
+  got = block.init(jax.random.PRNGKey(1), images)
+  assert jax.tree.structure(got) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(block.apply(params, images),
+                             layers.max_pool_2x2(nn.relu(plain.apply(params, images))),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_parameters_keep_their_names():
+  """Each block's parameters stay under `Conv_i` ('kernel', 'bias'), as when the CNN held `Conv`
+  layers, so checkpoints written before `ConvPool` restore."""
+  params = cnn.CNN(features=(4, 8)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28)))['params']
+  assert {name: sorted(p) for name, p in params.items()} == {
+      'Conv_0': ['bias', 'kernel'], 'Conv_1': ['bias', 'kernel'],
+      'Dense_0': ['bias', 'kernel'], 'Dense_1': ['bias', 'kernel']}

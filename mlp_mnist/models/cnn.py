@@ -25,7 +25,7 @@ class CNN(nn.Module):
   flatten, [Dense(dense_width) -> activation -> dropout], Dense(num_classes) logits.
 
   Images are NHWC (a channel axis is added to [batch, height, width] inputs), the layout CPUs and
-  accelerators convolve fastest; convolutions and pooling are `layers`' (fast on CPUs). Dropout
+  accelerators convolve fastest; each block is a `layers.ConvPool` (fast on CPUs). Dropout
   works as in the MLP: a traced rate and one key per example, left out of the program with
   `use_dropout=False`.
   """
@@ -43,10 +43,10 @@ class CNN(nn.Module):
     """Logits for `images` [batch, height, width(, channels)]; dropout only with `dropout_rngs`."""
     x = images[..., None] if images.ndim == 3 else images
     act = mlp.ACTIVATIONS[self.activation]
-    for width in self.features:
-      x = layers.Conv(width, (self.kernel_size, self.kernel_size), padding='SAME',
-                      kernel_init=nn.initializers.glorot_uniform())(x)
-      x = layers.max_pool_2x2(act(x))
+    for i, width in enumerate(self.features):
+      # Named as the `Conv` layers each block held before, so older checkpoints restore.
+      x = layers.ConvPool(width, (self.kernel_size, self.kernel_size), act,
+                          kernel_init=nn.initializers.glorot_uniform(), name=f'Conv_{i}')(x)
     x = x.reshape(x.shape[0], -1)
     if self.dense_width:
       x = act(nn.Dense(self.dense_width, kernel_init=nn.initializers.glorot_uniform())(x))

@@ -1,5 +1,6 @@
 """Building blocks for convolutional models that train fast on CPUs: `Conv` (flax's `nn.Conv` with
-the convolution below) and `max_pool_2x2`. A researcher's own model gets the fast path by using them.
+the convolution below), `max_pool_2x2`, and `ConvPool` (a block of both with an activation between,
+fused where its input has few channels). A researcher's own model gets the fast path by using them.
 
 On CPUs, `conv_general_dilated` takes a stride-1 2-D NHWC x HWIO convolution through `conv_nhwc`,
 whose gradient is spelled in that (canonical) layout: XLA's CPU backend hands a convolution to its
@@ -14,6 +15,7 @@ lone step faster, 12 against 22-24 ms, but not the scanned epoch), and evaluatio
 `lax.platform_dependent` chooses when the program is lowered.
 """
 import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -160,3 +162,130 @@ def _max_pool_bwd(residuals, grad_pooled):
 
 
 _max_pool_even_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# A block's window (its 2x2 pooling window's receptive field, over all input channels) at most this
+# wide runs as one matrix multiply on CPUs: 16 for configs/cnn.py's first block (3x3 kernel, one
+# channel), 2.6 against 4.6 ms a training step for that block (docs/benchmarks.md). Its second
+# block (16 channels: 256) computes the four window positions' products separately, 1.8x the
+# FLOPs of the convolution, and stays on `conv_nhwc`.
+MAX_FUSED_WINDOW = 48
+
+
+def conv_act_pool(images: jax.Array, kernel: jax.Array, bias: jax.Array,
+                  activation: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """`max_pool_2x2(activation(SAME stride-1 convolution of NHWC images with the HWIO kernel +
+  bias))`: the same values and gradients (ties to the first maximum).
+
+  On CPUs, when the pooling window's receptive field over the input channels is at most
+  `MAX_FUSED_WINDOW` wide (a first layer), as one matrix multiply of those fields by the kernel
+  placed at the window's four positions, with the activation and the pooling in the same pass
+  and the gradient written out: the full-resolution activations, the memory-bound passes over
+  which dominated that block's step, are never stored. Elsewhere as the three layers.
+  """
+  kh, kw, channels, _ = kernel.shape
+  layered = lambda x, k, b: max_pool_2x2(activation(
+      conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=_NHWC) + b))
+  if (kh + 1) * (kw + 1) * channels > MAX_FUSED_WINDOW or min(images.shape[1:3]) < 2:
+    return layered(images, kernel, bias)
+  return lax.platform_dependent(
+      images, kernel, bias, cpu=lambda x, k, b: _window_conv_act_pool(x, k, b, activation),
+      default=layered)
+
+
+class ConvPool(nn.Module):
+  """[Conv(features, kernel_size, 'SAME') -> activation -> 2x2 max-pool] through `conv_act_pool`,
+  with `nn.Conv`'s parameters ('kernel', 'bias'; the same initial values): a model that names it
+  as it named the `Conv` before keeps its checkpoints."""
+
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, images.shape[-1], self.features))
+    bias = self.param('bias', self.bias_init, (self.features,))
+    images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias)
+    return conv_act_pool(images, kernel, bias, self.activation)
+
+
+def _window_fields(images, kernel_shape, with_ones=False):
+  """[(kh+1)*(kw+1)*channels (+1 row of ones), batch*(h//2)*(w//2)]: the receptive field of each
+  2x2 pooling window of the SAME convolution, row-major over (row, column, channel)."""
+  kh, kw = kernel_shape[:2]
+  b, h, w, channels = images.shape
+  pads = lax.padtype_to_pads((h, w), (kh, kw), (1, 1), 'SAME')
+  padded = jnp.pad(images, ((0, 0), *pads, (0, 0)))
+  rows, cols = h // 2, w // 2
+  fields = [padded[:, i:i + 2 * rows - 1:2, j:j + 2 * cols - 1:2, c]
+            for i in range(kh + 1) for j in range(kw + 1) for c in range(channels)]
+  if with_ones:
+    fields.append(jnp.ones_like(fields[0]))
+  return jnp.stack(fields).reshape(len(fields), b * rows * cols)
+
+
+def _window_kernel(kernel):
+  """[(kh+1)*(kw+1)*channels, 4*features]: the kernel at the window's four positions, row-major."""
+  features = kernel.shape[-1]
+  return jnp.concatenate([jnp.pad(kernel, ((i, 1 - i), (j, 1 - j), (0, 0), (0, 0))).reshape(
+      -1, features) for i in (0, 1) for j in (0, 1)], -1)
+
+
+def _window_forward(images, kernel, bias, activation):
+  """The pooled activations, which of the window's four positions gave each (the first of tied
+  maxima) and that position's pre-activation."""
+  b, h, w, _ = images.shape
+  fields = _window_fields(images, kernel.shape)
+  preacts = (fields.T @ _window_kernel(kernel)).reshape(b, h // 2, w // 2, 4, -1) + bias
+  pooled, winning_preact = activation(preacts[:, :, :, 0]), preacts[:, :, :, 0]
+  winner = jnp.zeros(pooled.shape, jnp.int8)
+  for position in (1, 2, 3):
+    preact = preacts[:, :, :, position]
+    value = activation(preact)
+    greater = value > pooled
+    pooled = jnp.where(greater, value, pooled)
+    winner = jnp.where(greater, jnp.int8(position), winner)
+    winning_preact = jnp.where(greater, preact, winning_preact)
+  return pooled, winner, winning_preact
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _window_conv_act_pool(images, kernel, bias, activation):
+  return _window_forward(images, kernel, bias, activation)[0]
+
+
+def _window_conv_act_pool_fwd(images, kernel, bias, activation):
+  pooled, winner, winning_preact = _window_forward(images, kernel, bias, activation)
+  return pooled, (images, kernel, winner, winning_preact)
+
+
+def _window_conv_act_pool_bwd(activation, residuals, grad_pooled):
+  images, kernel, winner, winning_preact = residuals
+  b, h, w, _ = images.shape
+  features = kernel.shape[-1]
+  slope = jax.jvp(activation, (winning_preact,), (jnp.ones_like(winning_preact),))[1]
+  grad_preact = grad_pooled * slope
+  # [b, h/2, w/2, position, features]: the pre-activations' gradient, at each window's winner.
+  grads = jnp.stack([jnp.where(winner == p, grad_preact, jnp.zeros_like(grad_preact))
+                     for p in range(4)], 3)
+  # The row of ones gives the bias's gradient in the same multiply.
+  grad_window_kernel = _window_fields(images, kernel.shape, with_ones=True) @ grads.reshape(
+      -1, 4 * features)
+  grad_kernel, = jax.vjp(_window_kernel, kernel)[1](grad_window_kernel[:-1])
+  grad_bias = grad_window_kernel[-1].reshape(4, features).sum(0)
+  # The images' gradient (left out of the program when nothing asks for it, as for a first layer).
+  rows, cols = h // 2, w // 2
+  grad_conv = grads.reshape(b, rows, cols, 2, 2, features).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, 2 * rows, 2 * cols, features)
+  grad_conv = jnp.pad(grad_conv, ((0, 0), (0, h - 2 * rows), (0, w - 2 * cols), (0, 0)))
+  _, conv_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
+      x, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC), images)
+  grad_images, = conv_vjp(grad_conv)
+  return grad_images, grad_kernel, grad_bias
+
+
+_window_conv_act_pool.defvjp(_window_conv_act_pool_fwd, _window_conv_act_pool_bwd)
