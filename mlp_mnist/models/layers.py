@@ -213,9 +213,10 @@ class ConvPool(nn.Module):
     return conv_act_pool(images, kernel, bias, self.activation)
 
 
-def _window_fields(images, kernel_shape, with_ones=False):
-  """[(kh+1)*(kw+1)*channels (+1 row of ones), batch*(h//2)*(w//2)]: the receptive field of each
-  2x2 pooling window of the SAME convolution, row-major over (row, column, channel)."""
+def _window_fields(images, kernel_shape):
+  """[(kh+1)*(kw+1)*channels + 1, batch*(h//2)*(w//2)]: the receptive field of each 2x2 pooling
+  window of the SAME convolution, row-major over (row, column, channel), then a row of ones (the
+  bias's input)."""
   kh, kw = kernel_shape[:2]
   b, h, w, channels = images.shape
   pads = lax.padtype_to_pads((h, w), (kh, kw), (1, 1), 'SAME')
@@ -223,16 +224,17 @@ def _window_fields(images, kernel_shape, with_ones=False):
   rows, cols = h // 2, w // 2
   fields = [padded[:, i:i + 2 * rows - 1:2, j:j + 2 * cols - 1:2, c]
             for i in range(kh + 1) for j in range(kw + 1) for c in range(channels)]
-  if with_ones:
-    fields.append(jnp.ones_like(fields[0]))
+  fields.append(jnp.ones_like(fields[0]))
   return jnp.stack(fields).reshape(len(fields), b * rows * cols)
 
 
-def _window_kernel(kernel):
-  """[(kh+1)*(kw+1)*channels, 4*features]: the kernel at the window's four positions, row-major."""
+def _window_kernel(kernel, bias):
+  """[(kh+1)*(kw+1)*channels + 1, 4*features]: the kernel at the window's four positions
+  (row-major), the bias below each."""
   features = kernel.shape[-1]
-  return jnp.concatenate([jnp.pad(kernel, ((i, 1 - i), (j, 1 - j), (0, 0), (0, 0))).reshape(
-      -1, features) for i in (0, 1) for j in (0, 1)], -1)
+  return jnp.concatenate([jnp.concatenate([
+      jnp.pad(kernel, ((i, 1 - i), (j, 1 - j), (0, 0), (0, 0))).reshape(-1, features),
+      bias[None]]) for i in (0, 1) for j in (0, 1)], -1)
 
 
 def _window_forward(images, kernel, bias, activation):
@@ -240,7 +242,7 @@ def _window_forward(images, kernel, bias, activation):
   maxima) and that position's pre-activation."""
   b, h, w, _ = images.shape
   fields = _window_fields(images, kernel.shape)
-  preacts = (fields.T @ _window_kernel(kernel)).reshape(b, h // 2, w // 2, 4, -1) + bias
+  preacts = (fields.T @ _window_kernel(kernel, bias)).reshape(b, h // 2, w // 2, 4, -1)
   pooled, winning_preact = activation(preacts[:, :, :, 0]), preacts[:, :, :, 0]
   winner = jnp.zeros(pooled.shape, jnp.int8)
   for position in (1, 2, 3):
@@ -260,11 +262,11 @@ def _window_conv_act_pool(images, kernel, bias, activation):
 
 def _window_conv_act_pool_fwd(images, kernel, bias, activation):
   pooled, winner, winning_preact = _window_forward(images, kernel, bias, activation)
-  return pooled, (images, kernel, winner, winning_preact)
+  return pooled, (images, kernel, bias, winner, winning_preact)
 
 
 def _window_conv_act_pool_bwd(activation, residuals, grad_pooled):
-  images, kernel, winner, winning_preact = residuals
+  images, kernel, bias, winner, winning_preact = residuals
   b, h, w, _ = images.shape
   features = kernel.shape[-1]
   slope = jax.jvp(activation, (winning_preact,), (jnp.ones_like(winning_preact),))[1]
@@ -272,11 +274,8 @@ def _window_conv_act_pool_bwd(activation, residuals, grad_pooled):
   # [b, h/2, w/2, position, features]: the pre-activations' gradient, at each window's winner.
   grads = jnp.stack([jnp.where(winner == p, grad_preact, jnp.zeros_like(grad_preact))
                      for p in range(4)], 3)
-  # The row of ones gives the bias's gradient in the same multiply.
-  grad_window_kernel = _window_fields(images, kernel.shape, with_ones=True) @ grads.reshape(
-      -1, 4 * features)
-  grad_kernel, = jax.vjp(_window_kernel, kernel)[1](grad_window_kernel[:-1])
-  grad_bias = grad_window_kernel[-1].reshape(4, features).sum(0)
+  grad_window_kernel = _window_fields(images, kernel.shape) @ grads.reshape(-1, 4 * features)
+  grad_kernel, grad_bias = jax.vjp(_window_kernel, kernel, bias)[1](grad_window_kernel)
   # The images' gradient (left out of the program when nothing asks for it, as for a first layer).
   rows, cols = h // 2, w // 2
   grad_conv = grads.reshape(b, rows, cols, 2, 2, features).transpose(0, 1, 3, 2, 4, 5).reshape(
