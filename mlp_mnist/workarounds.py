@@ -20,15 +20,23 @@ the tests that fail if an upgrade breaks it. Everything else in the package uses
   storage error (a full disk) on each of its save threads with its traceback (`logging.exception`)
   and asyncio on each write task, about 110 lines, before the same error reaches the caller; orbax
   has no option to not log them.
+- `import_tensorboardx_without_torch`: `sys.modules['torch'] = None` while tensorboardX is
+  imported. Its package imports its `writer`, which imports torch where torch is installed (0.74 s
+  of a 3 s run on a 2-core CPU) only to accept torch tensors, which this package never passes;
+  tensorboardX has no option to leave it out. A thread of yours that imports torch during that
+  import would get an ImportError; import torch first (then it is left alone)
+  (tests/test_workarounds.py).
 - `unknown_config_key`: ml_collections reports an unknown `--config.x.y` key as a plain
   `KeyError`/`AttributeError` whose only content is its text (the key, and difflib's suggestion as
   'Did you mean "y"'); it has no error class or attribute that names them.
 """
 
+import importlib
 import logging
 import os
 import re
 import sys
+import threading
 from typing import Callable
 
 
@@ -37,6 +45,24 @@ def jax_cluster_types() -> list:
   `jax.distributed.initialize()` tries them."""
   from jax._src import clusters  # pylint: disable=g-import-not-at-top
   return list(clusters.ClusterEnv._cluster_types)  # pylint: disable=protected-access
+
+
+_TENSORBOARDX_IMPORT = threading.Lock()
+
+
+def import_tensorboardx_without_torch() -> None:
+  """Imports tensorboardX without the torch import its `writer` makes where torch is installed
+  (unless torch is loaded already)."""
+  with _TENSORBOARDX_IMPORT:
+    if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+      importlib.import_module('tensorboardX')
+      return
+    sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects.
+    try:
+      importlib.import_module('tensorboardX')
+    finally:
+      if sys.modules.get('torch', 0) is None:
+        del sys.modules['torch']
 
 
 def wait_for_unfinished_save_cleanup(manager) -> None:

@@ -5,6 +5,7 @@ import errno
 from importlib import metadata
 import logging
 import os
+import subprocess
 import sys
 import types
 
@@ -93,3 +94,36 @@ def test_ml_dtypes_is_not_the_release_that_imports_slowly_with_this_numpy():
   if numpy_version >= version.Version('2.5'):
     pytest.skip(f'numpy {numpy_version} registers ml_dtypes 0.7 loops fast')
   assert version.Version(metadata.version('ml_dtypes')) < version.Version('0.7')
+
+
+_TENSORBOARDX_IMPORT_CHECK = '''
+import subprocess
+import sys
+from mlp_mnist import workarounds
+{before}
+workarounds.import_tensorboardx_without_torch()
+from tensorboardX import summary, event_file_writer
+print('torch' in sys.modules)
+import torch
+print(torch.IMPORTED)
+'''
+
+
+@pytest.mark.parametrize('torch_loaded_first', [False, True])
+def test_tensorboardx_is_imported_without_torch_unless_torch_is_loaded(tmp_path, torch_loaded_first):
+  """A stand-in torch package: tensorboardX's writer imports it when it can; the workaround keeps
+  it out (and later imports of torch still work), and leaves a torch loaded before alone."""
+  (tmp_path / 'torch').mkdir()
+  (tmp_path / 'torch' / '__init__.py').write_text('IMPORTED = True\nTensor = object\n')
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+      [str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(workarounds.__file__)))])}
+
+  def run(code):
+    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+  before = 'import torch' if torch_loaded_first else ''
+  assert run(_TENSORBOARDX_IMPORT_CHECK.format(before=before)) == [
+      str(torch_loaded_first), 'True']
+  # Without it, tensorboardX imports the stand-in: the check can fail.
+  assert run('import sys, tensorboardX; print("torch" in sys.modules)') == ['True']

@@ -5,11 +5,13 @@ step at the end of each epoch, the x-axis TensorBoard expects.
 """
 
 import os
+import threading
 import time
 from typing import Any
 
 from etils import epath
 
+from mlp_mnist import workarounds
 from mlp_mnist.records import run_files
 
 # metrics.jsonl field -> TensorBoard tag
@@ -66,12 +68,15 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def import_in_background() -> None:
-  """Imports tensorboardX (half a second or more) on a thread, e.g. while a program compiles."""
-  run_files.import_in_background(('tensorboardX.summary',))
+  """Imports tensorboardX (a tenth of a second or more) on a thread, e.g. while a program
+  compiles."""
+  threading.Thread(target=workarounds.import_tensorboardx_without_torch, name='import-tensorboardX',
+                   daemon=True).start()
 
 
 def _hparams_summaries(hparams: dict[str, Any]):
   """The HParams plugin's experiment, session-start and session-end summaries."""
+  workarounds.import_tensorboardx_without_torch()
   from tensorboardX import summary  # pylint: disable=g-import-not-at-top
   values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
   return summary.hparams(values, {tag: None for tag in HPARAM_METRICS})
@@ -79,6 +84,7 @@ def _hparams_summaries(hparams: dict[str, Any]):
 
 def _register_bucket_writer(logdir: str) -> None:
   if run_files.is_remote(logdir):
+    workarounds.import_tensorboardx_without_torch()
     from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
     record_writer.register_writer_factory(str(logdir).split('://', 1)[0],
                                           _EpathRecordWriterFactory())
@@ -91,6 +97,7 @@ class BufferedTensorBoardWriter:
   to disk). `purge_step` hides events of an interrupted run at later steps."""
 
   def __init__(self, logdir: str, flush_secs: float = 30, purge_step: int | None = None):
+    workarounds.import_tensorboardx_without_torch()
     from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
     _register_bucket_writer(logdir)
