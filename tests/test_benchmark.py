@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import cnn_step
 from benchmarks import roofline
 from benchmarks import training_speed
 
@@ -146,3 +147,9 @@ def test_pytorch_cnn_contender(tmp_path):
   assert record['num_train'] == 512 and record['train_sec'] > 0
   assert 0 <= record['test_accuracy'] <= 1
   assert set(record['layer_gflops']) == set(roofline.CNN_CONVOLUTIONS)
+
+
+def test_cnn_step_benchmark_times_the_scanned_step():
+  for fused in (True, False):
+    best, median = cnn_step.time_steps(cnn_step.FirstBlock(fused=fused), steps=2, calls=2)
+    assert 0 < best <= median
