@@ -143,10 +143,11 @@ def test_conv_pool_module_has_flax_convs_parameters():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   block, plain = layers.ConvPool(4, (3, 3)), nn.Conv(4, (3, 3))
   params = plain.init(jax.random.PRNGKey(1), images)
-  got = block.init(jax.random.PRNGKey(1), images)
-  assert jax.tree.structure(got) == jax.tree.structure(params)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)
+  for got in (block.init(jax.random.PRNGKey(1), images),
+              layers.ConvPool(4, 3).init(jax.random.PRNGKey(1), images)):  # An int kernel size.
+    assert jax.tree.structure(got) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(block.apply(params, images),
                              layers.max_pool_2x2(nn.relu(plain.apply(params, images))),
                              rtol=1e-5, atol=1e-5)

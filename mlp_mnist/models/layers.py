@@ -195,20 +195,21 @@ def conv_act_pool(images: jax.Array, kernel: jax.Array, bias: jax.Array,
 
 
 class ConvPool(nn.Module):
-  """[Conv(features, kernel_size, 'SAME') -> activation -> 2x2 max-pool] through `conv_act_pool`,
-  with `nn.Conv`'s parameters ('kernel', 'bias'; the same initial values): a model that names it
-  as it named the `Conv` before keeps its checkpoints."""
+  """[Conv(features, kernel_size, 'SAME', stride 1) -> activation -> 2x2 max-pool] through
+  `conv_act_pool`, with `nn.Conv`'s parameters ('kernel', 'bias'; the same initial values): a
+  model that names it as it named the `Conv` before keeps its checkpoints."""
 
   features: int
-  kernel_size: tuple[int, int] = (3, 3)
+  kernel_size: int | tuple[int, int] = (3, 3)
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   kernel_init: Any = nn.linear.default_kernel_init
   bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init,
-                        (*self.kernel_size, images.shape[-1], self.features))
+    size = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (*((size, size) if isinstance(size, int)
+                                                      else size), images.shape[-1], self.features))
     bias = self.param('bias', self.bias_init, (self.features,))
     images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias)
     return conv_act_pool(images, kernel, bias, self.activation)

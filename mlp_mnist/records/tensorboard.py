@@ -5,6 +5,7 @@ step at the end of each epoch, the x-axis TensorBoard expects.
 """
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -70,8 +71,9 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
 def import_in_background() -> None:
   """Imports tensorboardX (a tenth of a second or more) on a thread, e.g. while a program
   compiles."""
-  threading.Thread(target=workarounds.import_tensorboardx_without_torch, name='import-tensorboardX',
-                   daemon=True).start()
+  if 'tensorboardX' not in sys.modules:  # A sweep's trials each ask.
+    threading.Thread(target=workarounds.import_tensorboardx_without_torch,
+                     name='import-tensorboardX', daemon=True).start()
 
 
 def _hparams_summaries(hparams: dict[str, Any]):
