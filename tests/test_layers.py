@@ -49,6 +49,24 @@ def test_convolution_and_its_gradients_equal_lax(image_shape, kernel_shape, padd
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+def test_kernel_gradient_summed_over_batch_chunks_equals_lax(monkeypatch):
+  """Chunks of two examples over a batch of five (the last chunk shorter)."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  images = jax.random.normal(keys[0], (5, 6, 7, 3))
+  kernel = jax.random.normal(keys[1], (3, 3, 3, 4))
+  grad_out = jax.random.normal(keys[2], (5, 6, 7, 4))
+  monkeypatch.setattr(layers, '_KERNEL_GRADIENT_CHUNK_BYTES', 2 * grad_out[0].nbytes)
+  pads = ((1, 1), (1, 1))
+  conv = lambda fn: jax.jit(lambda x, k: fn(x, k, pads))
+  _, got_vjp = jax.vjp(conv(layers.conv_nhwc), images, kernel)
+  _, want_vjp = jax.vjp(conv(lambda x, k, p: jax.lax.conv_general_dilated(
+      x, k, (1, 1), p, dimension_numbers=_NHWC, precision='highest')), images, kernel)
+  jaxpr = str(jax.make_jaxpr(got_vjp)(grad_out))
+  assert jaxpr.count('conv_general_dilated') == 1 + 3  # The images' gradient; three chunks.
+  for got, want in zip(got_vjp(grad_out), want_vjp(grad_out)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_module_equals_flax_conv():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 3))
   fast, plain = layers.Conv(4, (3, 3)), nn.Conv(4, (3, 3))
