@@ -55,7 +55,7 @@ def test_kernel_gradient_summed_over_batch_chunks_equals_lax(monkeypatch):
   images = jax.random.normal(keys[0], (5, 6, 7, 3))
   kernel = jax.random.normal(keys[1], (3, 3, 3, 4))
   grad_out = jax.random.normal(keys[2], (5, 6, 7, 4))
-  monkeypatch.setattr(layers, '_KERNEL_GRADIENT_CHUNK_BYTES', 2 * grad_out[0].nbytes)
+  monkeypatch.setattr(layers, '_GRADIENT_CHUNK_BYTES', 2 * grad_out[0].nbytes)
   pads = ((1, 1), (1, 1))
   conv = lambda fn: jax.jit(lambda x, k: fn(x, k, pads))
   _, got_vjp = jax.vjp(conv(layers.conv_nhwc), images, kernel)
@@ -133,10 +133,13 @@ def test_cpu_epoch_convolutions_are_canonical_and_accelerators_keep_lax(config, 
     ((2, 7, 6, 1), (5, 5, 1, 4), 'relu'),
     ((2, 6, 6, 4), (3, 3, 4, 3), 'relu'),  # A wide window: the three layers.
 ])
+@pytest.mark.parametrize('chunked', [False, True])  # True: the kernel's gradient summed per example.
 def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, kernel_shape,
-                                                                activation):
+                                                                activation, chunked, monkeypatch):
   # Small integers: pre-activations tie within windows (and relu's are often zero), so the
   # first-maximum rule decides where gradients go, and the values are exact.
+  if chunked:
+    monkeypatch.setattr(layers, '_GRADIENT_CHUNK_BYTES', 1)
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
   images = jax.random.randint(keys[0], image_shape, -2, 3).astype(jnp.float32)
   kernel = jax.random.randint(keys[1], kernel_shape, -1, 2).astype(jnp.float32)

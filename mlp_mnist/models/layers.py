@@ -52,12 +52,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       lhs, rhs, cpu=cpu, default=lambda x, k: lax.conv_general_dilated(x, k, **options))
 
 
-# The kernel's gradient is summed over chunks of the batch whose output gradient takes at most this
-# many bytes (half a core's L2 cache here). configs/cnn.py's second convolution (25 KB per
-# example), the whole step at batch 128 (a 2-core Xeon, 2 MB L2 per core; docs/benchmarks.md):
-# 7.60 ms in one chunk; 7.23 ms in chunks of 10 examples, 6.82-6.85 of 16, 6.91 of 20, 6.76 of
-# 32, 6.78-6.79 of 41 (this value), 7.05 of 83.
-_KERNEL_GRADIENT_CHUNK_BYTES = 1 << 20
+# Kernel gradients (sums over the batch) are summed over chunks of the batch whose per-example
+# operand takes at most this many bytes together: half a core's L2 cache here. The whole CNN step
+# at batch 128 (a 2-core Xeon, 2 MB L2 per core; docs/benchmarks.md), for configs/cnn.py's second
+# convolution (its output gradient, 25 KB an example): 7.60 ms in one chunk; 7.23 ms in chunks of
+# 10 examples, 6.82-6.85 of 16, 6.91 of 20, 6.76 of 32, 6.78-6.79 of 41 (this value), 7.05 of 83.
+# Then for the first block's window multiply (its product's gradient, 50 KB an example): 6.73 ms
+# in one chunk, 6.51 in chunks of 16, 6.47 of 32, 6.81 of 64.
+_GRADIENT_CHUNK_BYTES = 1 << 20
+
+
+def _batch_chunks(batch: int, bytes_per_example: int) -> list[slice]:
+  """Consecutive slices of a batch, each of at most `_GRADIENT_CHUNK_BYTES` (and one example)."""
+  size = max(1, _GRADIENT_CHUNK_BYTES // bytes_per_example)
+  return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -82,11 +90,8 @@ def _conv_nhwc_bwd(pads, precision, residuals, grad_out):
   # grad_kernel[i, j, c, o] = sum over (b, h, w) of padded_images[b, h+i, w+j, c] *
   # grad_out[b, h, w, o]: a convolution with the channels as the batch and the batch as channels,
   # summed over chunks of the batch whose output gradient fits in a core's L2 cache.
-  batch = images.shape[0]
-  chunk = max(1, _KERNEL_GRADIENT_CHUNK_BYTES // (grad_out[0].size * grad_out.dtype.itemsize))
   grad_kernel = 0
-  for start in range(0, batch, chunk):
-    part = slice(start, min(start + chunk, batch))
+  for part in _batch_chunks(images.shape[0], grad_out[0].size * grad_out.dtype.itemsize):
     channels_first = lax.optimization_barrier(images[part].transpose(3, 1, 2, 0))
     grads_as_kernel = lax.optimization_barrier(grad_out[part].transpose(1, 2, 0, 3))
     grad_kernel = grad_kernel + lax.conv_general_dilated(
@@ -272,6 +277,12 @@ def _window_forward(images, kernel, bias, activation):
   return pooled, winner, winning_preact
 
 
+def _at_winners(grad_preact, winner):
+  """[b, h/2, w/2, position, features]: the pre-activations' gradient at each window's winner."""
+  return jnp.stack([jnp.where(winner == p, grad_preact, jnp.zeros_like(grad_preact))
+                    for p in range(4)], 3)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _window_conv_act_pool(images, kernel, bias, activation):
   return _window_forward(images, kernel, bias, activation)[0]
@@ -288,11 +299,12 @@ def _window_conv_act_pool_bwd(activation, residuals, grad_pooled):
   features = kernel.shape[-1]
   slope = jax.jvp(activation, (winning_preact,), (jnp.ones_like(winning_preact),))[1]
   grad_preact = grad_pooled * slope
-  # [b, h/2, w/2, position, features]: the pre-activations' gradient, at each window's winner.
-  grads = jnp.stack([jnp.where(winner == p, grad_preact, jnp.zeros_like(grad_preact))
-                     for p in range(4)], 3)
-  grad_window_kernel = _window_fields(images, kernel.shape) @ grads.reshape(-1, 4 * features)
+  grad_window_kernel = 0
+  for part in _batch_chunks(b, 4 * grad_preact[0].size * grad_preact.dtype.itemsize):
+    grad_window_kernel = grad_window_kernel + _window_fields(images[part], kernel.shape) @ (
+        _at_winners(grad_preact[part], winner[part]).reshape(-1, 4 * features))
   grad_kernel, grad_bias = jax.vjp(_window_kernel, kernel, bias)[1](grad_window_kernel)
+  grads = _at_winners(grad_preact, winner)
   # The images' gradient (left out of the program when nothing asks for it, as for a first layer).
   rows, cols = h // 2, w // 2
   grad_conv = grads.reshape(b, rows, cols, 2, 2, features).transpose(0, 1, 3, 2, 4, 5).reshape(
