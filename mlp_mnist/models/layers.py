@@ -186,7 +186,7 @@ _max_pool_even_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 # A block's window (its 2x2 pooling window's receptive field, over all input channels) at most this
 # wide runs as one matrix multiply on CPUs. Measured (docs/benchmarks.md, a 2-core Xeon): 16 for
-# configs/cnn.py's first block (3x3 kernel, one channel), 2.4 against 5.0 ms a training step for
+# configs/cnn.py's first block (3x3 kernel, one channel), 2.2 against 5.0 ms a training step for
 # that block; 256 for its second (16 channels), where the multiply does 1.8x the convolution's
 # FLOPs: 10.4 against 7.5 ms for the whole step, so it stays on `conv_nhwc`. 48 lets an RGB
 # image's 3x3 first layer in (not measured).
