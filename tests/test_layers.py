@@ -67,11 +67,21 @@ def test_kernel_gradient_summed_over_batch_chunks_equals_lax(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _parameters_equal_to(plain, modules, images):
+  """`plain`'s initial parameters, once each of `modules` is checked to initialize the same."""
+  params = plain.init(jax.random.PRNGKey(1), images)
+  for module in modules:
+    got = module.init(jax.random.PRNGKey(1), images)
+    assert jax.tree.structure(got) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(a, b)
+  return params
+
+
 def test_conv_module_equals_flax_conv():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 3))
   fast, plain = layers.Conv(4, (3, 3)), nn.Conv(4, (3, 3))
-  params = plain.init(jax.random.PRNGKey(1), images)
-  assert jax.tree.structure(fast.init(jax.random.PRNGKey(1), images)) == jax.tree.structure(params)
+  params = _parameters_equal_to(plain, [fast], images)
   np.testing.assert_allclose(fast.apply(params, images), plain.apply(params, images),
                              rtol=1e-5, atol=1e-5)
 
@@ -163,12 +173,8 @@ def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, ker
 def test_conv_pool_module_has_flax_convs_parameters():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   block, plain = layers.ConvPool(4, (3, 3)), nn.Conv(4, (3, 3))
-  params = plain.init(jax.random.PRNGKey(1), images)
-  for got in (block.init(jax.random.PRNGKey(1), images),
-              layers.ConvPool(4, 3).init(jax.random.PRNGKey(1), images)):  # An int kernel size.
-    assert jax.tree.structure(got) == jax.tree.structure(params)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
-      np.testing.assert_array_equal(a, b)
+  # Also with an int kernel size, as `nn.Conv` takes.
+  params = _parameters_equal_to(plain, [block, layers.ConvPool(4, 3)], images)
   np.testing.assert_allclose(block.apply(params, images),
                              layers.max_pool_2x2(nn.relu(plain.apply(params, images))),
                              rtol=1e-5, atol=1e-5)
