@@ -170,6 +170,24 @@ def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, ker
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_fused_blocks_images_gradient_is_canonical_inside_a_scan(monkeypatch):
+  """A narrow block that is not first (2 channels, a window of 32) passes its images' gradient
+  through a canonical convolution inside an epoch's scan, where `lax`'s would be in another layout."""
+  images, kernel, bias = jnp.ones((4, 8, 8, 2)), jnp.ones((3, 3, 2, 4)), jnp.zeros(4)
+  images_gradient = jax.grad(lambda x: jnp.sum(layers.conv_act_pool(x, kernel, bias, nn.relu)))
+
+  def scanned_layouts():
+    scanned = lambda x: jax.lax.scan(lambda total, _: (total + images_gradient(x), None),
+                                     jnp.zeros_like(x), None, length=2)[0]
+    compiled = jax.jit(scanned).lower(images).compile().as_text()
+    return re.findall(r'convolution\(.*dim_labels=([^,]+)', compiled)
+
+  assert scanned_layouts() == ['b01f_01io->b01f']
+  monkeypatch.setattr(layers, 'conv_nhwc', lambda x, k, pads, precision=None: (
+      jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=_NHWC)))
+  assert scanned_layouts() != ['b01f_01io->b01f']  # The check can fail.
+
+
 def test_conv_pool_module_has_flax_convs_parameters():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   block, plain = layers.ConvPool(4, (3, 3)), nn.Conv(4, (3, 3))

@@ -170,15 +170,21 @@ def _max_pool_fwd(x):
 
 def _max_pool_bwd(residuals, grad_pooled):
   x, pooled = residuals
-  b, h, w, c = x.shape
   grads, taken = [], jnp.zeros(pooled.shape, bool)
   for corner in _window_corners(x):
     first_max = (corner == pooled) & ~taken
     taken = taken | first_max
     grads.append(jnp.where(first_max, grad_pooled, jnp.zeros_like(grad_pooled)))
-  # [b, h/2, w/2, c] per corner (i, j) -> [b, h/2, i, w/2, j, c] -> [b, h, w, c].
-  interleaved = jnp.stack([jnp.stack(grads[:2], 3), jnp.stack(grads[2:], 3)], 2)
-  return (interleaved.reshape(b, h, w, c),)
+  return (_full_resolution(jnp.stack(grads, 3), x.shape[1:3]),)
+
+
+def _full_resolution(by_position, size):
+  """[b, h/2, w/2, 4, c] (a 2x2 window's values, row-major) -> [b, h, w, c] for `size` (h, w); an
+  odd last row or column (outside every window) is zero."""
+  b, rows, cols, _, c = by_position.shape
+  interleaved = by_position.reshape(b, rows, cols, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, 2 * rows, 2 * cols, c)
+  return jnp.pad(interleaved, ((0, 0), (0, size[0] - 2 * rows), (0, size[1] - 2 * cols), (0, 0)))
 
 
 _max_pool_even_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -304,15 +310,11 @@ def _window_conv_act_pool_bwd(activation, residuals, grad_pooled):
     grad_window_kernel = grad_window_kernel + _window_fields(images[part], kernel.shape) @ (
         _at_winners(grad_preact[part], winner[part]).reshape(-1, 4 * features))
   grad_kernel, grad_bias = jax.vjp(_window_kernel, kernel, bias)[1](grad_window_kernel)
-  grads = _at_winners(grad_preact, winner)
-  # The images' gradient (left out of the program when nothing asks for it, as for a first layer).
-  rows, cols = h // 2, w // 2
-  grad_conv = grads.reshape(b, rows, cols, 2, 2, features).transpose(0, 1, 3, 2, 4, 5).reshape(
-      b, 2 * rows, 2 * cols, features)
-  grad_conv = jnp.pad(grad_conv, ((0, 0), (0, h - 2 * rows), (0, w - 2 * cols), (0, 0)))
-  _, conv_vjp = jax.vjp(lambda x: lax.conv_general_dilated(
-      x, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC), images)
-  grad_images, = conv_vjp(grad_conv)
+  # The images' gradient (left out of the program when nothing asks for it, as for a first layer),
+  # through `conv_nhwc`'s: `lax`'s would be in a layout XLA's CPU backend runs as loops in a scan.
+  grad_conv = _full_resolution(_at_winners(grad_preact, winner), (h, w))
+  pads = tuple(map(tuple, lax.padtype_to_pads((h, w), kernel.shape[:2], (1, 1), 'SAME')))
+  grad_images, = jax.vjp(lambda x: conv_nhwc(x, kernel, pads), images)[1](grad_conv)
   return grad_images, grad_kernel, grad_bias
 
 
