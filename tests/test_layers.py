@@ -191,7 +191,7 @@ def test_fused_blocks_images_gradient_is_canonical_inside_a_scan(monkeypatch):
 def test_conv_pool_module_has_flax_convs_parameters():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   block, plain = layers.ConvPool(4, (3, 3)), nn.Conv(4, (3, 3))
-  # Also with an int kernel size, as `nn.Conv` takes.
+  # Also with an int kernel size k, meaning (k, k) (`nn.Conv(4, 3)` would be one-dimensional).
   params = _parameters_equal_to(plain, [block, layers.ConvPool(4, 3)], images)
   np.testing.assert_allclose(block.apply(params, images),
                              layers.max_pool_2x2(nn.relu(plain.apply(params, images))),
