@@ -149,7 +149,12 @@ def test_pytorch_cnn_contender(tmp_path):
   assert set(record['layer_gflops']) == set(roofline.CNN_CONVOLUTIONS)
 
 
-def test_cnn_step_benchmark_times_the_scanned_step():
-  for fused in (True, False):
-    best, median = cnn_step.time_steps(cnn_step.FirstBlock(fused=fused), steps=2, calls=2)
-    assert 0 < best <= median
+def test_cnn_step_benchmark_times_the_scanned_epoch():
+  config = cnn_step.cnn_config((4,))
+  config.model.cnn.dense_width = 8
+  best, median = cnn_step.time_steps(config, steps_per_call=2, calls=2)
+  assert 0 < best <= median
+  with cnn_step.blocks_as_three_layers():
+    layered = str(cnn_step.scanned_epoch(config, 2)[0].as_text())
+  assert 'convolution' in layered  # The first block as three layers; fused, none is left.
+  assert 'convolution' not in str(cnn_step.scanned_epoch(config, 2)[0].as_text())
