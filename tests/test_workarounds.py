@@ -109,6 +109,19 @@ print(torch.IMPORTED)
 '''
 
 
+_EVENT_FILE_CHECK = '''
+import sys
+from mlp_mnist.records import tensorboard
+{before}
+tensorboard.import_in_background()
+writer = tensorboard.BufferedTensorBoardWriter({logdir!r})
+writer.write_hparams({{'seed': 0}})
+writer.write_scalars(1, {{'train_loss': 0.5}})
+writer.close()
+print('torch' in sys.modules)
+'''
+
+
 @pytest.mark.parametrize('torch_loaded_first', [False, True])
 def test_tensorboardx_is_imported_without_torch_unless_torch_is_loaded(tmp_path, torch_loaded_first):
   """A stand-in torch package: tensorboardX's writer imports it when it can; the workaround keeps
@@ -127,3 +140,6 @@ def test_tensorboardx_is_imported_without_torch_unless_torch_is_loaded(tmp_path,
       str(torch_loaded_first), 'True']
   # Without it, tensorboardX imports the stand-in: the check can fail.
   assert run('import sys, tensorboardX; print("torch" in sys.modules)') == ['True']
+  # A run's event file: tensorboardX imported on a thread, then written to.
+  assert run(_EVENT_FILE_CHECK.format(before=before, logdir=str(tmp_path / 'tb'))) == [
+      str(torch_loaded_first)]

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from etils import epath
 
@@ -124,13 +124,15 @@ def without_timing(record: dict) -> dict:
   return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
-def import_in_background(modules: Sequence[str]) -> None:
-  """Imports `modules` (those not loaded yet) on a daemon thread, while the caller works on."""
+def import_in_background(modules: Sequence[str],
+                         import_module: Callable[[str], Any] = importlib.import_module) -> None:
+  """Imports `modules` (those not loaded yet) with `import_module` on a daemon thread, while the
+  caller works on."""
   missing = [m for m in modules if m not in sys.modules]
 
   def load():
     for module in missing:
-      importlib.import_module(module)
+      import_module(module)
 
   if missing:
     threading.Thread(target=load, name=f'import-{missing[0]}', daemon=True).start()

@@ -4,9 +4,8 @@ Written with tensorboardX, which does not import TensorFlow. Scalars are logged 
 step at the end of each epoch, the x-axis TensorBoard expects.
 """
 
+import importlib
 import os
-import sys
-import threading
 import time
 from typing import Any
 
@@ -68,26 +67,29 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
           and not isinstance(value, bool)]
 
 
+def _import_tensorboardx(module: str = 'tensorboardX'):
+  """`module` of tensorboardX, which is imported without torch
+  (`workarounds.import_tensorboardx_without_torch`)."""
+  workarounds.import_tensorboardx_without_torch()
+  return importlib.import_module(module)
+
+
 def import_in_background() -> None:
   """Imports tensorboardX (a tenth of a second or more) on a thread, e.g. while a program
   compiles."""
-  if 'tensorboardX' not in sys.modules:  # A sweep's trials each ask.
-    threading.Thread(target=workarounds.import_tensorboardx_without_torch,
-                     name='import-tensorboardX', daemon=True).start()
+  run_files.import_in_background(('tensorboardX',), _import_tensorboardx)
 
 
 def _hparams_summaries(hparams: dict[str, Any]):
   """The HParams plugin's experiment, session-start and session-end summaries."""
-  workarounds.import_tensorboardx_without_torch()
-  from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+  summary = _import_tensorboardx('tensorboardX.summary')
   values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
   return summary.hparams(values, {tag: None for tag in HPARAM_METRICS})
 
 
 def _register_bucket_writer(logdir: str) -> None:
   if run_files.is_remote(logdir):
-    workarounds.import_tensorboardx_without_torch()
-    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    record_writer = _import_tensorboardx('tensorboardX.record_writer')
     record_writer.register_writer_factory(str(logdir).split('://', 1)[0],
                                           _EpathRecordWriterFactory())
 
@@ -99,9 +101,9 @@ class BufferedTensorBoardWriter:
   to disk). `purge_step` hides events of an interrupted run at later steps."""
 
   def __init__(self, logdir: str, flush_secs: float = 30, purge_step: int | None = None):
-    workarounds.import_tensorboardx_without_torch()
-    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
-    from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    event_file_writer = _import_tensorboardx('tensorboardX.event_file_writer')
+    event_pb2 = _import_tensorboardx('tensorboardX.proto.event_pb2')
+    summary_pb2 = _import_tensorboardx('tensorboardX.proto.summary_pb2')
     _register_bucket_writer(logdir)
     epath.Path(logdir).mkdir(parents=True, exist_ok=True)
     self._event, self._value, self._summary = event_pb2.Event, summary_pb2.Summary.Value, (
