@@ -391,6 +391,12 @@ def check_no_choice_on_the_test_set(config: ml_collections.ConfigDict) -> None:
         'A workdir trained with it takes the new config with --restart.')
 
 
+def saves_inside_epochs(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` asks for checkpoints inside epochs (`checkpoint.every_steps` or
+  `every_minutes`)."""
+  return bool(config.checkpoint.every_steps or config.checkpoint.every_minutes)
+
+
 def _check_early_stopping(config: ml_collections.ConfigDict) -> None:
   """The monitored metric exists in this run; the best weights can survive a resume."""
   es = config.early_stopping
@@ -406,8 +412,7 @@ def _check_early_stopping(config: ml_collections.ConfigDict) -> None:
   if es.restore_best_weights and every and not config.checkpoint.keep_best:
     raise ConfigError('config.early_stopping.restore_best_weights needs checkpoint.keep_best=True '
                       '(a resumed run restores the best weights from the best checkpoint).')
-  inside = config.checkpoint.every_steps or config.checkpoint.every_minutes
-  if es.restore_best_weights and inside and not every:
+  if es.restore_best_weights and saves_inside_epochs(config) and not every:
     raise ConfigError('config.early_stopping.restore_best_weights with checkpoints inside epochs '
                       '(checkpoint.every_steps, every_minutes) needs checkpoint.every_epochs=1 '
                       '(a resumed run restores the best weights from the best epoch\'s '

@@ -50,8 +50,8 @@ class Trainer:
         in_axes=(None, None, None, 0), out_axes=(None, None), donate_argnums=(0,))
     self._evaluate = parallel.pmap(functools.partial(steps.evaluate, axis_name=axis), devices,
                                    in_axes=(None, None, None, 0), out_axes=None)
-    self._train_programs = {}
-    self._eval_programs = {}
+    self._train_programs = compilation.ProgramsByShape(devices[0].platform)  # By steps a call.
+    self._eval_programs = compilation.ProgramsByShape(devices[0].platform)  # By split shapes.
 
   def compile(self, state: steps.TrainState, train_data, test_data, test_indices,
               steps_per_call: int | None = None, cuts: tuple[int, ...] = ()) -> None:
@@ -74,26 +74,23 @@ class Trainer:
     """The training call for as many steps as `batch_indices` holds, compiled ahead of time at its
     first use (calls of other lengths: checkpoints inside epochs, a resumed epoch's rest); in
     multi-process runs, the pmapped function itself."""
-    length = batch_indices.shape[1]
-    if length not in self._train_programs:
-      if parallel.is_multiprocess():
-        return self.train_epoch
-      self._train_programs[length] = compilation.compile_program(
-          self.train_epoch.lower(state, *train_data, batch_indices), self.devices[0].platform,
-          batch_indices.shape[2])
-    return self._train_programs[length]
+    if parallel.is_multiprocess():
+      return self.train_epoch
+    return self._train_programs.get(
+        batch_indices.shape[1], lambda: self.train_epoch.lower(state, *train_data, batch_indices),
+        batch_indices.shape[2])
 
   def compile_evaluation(self, state: steps.TrainState, split_data, indices) -> None:
     """Compiles `evaluate` ahead of time for one split's shapes, as `compile` does (not in
     multi-process runs); test and validation sets each get their program."""
     if not parallel.is_multiprocess():
-      self._eval_programs[_shapes(split_data, indices)] = compilation.compile_program(
-          self._evaluate.lower(state, *split_data, indices), self.devices[0].platform,
-          indices.shape[2])
+      self._eval_programs.get(_shapes(split_data, indices),
+                              lambda: self._evaluate.lower(state, *split_data, indices),
+                              indices.shape[2])
 
   def evaluate(self, state: steps.TrainState, images, labels, indices):
     """`steps.evaluate` summed over the devices, compiled ahead when `compile_evaluation` was."""
-    program = self._eval_programs.get(_shapes((images, labels), indices), self._evaluate)
+    program = self._eval_programs.find(_shapes((images, labels), indices), self._evaluate)
     return program(state, images, labels, indices)
 
   def train_steps(self, state: steps.TrainState, images, labels, batch_indices: np.ndarray):

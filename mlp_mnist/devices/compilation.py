@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the pmapped programs, with the CPU options measured to be faster."""
 
-from typing import Any
+from typing import Any, Callable, Hashable
 
 import jax
 
@@ -35,6 +35,27 @@ def compile_program(lowered, platform: str, rows: int):
   if rows < _CPU_YNN_MIN_ROWS:
     return compile_with_options(lowered, CPU_WITHOUT_YNN)
   return lowered.compile()
+
+
+class ProgramsByShape:
+  """Programs compiled ahead of time (`compile_program`) for one platform, each at the first call
+  of its shape: a training function's calls of each number of steps (whole epochs, calls inside
+  epochs, a resumed epoch's rest), an evaluation's splits."""
+
+  def __init__(self, platform: str):
+    self.platform = platform
+    self._programs = {}
+
+  def get(self, shape: Hashable, lower: Callable[[], Any], rows: int):
+    """The program for `shape`; at its first call, `lower()` (whose steps multiply `rows` examples
+    per device) compiled."""
+    if shape not in self._programs:
+      self._programs[shape] = compile_program(lower(), self.platform, rows)
+    return self._programs[shape]
+
+  def find(self, shape: Hashable, default):
+    """The program compiled for `shape`, or `default` where none was."""
+    return self._programs.get(shape, default)
 
 
 def compile_with_options(lowered, options: dict[str, Any]):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from etils import epath
 
+from mlp_mnist import config_checks
 from mlp_mnist import data
 from mlp_mnist import driver
 from mlp_mnist import preemption
@@ -109,9 +110,8 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_path: str, workdir: str,
                                 failures, stop, pruner)
           if stop.requested:
             saved = result['status'].count(recorder_lib.INTERRUPTED) if result else 0
-            checkpoint = trials[left[0]].config.checkpoint
-            under_way = ('training call' if checkpoint.every_steps or checkpoint.every_minutes
-                         else 'epoch')
+            under_way = ('training call' if config_checks.saves_inside_epochs(
+                trials[left[0]].config) else 'epoch')
             raise preemption.Preempted(
                 f'{stop.name} received: stopped after the {under_way} under way, with a '
                 f'checkpoint of each of the {saved} unfinished trial(s) of the group in their '

@@ -175,8 +175,8 @@ class GroupProgram:
                                                     chunk, donate_argnums=(0,))
     eval_fn = parallel.pmap_trials(jax.vmap(steps.evaluate, in_axes=(0, None, None, None)),
                                    devices, (0, None, None, None), chunk)
-    self.platform = platform = devices[0].platform
-    self.train_fns = {}  # By the steps of a call: whole epochs, and calls inside epochs.
+    platform = devices[0].platform
+    self.train_fns = compilation.ProgramsByShape(platform)  # By the steps of a call.
     self._compile_train_call(self.epoch_indices(1))
     # One program per split's shapes (validation first, as it is evaluated first).
     self.eval_fns = {name: compilation.compile_program(
@@ -211,12 +211,10 @@ class GroupProgram:
 
   def _compile_train_call(self, indices: np.ndarray):
     """The compiled training call for `indices`' number of steps, compiled at its first use."""
-    length = indices.shape[2]
-    if length not in self.train_fns:
-      self.train_fns[length] = compilation.compile_program(
-          self.train_fn_any_length.lower(self.carry, *self.train_data, indices), self.platform,
-          self.configs[0].batch_size)
-    return self.train_fns[length]
+    return self.train_fns.get(
+        indices.shape[2], lambda: self.train_fn_any_length.lower(self.carry, *self.train_data,
+                                                                 indices),
+        self.configs[0].batch_size)
 
   def _train_calls(self, indices: np.ndarray, saves: driver.EpochSaves):
     """The rest of an epoch (`indices`, from `saves.first_step`) in calls that end at its save
