@@ -172,7 +172,8 @@ def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, ker
 
 def test_fused_blocks_images_gradient_is_canonical_inside_a_scan(monkeypatch):
   """A narrow block that is not first (2 channels, a window of 32) passes its images' gradient
-  through a canonical convolution inside an epoch's scan, where `lax`'s would be in another layout."""
+  through a canonical convolution inside an epoch's scan, where `lax`'s would be in another
+  layout."""
   images, kernel, bias = jnp.ones((4, 8, 8, 2)), jnp.ones((3, 3, 2, 4)), jnp.zeros(4)
   images_gradient = jax.grad(lambda x: jnp.sum(layers.conv_act_pool(x, kernel, bias, nn.relu)))
 

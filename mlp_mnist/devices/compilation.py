@@ -25,8 +25,8 @@ CPU_CONV_YNN_DOTS_AND_REDUCTIONS = {
 def compile_program(lowered, platform: str, rows: int):
   """Compiles `lowered`, whose steps multiply `rows` examples per device (per trial in a sweep).
 
-  On CPUs, programs with convolutions take YNNPACK's fusions of single dots and of reductions; others with fewer
-  than 256 rows leave out YNNPACK's fusions.
+  On CPUs, programs with convolutions take YNNPACK's fusions of single dots and of reductions;
+  others with fewer than 256 rows leave out YNNPACK's fusions.
   """
   if platform != 'cpu':
     return lowered.compile()
