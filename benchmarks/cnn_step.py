@@ -6,6 +6,9 @@ it (`compilation.compile_program`), timed over repeated calls.
     python -m benchmarks.cnn_step                      # configs/cnn.py's network
     python -m benchmarks.cnn_step --part=first_block   # its first block (+ the dense layers) alone,
                                                        # as `ConvPool` and as the three layers
+    python -m benchmarks.cnn_step --part=flax_layers   # the network with `layers.ConvPool`, and
+                                                       # with flax.linen's Conv and max_pool (the
+                                                       # same on accelerators: the GPU check)
 
 To compare two versions of the code, run it alternately from two checkouts (`git worktree add`);
 docs/benchmarks.md lists what was measured so.
@@ -13,9 +16,11 @@ docs/benchmarks.md lists what was measured so.
 
 import contextlib
 import time
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -25,7 +30,7 @@ from mlp_mnist import steps
 from mlp_mnist.devices import compilation
 from mlp_mnist.models import layers
 
-_PART = flags.DEFINE_enum('part', 'cnn', ['cnn', 'first_block'], 'What to time.')
+_PART = flags.DEFINE_enum('part', 'cnn', ['cnn', 'first_block', 'flax_layers'], 'What to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Steps in the scanned program.')
 _CALLS = flags.DEFINE_integer('calls', 9, 'Calls of the program (after one to warm up).')
 
@@ -47,6 +52,34 @@ def blocks_as_three_layers():
     yield
   finally:
     layers.MAX_FUSED_WINDOW = fused_window
+    jax.clear_caches()
+
+
+class FlaxConvPool(nn.Module):
+  """`layers.ConvPool` as a flax.linen user writes it: `nn.Conv`, the activation, `nn.max_pool`."""
+
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  kernel_init: Any = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = nn.Conv(self.features, self.kernel_size, padding='SAME', kernel_init=self.kernel_init)(
+        images)
+    return nn.max_pool(self.activation(x), (2, 2), (2, 2))
+
+
+@contextlib.contextmanager
+def blocks_as_flax_layers():
+  """Every `ConvPool` built inside is a `FlaxConvPool`."""
+  conv_pool = layers.ConvPool
+  layers.ConvPool = FlaxConvPool
+  jax.clear_caches()
+  try:
+    yield
+  finally:
+    layers.ConvPool = conv_pool
     jax.clear_caches()
 
 
@@ -80,6 +113,10 @@ def main(argv):
   del argv
   if _PART.value == 'cnn':
     variants = {'configs/cnn.py network': (cnn_config(), contextlib.nullcontext)}
+  elif _PART.value == 'flax_layers':
+    variants = {'configs/cnn.py network, layers.ConvPool': (cnn_config(), contextlib.nullcontext),
+                'configs/cnn.py network, flax.linen Conv and max_pool': (cnn_config(),
+                                                                         blocks_as_flax_layers)}
   else:
     variants = {'first block, ConvPool': (cnn_config((16,)), contextlib.nullcontext),
                 'first block, three layers': (cnn_config((16,)), blocks_as_three_layers)}

@@ -111,7 +111,7 @@ def _keras_cnn(keras, num_train: int, batch_size: int, epochs: int):
 
 def run_pytorch(args) -> dict[str, Any]:
   """configs/cnn.py's recipe as a PyTorch user writes it: eager mode, a DataLoader, Adam with
-  linear warmup and cosine decay."""
+  linear warmup and cosine decay; on the GPU where there is one (each batch moved to it)."""
   start = time.perf_counter()
   import math  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -128,11 +128,13 @@ def run_pytorch(args) -> dict[str, Any]:
   y_train, y_test = torch.tensor(y_train).long(), torch.tensor(y_test).long()
   data_sec = time.perf_counter() - start
 
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   torch.manual_seed(args.seed)
   model = nn.Sequential(
       nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
       nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-      nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, 10))
+      nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25),
+      nn.Linear(128, 10)).to(device)
   loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True)
   optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
   steps = len(loader) * args.epochs
@@ -144,35 +146,44 @@ def run_pytorch(args) -> dict[str, Any]:
   for _ in range(args.epochs):
     model.train()
     for images, labels in loader:
+      images, labels = images.to(device), labels.to(device)
       optimizer.zero_grad()
       loss = nn.functional.cross_entropy(model(images), labels)
       loss.backward()
       optimizer.step()
       scheduler.step()
+  loss.item()  # Waits for the GPU's queued work.
   train_sec = time.perf_counter() - start
   start = time.perf_counter()
   model.eval()
   with torch.no_grad():
-    test_accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
+    test_accuracy = (model(x_test.to(device)).argmax(1).cpu() == y_test).float().mean().item()
   eval_sec = time.perf_counter() - start
   return dict(import_sec=import_sec, data_sec=data_sec, compile_sec=None, train_sec=train_sec,
               eval_sec=eval_sec, test_accuracy=test_accuracy, num_train=len(y_train),
-              framework=f'PyTorch {torch.__version__}, {torch.get_num_threads()} threads',
-              layer_gflops=cnn_layer_gflops_torch(torch, args.batch_size))
+              framework=f'PyTorch {torch.__version__}, ' + (
+                  torch.cuda.get_device_name() if device.type == 'cuda'
+                  else f'{torch.get_num_threads()} threads'),
+              layer_gflops=cnn_layer_gflops_torch(torch, args.batch_size, device))
 
 
-def cnn_layer_gflops_torch(torch, batch_size: int, seconds: float = 1.0) -> dict[str, float]:
-  """GFLOP/s of each convolution of configs/cnn.py forward and backward in PyTorch."""
+def cnn_layer_gflops_torch(torch, batch_size: int, device='cpu',
+                           seconds: float = 1.0) -> dict[str, float]:
+  """GFLOP/s of each convolution of configs/cnn.py forward and backward in PyTorch on `device`."""
   rates = {}
   for name, (size, channels, features) in roofline.CNN_CONVOLUTIONS.items():
-    conv = torch.nn.Conv2d(channels, features, 3, padding=1)
-    images = torch.rand(batch_size, channels, size, size, requires_grad=channels > 1)
+    conv = torch.nn.Conv2d(channels, features, 3, padding=1).to(device)
+    images = torch.rand(batch_size, channels, size, size, device=device,
+                        requires_grad=channels > 1)
     repeats, start = 0, None
     while start is None or time.perf_counter() - start < seconds:
       conv(images).sum().backward()
+      if repeats % 100 == 0:  # Keeps at most 100 calls queued on a GPU ahead of the clock.
+        conv.weight.grad.sum().item()
       repeats += 1
       if start is None:
         repeats, start = 0, time.perf_counter()
+    conv.weight.grad.sum().item()
     flops = roofline.conv_training_flops(size, channels, features) * batch_size * repeats
     rates[name] = flops / (time.perf_counter() - start) / 1e9
   return rates

@@ -3,12 +3,14 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from benchmarks import cnn_step
 from benchmarks import roofline
 from benchmarks import training_speed
+from mlp_mnist import models
 
 from conftest import REPO, synthetic_dataset, write_dataset_cache
 
@@ -158,3 +160,19 @@ def test_cnn_step_benchmark_times_the_scanned_epoch():
     layered = str(cnn_step.scanned_epoch(config, 2)[0].as_text())
   assert 'convolution' in layered  # The first block as three layers; fused, none is left.
   assert 'convolution' not in str(cnn_step.scanned_epoch(config, 2)[0].as_text())
+
+
+def test_cnn_step_flax_layers_variant_is_the_same_network():
+  """The GPU check's comparison is like with like: the CNN built with flax.linen's `Conv` and
+  `max_pool` gives ConvPool's logits from the same parameters."""
+  model = models.create_model(cnn_step.cnn_config((4, 8)).model, num_classes=10)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28))
+  params = model.init(jax.random.PRNGKey(0), images)['params']
+  with cnn_step.blocks_as_flax_layers():
+    flax_params = model.init(jax.random.PRNGKey(0), images)['params']
+    assert set(flax_params['Conv_1']) == {'Conv_0'}  # Built of flax.linen's layers.
+    nested = {name: {'Conv_0': value} if name.startswith('Conv_') else value
+              for name, value in params.items()}
+    flax_logits = model.apply({'params': nested}, images)
+  np.testing.assert_allclose(flax_logits, model.apply({'params': params}, images),
+                             rtol=1e-5, atol=1e-5)

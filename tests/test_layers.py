@@ -109,6 +109,9 @@ def test_max_pool_and_its_gradient_equal_flax_max_pool(shape):
   gradient = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
   np.testing.assert_array_equal(gradient(layers.max_pool_2x2), gradient(flax_pool))
   assert np.count_nonzero(gradient(layers.max_pool_2x2)) == weights.size  # One per window.
+  # The CPU path is the strided slices, not flax's reduce-window that it is checked against.
+  cpu = jax.jit(jax.grad(lambda x: jnp.sum(layers.max_pool_2x2(x) * weights))).lower(x)
+  assert 'reduce_window' not in cpu.as_text() and 'select_and_scatter' not in cpu.as_text()
 
 
 def _cnn_epoch(config):
@@ -130,6 +133,10 @@ def test_cpu_epoch_convolutions_are_canonical_and_accelerators_keep_lax(config, 
   assert set(cpu_layouts()) == {'b01f_01io->b01f'}
   gpu = export.export(epoch, platforms=['cuda'])(*args).mlir_module()
   assert len(re.findall(r'stablehlo.convolution', gpu)) == 5  # Two forward, three gradients.
+  # The pooling is XLA's too: a reduce-window forward and a select-and-scatter gradient per block.
+  assert len(re.findall(r'stablehlo.reduce_window', gpu)) == 2
+  assert len(re.findall(r'stablehlo.select_and_scatter', gpu)) == 2
+  assert 'reduce_window' not in epoch.lower(*args).as_text()
   monkeypatch.setattr(layers, 'conv_nhwc', lambda x, k, pads, precision=None: (
       jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=_NHWC)))
   jax.clear_caches()  # The traced epoch is cached by function and arguments.

@@ -11,8 +11,8 @@ padded images, concatenated along the channels) times the kernel as one matrix. 
 same machine, idle, one epoch of configs/cnn.py inside `scripts/train.py`: 5.7-5.8 s of training
 with `conv_nhwc` against 6.2-6.3 s with patches times a matrix for every convolution (which ran a
 lone step faster, 12 against 22-24 ms, but not the scanned epoch), and evaluation 0.5 against
-0.8-0.9 s. On every other platform the program holds `lax`'s convolution, as XLA does by default:
-`lax.platform_dependent` chooses when the program is lowered.
+0.8-0.9 s. On every other platform the program holds `lax`'s convolution and `nn.max_pool`'s
+reduce-window, as XLA does by default: `lax.platform_dependent` chooses when the program is lowered.
 """
 import functools
 from typing import Any, Callable
@@ -143,14 +143,17 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2 of NHWC `x` (an odd last row or column is dropped); the
   gradient of each window goes to its first maximum (row-major), as flax's `nn.max_pool` does.
 
-  As the maximum of four strided slices with that gradient written out, not `nn.max_pool`: on
-  CPUs the gradient of XLA's reduce-window is a select-and-scatter that made a training step of
-  configs/cnn.py three times slower, and autodiff's gradient of a reshape-and-max (which also
-  splits a window's gradient among tied maxima) took 2.1 ms a step against 0.7 ms for this one
-  (28x28x16 at batch 128, one 2-core Xeon; docs/benchmarks.md).
+  On CPUs, as the maximum of four strided slices with that gradient written out, not
+  `nn.max_pool`: there the gradient of XLA's reduce-window is a select-and-scatter that made a
+  training step of configs/cnn.py three times slower, and autodiff's gradient of a
+  reshape-and-max (which also splits a window's gradient among tied maxima) took 2.1 ms a step
+  against 0.7 ms for this one (28x28x16 at batch 128, one 2-core Xeon; docs/benchmarks.md). On
+  every other platform, `nn.max_pool` (XLA's reduce-window), as XLA does by default.
   """
   b, h, w, c = x.shape
-  return _max_pool_even_2x2(x[:, :h // 2 * 2, :w // 2 * 2])
+  return lax.platform_dependent(
+      x[:, :h // 2 * 2, :w // 2 * 2], cpu=_max_pool_even_2x2,
+      default=lambda even: nn.max_pool(even, (2, 2), strides=(2, 2)))
 
 
 def _window_corners(x):
@@ -241,13 +244,18 @@ class ConvPool(nn.Module):
     return conv_act_pool(images, kernel, bias, self.activation)
 
 
+def _same_pads(spatial_shape, kernel_shape) -> tuple[tuple[int, int], ...]:
+  """(lo, hi) per spatial dimension of a SAME stride-1 convolution."""
+  return tuple(map(tuple, lax.padtype_to_pads(spatial_shape, kernel_shape[:2], (1, 1), 'SAME')))
+
+
 def _window_fields(images, kernel_shape):
   """[(kh+1)*(kw+1)*channels + 1, batch*(h//2)*(w//2)]: the receptive field of each 2x2 pooling
   window of the SAME convolution, row-major over (row, column, channel), then a row of ones (the
   bias's input)."""
   kh, kw = kernel_shape[:2]
   b, h, w, channels = images.shape
-  pads = lax.padtype_to_pads((h, w), (kh, kw), (1, 1), 'SAME')
+  pads = _same_pads((h, w), kernel_shape)
   padded = jnp.pad(images, ((0, 0), *pads, (0, 0)))
   rows, cols = h // 2, w // 2
   fields = [padded[:, i:i + 2 * rows - 1:2, j:j + 2 * cols - 1:2, c]
@@ -313,7 +321,7 @@ def _window_conv_act_pool_bwd(activation, residuals, grad_pooled):
   # The images' gradient (left out of the program when nothing asks for it, as for a first layer),
   # through `conv_nhwc`'s: `lax`'s would be in a layout XLA's CPU backend runs as loops in a scan.
   grad_conv = _full_resolution(_at_winners(grad_preact, winner), (h, w))
-  pads = tuple(map(tuple, lax.padtype_to_pads((h, w), kernel.shape[:2], (1, 1), 'SAME')))
+  pads = _same_pads((h, w), kernel.shape)
   grad_images, = jax.vjp(lambda x: conv_nhwc(x, kernel, pads), images)[1](grad_conv)
   return grad_images, grad_kernel, grad_bias
 

@@ -67,7 +67,7 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
           and not isinstance(value, bool)]
 
 
-def _import_tensorboardx(module: str = 'tensorboardX'):
+def _import_tensorboardx(module: str):
   """`module` of tensorboardX, which is imported without torch
   (`workarounds.import_tensorboardx_without_torch`)."""
   workarounds.import_tensorboardx_without_torch()
