@@ -1,6 +1,7 @@
 """What the scripts share: turning known failures into one clear line and an exit status."""
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -145,6 +146,14 @@ def run_training(config, workdir: str, restart: bool = False) -> None:
       if not is_out_of_memory(e):
         raise
       raise out_of_memory_error(e, config) from None
+
+
+def skip_collection_at_exit() -> None:
+  """Leaves the objects alive now out of the garbage collection the interpreter runs as it exits
+  (`gc.freeze`), for a script whose work is done and whose files are closed: that collection walks
+  every object of JAX, flax, optax, orbax and matplotlib (a warm `scripts/train.py` run's exit:
+  0.22 against 0.03 s, 2-core Xeon, 2026-12-06). The operating system frees the memory."""
+  gc.freeze()
 
 
 # How XLA and the host say an allocation failed (at compile time or at the first call).

@@ -20,12 +20,14 @@ the tests that fail if an upgrade breaks it. Everything else in the package uses
   storage error (a full disk) on each of its save threads with its traceback (`logging.exception`)
   and asyncio on each write task, about 110 lines, before the same error reaches the caller; orbax
   has no option to not log them.
-- `import_tensorboardx_without_torch`: `sys.modules['torch'] = None` while tensorboardX is
-  imported. Its package imports its `writer`, which imports torch where torch is installed (0.74 s
-  of a 3 s run on a 2-core CPU) only to accept torch tensors, which this package never passes;
-  tensorboardX has no option to leave it out. A thread of yours that imports torch during that
-  import would get an ImportError; import torch first (then it is left alone)
-  (tests/test_workarounds.py).
+- `import_tensorboardx_without_unused_imports`: `sys.modules[name] = None` for torch,
+  google.cloud.storage and boto3 while tensorboardX is imported. Its package imports its `writer`,
+  which imports torch where torch is installed (0.74 s of a 3 s run on a 2-core CPU) only to accept
+  torch tensors, which this package never passes, and its `record_writer`, which imports the
+  clients of its own bucket writers (google.cloud.storage: 0.16 s where gcsfs is installed), which
+  this package replaces; tensorboardX has no option to leave them out. A thread of yours that
+  imports one of them during that import would get an ImportError; import it first (then it is
+  left alone) (tests/test_workarounds.py).
 - `unknown_config_key`: ml_collections reports an unknown `--config.x.y` key as a plain
   `KeyError`/`AttributeError` whose only content is its text (the key, and difflib's suggestion as
   'Did you mean "y"'); it has no error class or attribute that names them.
@@ -50,19 +52,26 @@ def jax_cluster_types() -> list:
 _TENSORBOARDX_IMPORT = threading.Lock()
 
 
-def import_tensorboardx_without_torch() -> None:
-  """Imports tensorboardX without the torch import its `writer` makes where torch is installed
-  (unless torch is loaded already)."""
+# What tensorboardX imports where it is installed and this package never uses: torch (its writer
+# accepts torch tensors) and the clients of its own bucket writers, google.cloud.storage (gcsfs
+# installs it) and boto3; `records.tensorboard` writes buckets through etils.epath instead.
+TENSORBOARDX_UNUSED_IMPORTS = ('torch', 'google.cloud.storage', 'boto3')
+
+
+def import_tensorboardx_without_unused_imports() -> None:
+  """Imports tensorboardX without the imports of `TENSORBOARDX_UNUSED_IMPORTS` it makes where they
+  are installed (those loaded already are left alone)."""
   with _TENSORBOARDX_IMPORT:
-    if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
-      importlib.import_module('tensorboardX')
-      return
-    sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects.
+    blocked = [] if 'tensorboardX' in sys.modules else [
+        name for name in TENSORBOARDX_UNUSED_IMPORTS if name not in sys.modules]
+    for name in blocked:  # Their import raises ImportError, which tensorboardX expects.
+      sys.modules[name] = None
     try:
       importlib.import_module('tensorboardX')
     finally:
-      if sys.modules.get('torch', 0) is None:
-        del sys.modules['torch']
+      for name in blocked:
+        if sys.modules.get(name, 0) is None:
+          del sys.modules[name]
 
 
 def wait_for_unfinished_save_cleanup(manager) -> None:

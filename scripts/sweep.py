@@ -63,6 +63,7 @@ def main(argv):
         max_group_size=_MAX_TRIALS_PER_PROGRAM.value, report_only=_REPORT_ONLY.value,
         reference_config=config_files.load_module(_DEFAULT_CONFIG).get_config(),
         command=shlex.join(['python', *sys.argv]))
+  cli.skip_collection_at_exit()
   failed = runner.failed_trials(rows)
   if failed and not _REPORT_ONLY.value:
     raise SystemExit(f'error: {len(failed)} trial(s) failed ({failed[0]}, ...; see the status '

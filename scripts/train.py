@@ -31,6 +31,7 @@ def main(argv):
     raise app.UsageError('a multi-process run needs --workdir, the same for every process.')
   workdir = _WORKDIR.value or cli.default_workdir()
   cli.run_training(_CONFIG.value, workdir, restart=_RESTART.value)
+  cli.skip_collection_at_exit()
 
 
 if __name__ == '__main__':

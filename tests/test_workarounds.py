@@ -101,16 +101,17 @@ import subprocess
 import sys
 from mlp_mnist import workarounds
 {before}
-workarounds.import_tensorboardx_without_torch()
+workarounds.import_tensorboardx_without_unused_imports()
 from tensorboardX import summary, event_file_writer
-print('torch' in sys.modules)
-import torch
-print(torch.IMPORTED)
+print(*(name in sys.modules for name in workarounds.TENSORBOARDX_UNUSED_IMPORTS))
+import torch, google.cloud.storage, boto3
+print(torch.IMPORTED, google.cloud.storage.IMPORTED, boto3.IMPORTED)
 '''
 
 
 _EVENT_FILE_CHECK = '''
 import sys
+from mlp_mnist import workarounds
 from mlp_mnist.records import tensorboard
 {before}
 tensorboard.import_in_background()
@@ -118,16 +119,18 @@ writer = tensorboard.BufferedTensorBoardWriter({logdir!r})
 writer.write_hparams({{'seed': 0}})
 writer.write_scalars(1, {{'train_loss': 0.5}})
 writer.close()
-print('torch' in sys.modules)
+print(*(name in sys.modules for name in workarounds.TENSORBOARDX_UNUSED_IMPORTS))
 '''
 
 
-@pytest.mark.parametrize('torch_loaded_first', [False, True])
-def test_tensorboardx_is_imported_without_torch_unless_torch_is_loaded(tmp_path, torch_loaded_first):
-  """A stand-in torch package: tensorboardX's writer imports it when it can; the workaround keeps
-  it out (and later imports of torch still work), and leaves a torch loaded before alone."""
-  (tmp_path / 'torch').mkdir()
-  (tmp_path / 'torch' / '__init__.py').write_text('IMPORTED = True\nTensor = object\n')
+@pytest.mark.parametrize('loaded_first', [False, True])
+def test_tensorboardx_is_imported_without_unused_imports_unless_loaded(tmp_path, loaded_first):
+  """Stand-in torch, google.cloud.storage and boto3 packages: tensorboardX imports each when it
+  can; the workaround keeps them out (and later imports of them still work), and leaves those
+  loaded before alone."""
+  for package in ('torch', 'google/cloud/storage', 'boto3'):  # google, google.cloud: namespaces.
+    (tmp_path / package).mkdir(parents=True)
+    (tmp_path / package / '__init__.py').write_text('IMPORTED = True\nTensor = object\n')
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
       [str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(workarounds.__file__)))])}
 
@@ -135,11 +138,38 @@ def test_tensorboardx_is_imported_without_torch_unless_torch_is_loaded(tmp_path,
     return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                           check=True).stdout.split()
 
-  before = 'import torch' if torch_loaded_first else ''
+  before = 'import torch, google.cloud.storage, boto3' if loaded_first else ''
   assert run(_TENSORBOARDX_IMPORT_CHECK.format(before=before)) == [
-      str(torch_loaded_first), 'True']
-  # Without it, tensorboardX imports the stand-in: the check can fail.
-  assert run('import sys, tensorboardX; print("torch" in sys.modules)') == ['True']
+      str(loaded_first)] * 3 + ['True'] * 3
+  # Without it, tensorboardX imports the stand-ins: the check can fail.
+  assert run('import sys, tensorboardX; print("torch" in sys.modules, "boto3" in sys.modules, '
+             '"google.cloud.storage" in sys.modules)') == ['True'] * 3
   # A run's event file: tensorboardX imported on a thread, then written to.
   assert run(_EVENT_FILE_CHECK.format(before=before, logdir=str(tmp_path / 'tb'))) == [
-      str(torch_loaded_first)]
+      str(loaded_first)] * 3
+
+
+_COLLECTION_CHECK = '''
+import gc, weakref
+from mlp_mnist import cli
+class Cycle: pass
+cycle = Cycle()
+cycle.self = cycle
+alive = weakref.ref(cycle)
+del cycle  # Garbage now, reachable only by the cyclic collector.
+{call}
+gc.collect()
+print(alive() is not None)
+'''
+
+
+@pytest.mark.parametrize('skip', [False, True])
+def test_skip_collection_at_exit_leaves_the_objects_alive_now_to_the_os(skip):
+  """The scripts' exit: after `cli.skip_collection_at_exit`, no collection walks (or frees) the
+  objects there were; without it the same cycle is collected (the check can fail)."""
+  env = {**os.environ, 'PYTHONPATH': os.path.dirname(os.path.dirname(os.path.abspath(
+      workarounds.__file__)))}
+  out = subprocess.run([sys.executable, '-c', _COLLECTION_CHECK.format(
+      call='cli.skip_collection_at_exit()' if skip else '')], env=env, capture_output=True,
+                       text=True, check=True).stdout.split()
+  assert out == [str(skip)]

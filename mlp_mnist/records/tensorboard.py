@@ -68,9 +68,9 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def _import_tensorboardx(module: str):
-  """`module` of tensorboardX, which is imported without torch
-  (`workarounds.import_tensorboardx_without_torch`)."""
-  workarounds.import_tensorboardx_without_torch()
+  """`module` of tensorboardX, which is imported without the modules it would import and this
+  package never uses (`workarounds.import_tensorboardx_without_unused_imports`)."""
+  workarounds.import_tensorboardx_without_unused_imports()
   return importlib.import_module(module)
 
 
