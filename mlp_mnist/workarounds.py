@@ -20,20 +20,22 @@ the tests that fail if an upgrade breaks it. Everything else in the package uses
   storage error (a full disk) on each of its save threads with its traceback (`logging.exception`)
   and asyncio on each write task, about 110 lines, before the same error reaches the caller; orbax
   has no option to not log them.
-- `import_tensorboardx_without_unused_imports`: `sys.modules[name] = None` for torch,
-  google.cloud.storage and boto3 while tensorboardX is imported. Its package imports its `writer`,
+- `import_tensorboardx_without_unused_imports`: while tensorboardX is imported, a finder first on
+  `sys.meta_path` refuses torch, google.cloud.storage and boto3 in the importing thread. Its package imports its `writer`,
   which imports torch where torch is installed (0.74 s of a 3 s run on a 2-core CPU) only to accept
   torch tensors, which this package never passes, and its `record_writer`, which imports the
   clients of its own bucket writers (google.cloud.storage: 0.16 s where gcsfs is installed), which
-  this package replaces; tensorboardX has no option to leave them out. A thread of yours that
-  imports one of them during that import would get an ImportError; import it first (then it is
-  left alone) (tests/test_workarounds.py).
+  this package replaces; tensorboardX has no option to leave them out. Other threads import them
+  as usual meanwhile (gcsfs imports google.cloud.storage when it uploads in chunks), and one loaded
+  already is used (tests/test_workarounds.py).
 - `unknown_config_key`: ml_collections reports an unknown `--config.x.y` key as a plain
   `KeyError`/`AttributeError` whose only content is its text (the key, and difflib's suggestion as
   'Did you mean "y"'); it has no error class or attribute that names them.
 """
 
+import contextlib
 import importlib
+import importlib.abc
 import logging
 import os
 import re
@@ -58,20 +60,36 @@ _TENSORBOARDX_IMPORT = threading.Lock()
 TENSORBOARDX_UNUSED_IMPORTS = ('torch', 'google.cloud.storage', 'boto3')
 
 
+class _RefusedInOneThread(importlib.abc.MetaPathFinder):
+  """Refuses the import of `names` in the thread that made it; other threads import as usual."""
+
+  def __init__(self, names: tuple[str, ...]):
+    self._names, self._thread = names, threading.get_ident()
+
+  def find_spec(self, fullname, path=None, target=None):
+    del path, target
+    if fullname in self._names and threading.get_ident() == self._thread:
+      raise ModuleNotFoundError(f'{fullname} is not imported here', name=fullname)
+    return None
+
+
+@contextlib.contextmanager
+def imports_refused_in_this_thread(names: tuple[str, ...]):
+  """Inside, importing one of `names` that is not loaded yet raises ModuleNotFoundError in this
+  thread; other threads, and modules loaded already, are left alone."""
+  finder = _RefusedInOneThread(names)
+  sys.meta_path.insert(0, finder)
+  try:
+    yield
+  finally:
+    sys.meta_path.remove(finder)
+
+
 def import_tensorboardx_without_unused_imports() -> None:
   """Imports tensorboardX without the imports of `TENSORBOARDX_UNUSED_IMPORTS` it makes where they
   are installed (those loaded already are left alone)."""
-  with _TENSORBOARDX_IMPORT:
-    blocked = [] if 'tensorboardX' in sys.modules else [
-        name for name in TENSORBOARDX_UNUSED_IMPORTS if name not in sys.modules]
-    for name in blocked:  # Their import raises ImportError, which tensorboardX expects.
-      sys.modules[name] = None
-    try:
-      importlib.import_module('tensorboardX')
-    finally:
-      for name in blocked:
-        if sys.modules.get(name, 0) is None:
-          del sys.modules[name]
+  with _TENSORBOARDX_IMPORT, imports_refused_in_this_thread(TENSORBOARDX_UNUSED_IMPORTS):
+    importlib.import_module('tensorboardX')  # It expects ImportError from each.
 
 
 def wait_for_unfinished_save_cleanup(manager) -> None:

@@ -149,6 +149,36 @@ def test_tensorboardx_is_imported_without_unused_imports_unless_loaded(tmp_path,
       str(loaded_first)] * 3
 
 
+_OTHER_THREAD_CHECK = '''
+import threading
+from mlp_mnist import workarounds
+imported = []
+with workarounds.imports_refused_in_this_thread(('torch',)):
+  try:
+    import torch
+  except ModuleNotFoundError:
+    print('refused here')
+  other = threading.Thread(target=lambda: imported.append(__import__('torch').IMPORTED))
+  other.start()
+  other.join()
+print('other thread', imported)
+import torch
+print('after', torch.IMPORTED)
+'''
+
+
+def test_imports_are_refused_only_in_the_importing_thread(tmp_path):
+  """While tensorboardX is imported, another thread (gcsfs uploading in chunks, say) still imports
+  what that import leaves out."""
+  (tmp_path / 'torch').mkdir()
+  (tmp_path / 'torch' / '__init__.py').write_text('IMPORTED = True\n')
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+      [str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(workarounds.__file__)))])}
+  out = subprocess.run([sys.executable, '-c', _OTHER_THREAD_CHECK], env=env, capture_output=True,
+                       text=True, check=True).stdout.splitlines()
+  assert out == ['refused here', 'other thread [True]', 'after True']
+
+
 _COLLECTION_CHECK = '''
 import gc, weakref
 from mlp_mnist import cli
