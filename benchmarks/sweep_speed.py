@@ -80,11 +80,12 @@ def compare(trials: list[sweep_files.Trial], dataset: data.Dataset, devices=None
 
 
 def compare_commands(config_args: list[str], trials: list[sweep_files.Trial], cpu_devices: int = 0,
-                     log: Callable[[str], Any] = print) -> dict[str, Any]:
+                     log: Callable[[str], Any] = print,
+                     environ: dict[str, str] | None = None) -> dict[str, Any]:
   """Times `scripts/sweep.py` over `trials` against `scripts/train.py` once per trial; logs it.
 
   `config_args` (the user's `--config=FILE` and `--config.*` flags, `--jax_cache_dir`) go to
-  every command.
+  every command; `environ` is the commands' environment (default: this process's).
   """
   scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
   with tempfile.TemporaryDirectory() as root:
@@ -94,7 +95,7 @@ def compare_commands(config_args: list[str], trials: list[sweep_files.Trial], cp
     sweep_dir = os.path.join(root, 'sweep')
     sweep_sec = _run([sys.executable, os.path.join(scripts, 'sweep.py'), *config_args,
                       f'--sweep={sweep_file}', f'--workdir={sweep_dir}',
-                      f'--cpu_devices={cpu_devices}'])
+                      f'--cpu_devices={cpu_devices}'], environ)
     with open(os.path.join(sweep_dir, 'results.jsonl')) as f:  # Best first: matched by name.
       by_name = {row['trial']: row['test_accuracy'] for row in map(json.loads, f)}
     swept = [by_name[n] for n in sweep_files.trial_names([t.overrides for t in trials])]
@@ -103,7 +104,7 @@ def compare_commands(config_args: list[str], trials: list[sweep_files.Trial], cp
     for index, trial in enumerate(trials):
       workdir = os.path.join(root, f'trial_{index}')
       alone_sec += _run([sys.executable, os.path.join(scripts, 'train.py'), *config_args,
-                         *override_flags(trial.overrides), f'--workdir={workdir}'])
+                         *override_flags(trial.overrides), f'--workdir={workdir}'], environ)
       with open(os.path.join(workdir, 'summary.json')) as f:
         alone.append(json.load(f)['test_accuracy'])
   speedup = alone_sec / sweep_sec
@@ -128,9 +129,9 @@ def override_flags(overrides: dict[str, Any]) -> list[str]:
   return [f'--config.{k}={v if isinstance(v, str) else repr(v)}' for k, v in overrides.items()]
 
 
-def _run(command: list[str]) -> float:
+def _run(command: list[str], environ: dict[str, str] | None = None) -> float:
   start = time.perf_counter()
-  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  result = subprocess.run(command, capture_output=True, text=True, check=False, env=environ)
   if result.returncode:
     tail = (result.stderr.strip().splitlines() or ['no output'])[-1]
     raise RuntimeError(f'{" ".join(command[1:3])} failed (exit {result.returncode}): {tail}')

@@ -270,12 +270,15 @@ def _command(contender: str, workdir: str, batch_size: int, epochs: int, seed: i
           f'--keras_backend={keras_backend}', f'--model={model}']
 
 
-def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
-  """Runs one contender in a fresh process; adds its end-to-end wall time as `process_sec`."""
+def run_in_process(contender: str, environ: dict[str, str] | None = None,
+                   **kwargs) -> dict[str, Any]:
+  """Runs one contender in a fresh process (its environment: `environ`, by default this one's
+  with the repository on the path); adds its end-to-end wall time as `process_sec`."""
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     result = subprocess.run(_command(contender, workdir, **kwargs), capture_output=True,
-                            text=True, env=_with_repo_on_path(os.environ), check=False)
+                            text=True, check=False,
+                            env=_with_repo_on_path(os.environ) if environ is None else environ)
     process_sec = time.perf_counter() - start
     record = {'contender': contender, 'batch_size': kwargs['batch_size']}
     if result.returncode:
@@ -296,6 +299,21 @@ def run_in_process(contender: str, **kwargs) -> dict[str, Any]:
   return record
 
 
+# JAX takes 75% of a GPU's memory up front in each process, and several JAX processes on one GPU
+# that each do run out of memory (JAX's docs, "GPU memory allocation"). A benchmark that uses JAX
+# itself and runs contenders in their own processes takes only what it uses.
+PREALLOCATE = 'XLA_PYTHON_CLIENT_PREALLOCATE'
+
+
+def leave_gpu_memory_to_child_processes() -> dict[str, str]:
+  """Makes this process take GPU memory as it needs it (unless `PREALLOCATE` is set already) and
+  returns the environment for its child processes: the one it was given, with the repository on
+  the path, so each takes its memory as a user's run does. Call before this process uses JAX."""
+  environ = _with_repo_on_path(os.environ)
+  os.environ.setdefault(PREALLOCATE, 'false')
+  return environ
+
+
 def _with_repo_on_path(environ) -> dict[str, str]:
   path = [REPO] + [p for p in environ.get('PYTHONPATH', '').split(os.pathsep) if p]
   return {**environ, 'PYTHONPATH': os.pathsep.join(path)}
@@ -308,6 +326,7 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
                   log=print) -> dict[str, Any]:
   """Every contender at every batch size, one process each, plus the roofline; `rounds` times,
   the contenders alternating, each process's record with the load average before it started."""
+  environ = leave_gpu_memory_to_child_processes()
   gflops = roofline.measure_matmul_gflops(matmul_sizes)
   log(f'dense float32 matmul peak: {gflops:.1f} GFLOP/s')
   rows, layer_gflops = [], {}
@@ -317,7 +336,7 @@ def run_benchmark(batch_sizes, epochs: int, seed: int = 0, data_dir: str = '',
       for contender in contenders:  # mlp_mnist first: it also prepares the data and its cache.
         load = os.getloadavg()[0]
         results.append({**run_in_process(
-            contender, batch_size=batch_size, epochs=epochs, seed=seed, data_dir=data_dir,
+            contender, environ, batch_size=batch_size, epochs=epochs, seed=seed, data_dir=data_dir,
             local_dir=local_dir, cache_dir=cache_dir, jax_cache_dir=jax_cache_dir,
             keras_backend=keras_backend, model=model), 'round': round_index, 'load': load})
         log(json.dumps(results[-1]))

@@ -176,3 +176,15 @@ def test_cnn_step_flax_layers_variant_is_the_same_network():
     flax_logits = model.apply({'params': nested}, images)
   np.testing.assert_allclose(flax_logits, model.apply({'params': params}, images),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_benchmark_process_leaves_gpu_memory_to_its_contenders(monkeypatch):
+  """The benchmark's own process takes GPU memory as it needs it; its contenders' processes get
+  the environment it was given, so each takes JAX's default share, as a user's run does."""
+  monkeypatch.delenv(training_speed.PREALLOCATE, raising=False)
+  environ = training_speed.leave_gpu_memory_to_child_processes()
+  assert os.environ[training_speed.PREALLOCATE] == 'false'
+  assert training_speed.PREALLOCATE not in environ and REPO in environ['PYTHONPATH']
+  monkeypatch.setenv(training_speed.PREALLOCATE, 'true')  # The user's choice is kept for both.
+  assert training_speed.leave_gpu_memory_to_child_processes()[training_speed.PREALLOCATE] == 'true'
+  assert os.environ[training_speed.PREALLOCATE] == 'true'
