@@ -10,11 +10,11 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 export PYTHONUNBUFFERED=1 HOME=/tmp/gpu_check_home  # A fresh HOME: no caches of any kind.
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+rm -rf "$HOME" /tmp/w_first /tmp/w_second  # And the runs of an earlier try on this machine.
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-DATA=(--config.data.local_dir=.mnist_cache/idx --config.data.cache_dir=.mnist_cache
-      --config.num_epochs=$EPOCHS)
-BENCH=(--local_dir=.mnist_cache/idx --cache_dir=.mnist_cache --keras_backend=jax --epochs=$EPOCHS)
+DATA=(--config.data.local_dir=.mnist_cache/idx --config.num_epochs=$EPOCHS)
+BENCH=(--local_dir=.mnist_cache/idx --keras_backend=jax --epochs=$EPOCHS)
 
 stage() {  # stage LIMIT_S NAME COMMAND...: runs COMMAND, logs it, prints its last lines.
   local limit=$1 name=$2 start=$SECONDS
