@@ -21,13 +21,14 @@ the tests that fail if an upgrade breaks it. Everything else in the package uses
   and asyncio on each write task, about 110 lines, before the same error reaches the caller; orbax
   has no option to not log them.
 - `import_tensorboardx_without_unused_imports`: while tensorboardX is imported, a finder first on
-  `sys.meta_path` refuses torch, google.cloud.storage and boto3 in the importing thread. Its package imports its `writer`,
-  which imports torch where torch is installed (0.74 s of a 3 s run on a 2-core CPU) only to accept
-  torch tensors, which this package never passes, and its `record_writer`, which imports the
-  clients of its own bucket writers (google.cloud.storage: 0.16 s where gcsfs is installed), which
-  this package replaces; tensorboardX has no option to leave them out. Other threads import them
-  as usual meanwhile (gcsfs imports google.cloud.storage when it uploads in chunks), and one loaded
-  already is used (tests/test_workarounds.py).
+  `sys.meta_path` refuses torch, google.cloud.storage and boto3 in the importing thread. Its
+  package imports its `writer`, which imports torch where torch is installed (0.74 s of a 3 s run
+  on a 2-core CPU) only to accept torch tensors, which this package never passes, and its
+  `record_writer`, which imports the clients of its own bucket writers (google.cloud.storage:
+  0.16 s where gcsfs is installed), which this package replaces; tensorboardX has no option to
+  leave them out. Other threads import them as usual meanwhile (gcsfs imports
+  google.cloud.storage when it uploads in chunks), and one loaded already is used
+  (tests/test_workarounds.py).
 - `unknown_config_key`: ml_collections reports an unknown `--config.x.y` key as a plain
   `KeyError`/`AttributeError` whose only content is its text (the key, and difflib's suggestion as
   'Did you mean "y"'); it has no error class or attribute that names them.

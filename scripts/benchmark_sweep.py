@@ -76,7 +76,6 @@ def main(argv):
 def _config_args(num_epochs: int) -> list[str]:
   """The user's --config flags (and --quick's epochs) and the cache, for the commands to time."""
   from benchmarks import sweep_speed  # pylint: disable=g-import-not-at-top
-  from benchmarks import training_speed  # pylint: disable=g-import-not-at-top
   config_flag = flags.FLAGS['config']
   overrides = {**config_flags.get_override_values(config_flag), 'num_epochs': num_epochs}
   return [f'--config={config_flags.get_config_filename(config_flag)}',

@@ -17,6 +17,8 @@ from etils import epath
 from mlp_mnist import workarounds
 from mlp_mnist.records import checkpointing
 
+from conftest import REPO
+
 
 def test_jax_cluster_types_are_those_jax_detects():
   names = [env.name for env in workarounds.jax_cluster_types()]
@@ -123,6 +125,14 @@ print(*(name in sys.modules for name in workarounds.TENSORBOARDX_UNUSED_IMPORTS)
 '''
 
 
+def _python_output(code: str, *first_on_path) -> str:
+  """What a fresh Python process running `code` prints, with `first_on_path` (stand-in packages)
+  and then the repository on its path."""
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([*map(str, first_on_path), REPO])}
+  return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                        check=True).stdout
+
+
 @pytest.mark.parametrize('loaded_first', [False, True])
 def test_tensorboardx_is_imported_without_unused_imports_unless_loaded(tmp_path, loaded_first):
   """Stand-in torch, google.cloud.storage and boto3 packages: tensorboardX imports each when it
@@ -131,13 +141,7 @@ def test_tensorboardx_is_imported_without_unused_imports_unless_loaded(tmp_path,
   for package in ('torch', 'google/cloud/storage', 'boto3'):  # google, google.cloud: namespaces.
     (tmp_path / package).mkdir(parents=True)
     (tmp_path / package / '__init__.py').write_text('IMPORTED = True\nTensor = object\n')
-  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
-      [str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(workarounds.__file__)))])}
-
-  def run(code):
-    return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                          check=True).stdout.split()
-
+  run = lambda code: _python_output(code, tmp_path).split()
   before = 'import torch, google.cloud.storage, boto3' if loaded_first else ''
   assert run(_TENSORBOARDX_IMPORT_CHECK.format(before=before)) == [
       str(loaded_first)] * 3 + ['True'] * 3
@@ -172,11 +176,8 @@ def test_imports_are_refused_only_in_the_importing_thread(tmp_path):
   what that import leaves out."""
   (tmp_path / 'torch').mkdir()
   (tmp_path / 'torch' / '__init__.py').write_text('IMPORTED = True\n')
-  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
-      [str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(workarounds.__file__)))])}
-  out = subprocess.run([sys.executable, '-c', _OTHER_THREAD_CHECK], env=env, capture_output=True,
-                       text=True, check=True).stdout.splitlines()
-  assert out == ['refused here', 'other thread [True]', 'after True']
+  assert _python_output(_OTHER_THREAD_CHECK, tmp_path).splitlines() == [
+      'refused here', 'other thread [True]', 'after True']
 
 
 _COLLECTION_CHECK = '''
@@ -197,9 +198,5 @@ print(alive() is not None)
 def test_skip_collection_at_exit_leaves_the_objects_alive_now_to_the_os(skip):
   """The scripts' exit: after `cli.skip_collection_at_exit`, no collection walks (or frees) the
   objects there were; without it the same cycle is collected (the check can fail)."""
-  env = {**os.environ, 'PYTHONPATH': os.path.dirname(os.path.dirname(os.path.abspath(
-      workarounds.__file__)))}
-  out = subprocess.run([sys.executable, '-c', _COLLECTION_CHECK.format(
-      call='cli.skip_collection_at_exit()' if skip else '')], env=env, capture_output=True,
-                       text=True, check=True).stdout.split()
-  assert out == [str(skip)]
+  assert _python_output(_COLLECTION_CHECK.format(
+      call='cli.skip_collection_at_exit()' if skip else '')).split() == [str(skip)]
