@@ -143,12 +143,15 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2 of NHWC `x` (an odd last row or column is dropped); the
   gradient of each window goes to its first maximum (row-major), as flax's `nn.max_pool` does.
 
-  On CPUs, as the maximum of four strided slices with that gradient written out, not
-  `nn.max_pool`: there the gradient of XLA's reduce-window is a select-and-scatter that made a
-  training step of configs/cnn.py three times slower, and autodiff's gradient of a
-  reshape-and-max (which also splits a window's gradient among tied maxima) took 2.1 ms a step
-  against 0.7 ms for this one (28x28x16 at batch 128, one 2-core Xeon; docs/benchmarks.md). On
-  every other platform, `nn.max_pool` (XLA's reduce-window), as XLA does by default.
+  On CPUs, XLA's reduce-window with that gradient written out (from the four strided slices of
+  each window), not `nn.max_pool`'s: there the gradient of a reduce-window is a
+  select-and-scatter that made a training step of configs/cnn.py three times slower, and
+  autodiff's gradient of a reshape-and-max (which also splits a window's gradient among tied
+  maxima) took 2.1 ms a step against 0.7 ms for this one (28x28x16 at batch 128, one 2-core Xeon;
+  docs/benchmarks.md). The forward is the reduce-window, not the maximum of the four slices:
+  fused with a flatten after it (a CNN's dense head), the slices' fusion ran 0.47 against 0.06 ms
+  (128x14x14x32). On every other platform, `nn.max_pool` (XLA's reduce-window), as XLA does by
+  default.
   """
   b, h, w, c = x.shape
   return lax.platform_dependent(
@@ -162,8 +165,8 @@ def _window_corners(x):
 
 @jax.custom_vjp
 def _max_pool_even_2x2(x):
-  top_left, top_right, bottom_left, bottom_right = _window_corners(x)
-  return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                           'VALID')
 
 
 def _max_pool_fwd(x):
