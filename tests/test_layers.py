@@ -97,13 +97,15 @@ def test_other_layouts_and_grouped_convolutions_fall_back_to_lax():
                                 jax.lax.conv_general_dilated(images, kernel, *args, **kwargs))
 
 
-@pytest.mark.parametrize('shape', [(2, 7, 6, 3), (3, 8, 9, 2)])  # Odd rows or columns dropped.
-def test_max_pool_and_its_gradient_equal_flax_max_pool(shape):
+@pytest.mark.parametrize('shape,dtype', [((2, 7, 6, 3), jnp.float32),  # Odd rows or columns
+                                         ((3, 8, 9, 2), jnp.float32),  # are dropped.
+                                         ((2, 6, 6, 3), jnp.bfloat16)])
+def test_max_pool_and_its_gradient_equal_flax_max_pool(shape, dtype):
   # Small integers: many windows hold tied maxima, whose gradient goes to the first (row-major),
   # as flax's (XLA's select-and-scatter) and TensorFlow's do.
-  x = jax.random.randint(jax.random.PRNGKey(0), shape, -2, 3).astype(jnp.float32)
+  x = jax.random.randint(jax.random.PRNGKey(0), shape, -2, 3).astype(dtype)
   weights = jax.random.normal(jax.random.PRNGKey(1), (shape[0], shape[1] // 2, shape[2] // 2,
-                                                      shape[3]))
+                                                      shape[3]), dtype)
   flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
   np.testing.assert_array_equal(layers.max_pool_2x2(x), flax_pool(x))
   gradient = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
