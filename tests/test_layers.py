@@ -183,6 +183,19 @@ def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, ker
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_conv_act_pool_propagates_nans_as_the_three_layers_do():
+  images = jnp.zeros((1, 8, 8, 1)).at[0, 3, 4, 0].set(jnp.nan)
+  kernel, bias = jnp.ones((3, 3, 1, 2)), jnp.zeros(2)
+  fused = layers.conv_act_pool(images, kernel, bias, nn.relu)
+  layered = layers.max_pool_2x2(nn.relu(jax.lax.conv_general_dilated(
+      images, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC) + bias))
+  assert '_window_conv_act_pool' in str(jax.make_jaxpr(
+      lambda x: layers.conv_act_pool(x, kernel, bias, nn.relu))(images))
+  # The NaN reaches every window whose field holds it (3x3 pixels, 2x2 windows), in any position.
+  assert 0 < np.isnan(layered).sum() < layered.size
+  np.testing.assert_array_equal(fused, layered)
+
+
 def test_fused_blocks_images_gradient_is_canonical_inside_a_scan(monkeypatch):
   """A narrow block that is not first (2 channels, a window of 32) passes its images' gradient
   through a canonical convolution inside an epoch's scan, where `lax`'s would be in another

@@ -278,20 +278,30 @@ def _window_kernel(kernel, bias):
 
 def _window_forward(images, kernel, bias, activation):
   """The pooled activations, which of the window's four positions gave each (the first of tied
-  maxima) and that position's pre-activation."""
+  maxima; a NaN is the maximum, as in XLA's max) and that position's pre-activation.
+
+  All three come from one reduction over the positions, which XLA's CPU backend stores. Written
+  as elementwise choices, XLA recomputed them from the four pre-activations inside each of the
+  backward pass's batch chunks (configs/cnn.py: 130-150 against 70 us a chunk, the step 5.77-5.82
+  against 5.65-5.68 ms; docs/benchmarks.md)."""
   b, h, w, _ = images.shape
   fields = _window_fields(images, kernel.shape)
   preacts = (fields.T @ _window_kernel(kernel, bias)).reshape(b, h // 2, w // 2, 4, -1)
-  pooled, winning_preact = activation(preacts[:, :, :, 0]), preacts[:, :, :, 0]
-  winner = jnp.zeros(pooled.shape, jnp.int8)
-  for position in (1, 2, 3):
-    preact = preacts[:, :, :, position]
-    value = activation(preact)
-    greater = value > pooled
-    pooled = jnp.where(greater, value, pooled)
-    winner = jnp.where(greater, jnp.int8(position), winner)
-    winning_preact = jnp.where(greater, preact, winning_preact)
-  return pooled, winner, winning_preact
+  acts = activation(preacts)
+
+  def first_maximum(a, b):
+    (a_value, a_position, a_preact), (b_value, b_position, b_preact) = a, b
+    a_nan, b_nan = jnp.isnan(a_value), jnp.isnan(b_value)
+    tied = (b_value == a_value) | (a_nan & b_nan)
+    take_b = (b_value > a_value) | (b_nan & ~a_nan) | (tied & (b_position < a_position))
+    return (lax.select(take_b, b_value, a_value), lax.select(take_b, b_position, a_position),
+            lax.select(take_b, b_preact, a_preact))
+
+  pooled, winner, winning_preact = lax.reduce(
+      (acts, lax.broadcasted_iota(jnp.int32, acts.shape, 3), preacts),
+      (jnp.array(-jnp.inf, acts.dtype), jnp.int32(4), jnp.zeros((), preacts.dtype)),
+      first_maximum, (3,))
+  return pooled, winner.astype(jnp.int8), winning_preact
 
 
 def _at_winners(grad_preact, winner):
