@@ -282,8 +282,8 @@ def _window_forward(images, kernel, bias, activation):
 
   All three come from one reduction over the positions, which XLA's CPU backend stores. Written
   as elementwise choices, XLA recomputed them from the four pre-activations inside each of the
-  backward pass's batch chunks (configs/cnn.py: 130-150 against 70 us a chunk, the step 5.77-5.82
-  against 5.65-5.68 ms; docs/benchmarks.md)."""
+  backward pass's batch chunks (configs/cnn.py: 70 us a chunk instead of 130-150, the step
+  5.62-5.67 ms instead of 5.76-5.89; docs/benchmarks.md)."""
   b, h, w, _ = images.shape
   fields = _window_fields(images, kernel.shape)
   preacts = (fields.T @ _window_kernel(kernel, bias)).reshape(b, h // 2, w // 2, 4, -1)
