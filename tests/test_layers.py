@@ -183,6 +183,24 @@ def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, ker
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('kernel_shape', [(3, 3, 1, 4), (3, 3, 4, 3)])  # Fused; three layers.
+def test_conv_act_pool_vectorized_over_trials_equals_each_trial(kernel_shape):
+  """As a vectorized sweep runs it: parameters stacked along a trials axis under `vmap`."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  images = jax.random.normal(keys[0], (2, 8, 8, kernel_shape[2]))
+  kernels = jax.random.normal(keys[1], (3, *kernel_shape))
+  biases = jax.random.normal(keys[2], (3, kernel_shape[-1]))
+  loss = lambda k, b: jnp.sum(layers.conv_act_pool(images, k, b, nn.relu) ** 2)
+  values, (kernel_grads, bias_grads) = jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1))))(
+      kernels, biases)
+  for trial in range(3):
+    value, (kernel_grad, bias_grad) = jax.value_and_grad(loss, (0, 1))(kernels[trial],
+                                                                        biases[trial])
+    np.testing.assert_allclose(values[trial], value, rtol=1e-5)
+    np.testing.assert_allclose(kernel_grads[trial], kernel_grad, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bias_grads[trial], bias_grad, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_act_pool_propagates_nans_as_the_three_layers_do():
   images = jnp.zeros((1, 8, 8, 1)).at[0, 3, 4, 0].set(jnp.nan)
   kernel, bias = jnp.ones((3, 3, 1, 2)), jnp.zeros(2)
