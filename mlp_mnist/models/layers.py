@@ -155,8 +155,11 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """
   b, h, w, c = x.shape
   return lax.platform_dependent(
-      x[:, :h // 2 * 2, :w // 2 * 2], cpu=_max_pool_even_2x2,
-      default=lambda even: nn.max_pool(even, (2, 2), strides=(2, 2)))
+      x[:, :h // 2 * 2, :w // 2 * 2], cpu=_max_pool_even_2x2, default=_flax_max_pool_2x2)
+
+
+def _flax_max_pool_2x2(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 def _window_corners(x):
@@ -165,8 +168,7 @@ def _window_corners(x):
 
 @jax.custom_vjp
 def _max_pool_even_2x2(x):
-  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
-                           'VALID')
+  return _flax_max_pool_2x2(x)  # XLA's reduce-window; the gradient below replaces its own.
 
 
 def _max_pool_fwd(x):
