@@ -149,6 +149,13 @@ def test_cpu_epoch_convolutions_are_canonical_and_accelerators_keep_lax(config, 
   assert set(cpu_layouts()) != {'b01f_01io->b01f'}  # The check can fail.
 
 
+def _three_layers(images, kernel, bias, activation):
+  """What `layers.conv_act_pool` fuses, as three layers: `lax`'s convolution, the activation,
+  `max_pool_2x2`."""
+  return layers.max_pool_2x2(activation(jax.lax.conv_general_dilated(
+      images, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC, precision='highest') + bias))
+
+
 @pytest.mark.parametrize('image_shape,kernel_shape,activation', [
     ((3, 28, 28, 1), (3, 3, 1, 16), 'relu'),  # configs/cnn.py's first block.
     ((2, 9, 7, 3), (3, 3, 3, 5), 'gelu'),  # Odd sizes (the last row dropped); not monotone.
@@ -169,8 +176,7 @@ def test_conv_act_pool_and_its_gradients_equal_the_three_layers(image_shape, ker
   bias = jax.random.randint(keys[2], kernel_shape[-1:], -1, 2).astype(jnp.float32)
   act = mlp.ACTIVATIONS[activation]
   fused = jax.jit(lambda x, k, b: layers.conv_act_pool(x, k, b, act))
-  layered = jax.jit(lambda x, k, b: layers.max_pool_2x2(act(jax.lax.conv_general_dilated(
-      x, k, (1, 1), 'SAME', dimension_numbers=_NHWC, precision='highest') + b)))
+  layered = jax.jit(lambda x, k, b: _three_layers(x, k, b, act))
   window = (kernel_shape[0] + 1) * (kernel_shape[1] + 1) * kernel_shape[2]
   assert ('_window_conv_act_pool' in str(jax.make_jaxpr(fused)(images, kernel, bias))) == (
       window <= layers.MAX_FUSED_WINDOW)
@@ -205,8 +211,7 @@ def test_conv_act_pool_propagates_nans_as_the_three_layers_do():
   images = jnp.zeros((1, 8, 8, 1)).at[0, 3, 4, 0].set(jnp.nan)
   kernel, bias = jnp.ones((3, 3, 1, 2)), jnp.zeros(2)
   fused = layers.conv_act_pool(images, kernel, bias, nn.relu)
-  layered = layers.max_pool_2x2(nn.relu(jax.lax.conv_general_dilated(
-      images, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC) + bias))
+  layered = _three_layers(images, kernel, bias, nn.relu)
   assert '_window_conv_act_pool' in str(jax.make_jaxpr(
       lambda x: layers.conv_act_pool(x, kernel, bias, nn.relu))(images))
   # The NaN reaches every window whose field holds it (3x3 pixels, 2x2 windows), in any position.
