@@ -143,9 +143,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2 of NHWC `x` (an odd last row or column is dropped); the
   gradient of each window goes to its first maximum (row-major), as flax's `nn.max_pool` does.
 
-  On CPUs, XLA's reduce-window with that gradient written out (from the four strided slices of
-  each window), not `nn.max_pool`'s: there the gradient of a reduce-window is a
-  select-and-scatter that made a training step of configs/cnn.py three times slower, and
+  On CPUs, `nn.max_pool`'s forward (XLA's reduce-window) with that gradient written out (from the
+  four strided slices of each window) in place of its own: there the gradient of a reduce-window
+  is a select-and-scatter that made a training step of configs/cnn.py three times slower, and
   autodiff's gradient of a reshape-and-max (which also splits a window's gradient among tied
   maxima) took 2.1 ms a step against 0.7 ms for this one (28x28x16 at batch 128, one 2-core Xeon;
   docs/benchmarks.md). The forward is the reduce-window, not the maximum of the four slices:
