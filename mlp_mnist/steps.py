@@ -21,6 +21,7 @@ from mlp_mnist import config_checks
 from mlp_mnist import losses
 from mlp_mnist import models
 from mlp_mnist import optimizers
+from mlp_mnist.devices import compilation
 
 Batch = dict[str, jax.Array]
 AUGMENT_KEY = 1  # Folded into an example's key for its augmentation.
@@ -50,8 +51,8 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, steps_
   model = models.create_model(config.model, num_classes)
   tx, lr_multiplier = optimizers.create_optimizer(config.optimizer, steps_per_epoch,
                                                   config.num_epochs)
-  init_rng, dropout_rng = jax.random.split(rng)
-  return TrainState.create(apply_fn=model.apply, params=_init_params(model, tuple(input_shape), init_rng),
+  params, dropout_rng = _init_params_and_dropout_rng(model, tuple(input_shape), rng)
+  return TrainState.create(apply_fn=model.apply, params=params,
                            tx=tx,
                            dropout_rng=dropout_rng,
                            dropout_rate=jnp.asarray(config.model.dropout_rate, jnp.float32),
@@ -70,10 +71,12 @@ def per_trial_hparams(config: ml_collections.ConfigDict) -> dict[str, jax.Array]
           for key, value in config_checks.per_trial_values(config, section).items()}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_params(model, input_shape: tuple[int, ...], rng: jax.Array):
+@functools.partial(compilation.jit_for_one_call, static_argnums=(0, 1))
+def _init_params_and_dropout_rng(model, input_shape: tuple[int, ...], rng: jax.Array):
+  """The model's initial parameters and the dropout key, both from `rng`."""
   # Jitted once per architecture: eager initialization compiles dozens of small programs.
-  return model.init(rng, jnp.zeros((1,) + input_shape))['params']
+  init_rng, dropout_rng = jax.random.split(rng)
+  return model.init(init_rng, jnp.zeros((1,) + input_shape))['params'], dropout_rng
 
 
 def _sum_over_devices(tree, axis_name: str | None):

@@ -262,7 +262,7 @@ def test_a_group_larger_than_the_memory_trains_in_parts_as_it_trains_whole(confi
   dataset = synthetic_dataset(num_train=64, num_test=20)
   configs = [_variant(config, seed=s) for s in range(5)]
   device = jax.devices()[:1]
-  # One trial side by side (chunk 1) in both: the same vmapped program, so equal bit for bit.
+  # One trial side by side (chunk 1) in both: the same vmapped training, so equal bit for bit.
   whole = vectorized.train_trials(configs, dataset, device, chunk_size=1, log=lambda _: None)
   state_bytes = vectorized.trial_state_bytes(config, 2, (28, 28), 10)
   _device_memory(monkeypatch, device[0], limit=int(2.5 * state_bytes / 0.4))
@@ -276,7 +276,13 @@ def test_a_group_larger_than_the_memory_trains_in_parts_as_it_trains_whole(confi
   parts = vectorized.train_trials(configs, dataset, device, chunk_size=1, log=lambda _: None)
   assert sizes == [2, 2, 1]
   untimed = lambda histories: [[run_files.without_timing(r) for r in h] for h in histories]
-  assert untimed(parts['history']) == untimed(whole['history'])
+  # The evaluation program of the one-trial part sums the test loss in another order: one ulp
+  # apart in one epoch on a 2-core AMD EPYC (equal on a Xeon).
+  without_test_loss = lambda record: {k: v for k, v in record.items() if k != 'test_loss'}
+  for got, want in zip(sum(untimed(parts['history']), []), sum(untimed(whole['history']), [])):
+    assert without_test_loss(got) == without_test_loss(want)
+    np.testing.assert_allclose(got['test_loss'], want['test_loss'], rtol=1e-6)
+  assert len(parts['history']) == len(whole['history']) == 5
   for a, b in zip(jax.tree.leaves(parts['state']), jax.tree.leaves(whole['state'])):
     assert np.array_equal(a, b)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mlp_mnist import data
+from mlp_mnist import models
 from mlp_mnist import steps
 from mlp_mnist import train
 from mlp_mnist.devices import compilation
@@ -196,6 +197,42 @@ def test_cpu_programs_with_convolutions_take_ynnpacks_single_dots_and_reductions
   unknown = compilation.compile_with_options(
       lowered, {'xla_cpu_experimental_ynn_fusion_type': 'NO_SUCH_FUSION_TYPE'})
   np.testing.assert_allclose(unknown(images, kernel)[0], sums, rtol=1e-6)
+
+
+def test_run_once_programs_compile_without_the_cpu_backends_optimizations(monkeypatch):
+  """`compilation.jit_for_one_call` runs the program compiled with `CPU_RUN_ONCE` on CPUs and the
+  one with XLA's defaults elsewhere."""
+  calls, jit = [], jax.jit
+
+  def recording_jit(fun, **kwargs):
+    jitted = jit(fun, **kwargs)
+    return lambda *args: calls.append(kwargs.get('compiler_options')) or jitted(*args)
+
+  monkeypatch.setattr(jax, 'jit', recording_jit)
+  double = compilation.jit_for_one_call(lambda n, x: x * n, static_argnums=(0,))
+  monkeypatch.setattr(jax, 'jit', jit)
+  assert float(double(2, jnp.float32(1.5))) == 3.0
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert float(double(3, jnp.float32(1.5))) == 4.5
+  assert calls == [compilation.CPU_RUN_ONCE, None]
+
+
+@pytest.mark.parametrize('model', ['mlp', 'cnn'])
+def test_the_initialization_gives_the_same_bits_as_with_xlas_optimizations(config, model):
+  """The train state's parameters and dropout key (`steps.create_train_state`, compiled with
+  `CPU_RUN_ONCE` on CPUs) equal those of the same initialization compiled with XLA's defaults."""
+  config.model.name = model
+  state = steps.create_train_state(config, jax.random.PRNGKey(5), 10, (28, 28), 10)
+  network = models.create_model(config.model, 10)
+
+  @jax.jit
+  def initialize(key):
+    init_key, dropout_key = jax.random.split(key)
+    return network.init(init_key, jnp.zeros((1, 28, 28)))['params'], dropout_key
+
+  params, dropout_rng = initialize(jax.random.PRNGKey(5))
+  jax.tree.map(np.testing.assert_array_equal, (state.params, state.dropout_rng),
+               (params, dropout_rng))
 
 
 def test_a_diverging_run_stops_with_status_diverged(config, tmp_path):

@@ -1,5 +1,7 @@
-"""Ahead-of-time compilation of the pmapped programs, with the CPU options measured to be faster."""
+"""Compilation with the CPU options measured to be faster: the pmapped programs ahead of time
+(`compile_program`), and programs that run once (`jit_for_one_call`)."""
 
+import functools
 from typing import Any, Callable, Hashable
 
 import jax
@@ -20,6 +22,11 @@ CPU_WITHOUT_YNN = {_YNN_FUSION_TYPES: ''}
 # tests/test_train.py).
 CPU_CONV_YNN_DOTS_AND_REDUCTIONS = {
     _YNN_FUSION_TYPES: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+# A program run once per shape gains nothing from the CPU backend's LLVM optimizations, which took
+# most of its compile time: the initialization of configs/default.py's MLP compiled in 1.2-1.7 s
+# with them and 0.28 s without, configs/cnn.py's in 3.3 s and 0.63 s, into programs that give the
+# same bits (2-core AMD EPYC, jax 0.10.2; docs/benchmarks.md). A first run pays that compile.
+CPU_RUN_ONCE = {'xla_backend_optimization_level': 0}
 
 
 def compile_program(lowered, platform: str, rows: int):
@@ -35,6 +42,25 @@ def compile_program(lowered, platform: str, rows: int):
   if rows < _CPU_YNN_MIN_ROWS:
     return compile_with_options(lowered, CPU_WITHOUT_YNN)
   return lowered.compile()
+
+
+def jit_for_one_call(fun: Callable, **jit_kwargs) -> Callable:
+  """`jax.jit(fun, **jit_kwargs)` for a function called once per shape (an initialization): on
+  CPUs compiled without the backend's optimizations (`CPU_RUN_ONCE`), elsewhere and inside another
+  trace (`jax.eval_shape`, an outer `jit`) as XLA does by default."""
+  optimized = jax.jit(fun, **jit_kwargs)
+  unoptimized = jax.jit(fun, compiler_options=CPU_RUN_ONCE, **jit_kwargs)
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    if jax.default_backend() != 'cpu':
+      return optimized(*args, **kwargs)
+    try:
+      return unoptimized(*args, **kwargs)
+    except ValueError:  # Inside another trace, which takes no compiler options (or fun's own
+      return optimized(*args, **kwargs)  # error, which this call raises again).
+
+  return call
 
 
 class ProgramsByShape:
