@@ -133,10 +133,10 @@ def _serve(connection, parent_end) -> None:
       return
     try:
       function, args, kwargs = pickle.loads(message)
-      reply = True, function(*args, **kwargs)
+      reply = pickle.dumps((True, function(*args, **kwargs)))
     except Exception:  # pylint: disable=broad-except
-      reply = False, None
+      reply = pickle.dumps((False, None))
     try:
-      connection.send(reply)
-    except OSError:  # This process ended.
+      connection.send_bytes(reply)
+    except OSError:  # The process it draws for ended.
       return
