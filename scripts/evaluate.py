@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from mlp_mnist import cli
+from mlp_mnist.records import plot_worker
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a training run.')
 _STEP = flags.DEFINE_string(
@@ -29,6 +30,7 @@ _NUM_MISTAKES = flags.DEFINE_integer('num_mistakes', 24, 'Mistakes shown in misc
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  plot_worker.start()  # First: it forks, and imports matplotlib while JAX is imported here.
   from mlp_mnist.tools import evaluation  # pylint: disable=g-import-not-at-top
   from mlp_mnist.data import npz  # pylint: disable=g-import-not-at-top
   with cli.exit_on_user_error():

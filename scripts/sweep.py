@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mlp_mnist import cli
+from mlp_mnist.records import plot_worker
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file (configs/*.py).',
                                           lock_config=True)
@@ -46,6 +47,7 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  plot_worker.start()  # First: it forks, and imports matplotlib while JAX is imported here.
   import jax  # pylint: disable=g-import-not-at-top
   from mlp_mnist import config_files  # pylint: disable=g-import-not-at-top
   from mlp_mnist.sweeps import bayesian  # pylint: disable=g-import-not-at-top

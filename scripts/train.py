@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mlp_mnist import cli
+from mlp_mnist.records import plot_worker
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -27,6 +28,7 @@ cli.define_jax_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  plot_worker.start()  # First: it forks, and imports matplotlib while JAX is imported here.
   if cli.set_up_jax() and not _WORKDIR.value:
     raise app.UsageError('a multi-process run needs --workdir, the same for every process.')
   workdir = _WORKDIR.value or cli.default_workdir()

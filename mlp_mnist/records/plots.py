@@ -1,20 +1,35 @@
 """PNG figures of a run: learning curves, the confusion matrix, the most confident mistakes.
 
 matplotlib is imported lazily and used through its object API (no pyplot, no display needed).
+Where a script started `plot_worker`, every `save_*` draws in that process instead.
 """
 
+import functools
 import io
 from typing import Any, Sequence
 
 import numpy as np
 from etils import epath
 
+from mlp_mnist.records import plot_worker
 from mlp_mnist.records import run_files
 
 
 def import_in_background() -> None:
-  """Imports matplotlib (a third of a second or more) on a thread, e.g. while an epoch trains."""
-  run_files.import_in_background(('matplotlib.figure', 'matplotlib.backends.backend_agg'))
+  """Imports matplotlib (a third of a second or more) on a thread, e.g. while an epoch trains;
+  nothing where the plot worker draws the figures."""
+  if not plot_worker.running():
+    run_files.import_in_background(('matplotlib.figure', 'matplotlib.backends.backend_agg'))
+
+
+def _drawn_in_worker(save):
+  """`save` runs in the plot worker where one runs (`plot_worker`), else, or where it fails
+  there, in this process."""
+  @functools.wraps(save)
+  def drawn(*args, **kwargs):
+    done, result = plot_worker.draw(drawn, args, kwargs)
+    return result if done else save(*args, **kwargs)
+  return drawn
 
 
 def _save(figure, path: str) -> str:
@@ -31,6 +46,7 @@ def _figure(**kwargs):
   return Figure(layout='constrained', **kwargs)
 
 
+@_drawn_in_worker
 def save_curves(history: Sequence[dict], path: str, title: str = '') -> str:
   """Loss and accuracy per epoch, train, validation (when recorded) and test, from
   `metrics.jsonl` records."""
@@ -61,6 +77,7 @@ def class_label(index: int, class_names: Sequence[str] = ()) -> str:
   return name if name and name != str(index) else str(index)
 
 
+@_drawn_in_worker
 def save_confusion_matrix(matrix: np.ndarray, path: str, title: str = '',
                           class_names: Sequence[str] = ()) -> str:
   """Counts of (true label, predicted label), each class's accuracy beside its row; the figure
@@ -89,6 +106,7 @@ def save_confusion_matrix(matrix: np.ndarray, path: str, title: str = '',
   return _save(figure, path)
 
 
+@_drawn_in_worker
 def save_misclassified(images: np.ndarray, labels: Sequence[int], predictions: Sequence[int],
                        confidences: Sequence[float], path: str, title: str = '',
                        class_names: Sequence[str] = ()) -> str:
@@ -117,6 +135,7 @@ def _displayable(image: np.ndarray) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
+@_drawn_in_worker
 def save_mean_plot(key: str, lines: dict[str, list[tuple[Any, float, float, float]]], path: str,
                    ylabel: str, log_x: bool = False, categories: Sequence[str] | None = None,
                    title: str = '') -> str:
@@ -148,6 +167,7 @@ def save_mean_plot(key: str, lines: dict[str, list[tuple[Any, float, float, floa
   return _save(figure, path)
 
 
+@_drawn_in_worker
 def save_heatmap(row_key: str, column_key: str, row_labels: Sequence[str],
                  column_labels: Sequence[str], values: Sequence[Sequence[float]],
                  texts: Sequence[Sequence[str]], path: str, title: str = '') -> str:
@@ -180,6 +200,7 @@ def _percent_formatter():
   return FuncFormatter(lambda v, _: f'{v:.1%}')
 
 
+@_drawn_in_worker
 def save_mean_curves(curves: dict[str, dict[str, dict[str, np.ndarray]]], split: str, path: str,
                      title: str = '') -> str:
   """Per-epoch loss and accuracy of a few settings, each a mean with its interval shaded:
@@ -214,6 +235,7 @@ def save_mean_curves(curves: dict[str, dict[str, dict[str, np.ndarray]]], split:
   return _save(figure, path)
 
 
+@_drawn_in_worker
 def save_overlaid_curves(histories: dict[str, Sequence[dict]], split: str, path: str,
                          title: str = '') -> str:
   """Loss and accuracy per epoch of several runs in one picture: `split` solid, training dashed."""
@@ -240,6 +262,7 @@ def save_overlaid_curves(histories: dict[str, Sequence[dict]], split: str, path:
   return _save(figure, path)
 
 
+@_drawn_in_worker
 def save_trial_scatter(key: str, groups: dict[str, tuple[Sequence[Any], Sequence[float]]],
                        path: str, ylabel: str, log_x: bool = False,
                        categories: Sequence[str] | None = None, title: str = '') -> str:
@@ -269,6 +292,7 @@ def _save_labelled(figure, axes, xlabel: str, ylabel: str, title: str, path: str
   return _save(figure, path)
 
 
+@_drawn_in_worker
 def save_best_so_far(values: Sequence[float], path: str, ylabel: str, title: str = '') -> str:
   """Each trial's metric (in the order the search ran them) and the best so far, as a step line."""
   figure = _figure(figsize=(7, 4.5))
